@@ -1,0 +1,80 @@
+"""Every backend against the eager reference, on UniVAE's masks with source padding."""
+import pytest
+import torch
+
+import masks
+from univae.attention import attend
+from univae.model import _build_mask
+
+SRC, B, H, D = 16, 3, 2, 8
+LENGTHS = torch.tensor([16, 9, 1])
+
+
+def _qkv(seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, 2 * SRC, D, generator=g).requires_grad_(requires_grad) for _ in range(3)]
+
+
+@pytest.mark.parametrize("factory", [masks.independent, masks.uniae])
+def test_sdpa_matches_eager_forward_and_grad(factory):
+    dense = _build_mask(factory(SRC, LENGTHS), B, 2 * SRC, 2 * SRC, "eager", "cpu")
+    outs, grads = [], []
+    for backend in ("eager", "sdpa"):
+        q, k, v = _qkv(requires_grad=True)
+        out = attend(q, k, v, dense, backend)
+        (out * torch.linspace(-1, 1, D)).sum().backward()
+        outs.append(out.detach())
+        grads.append([t.grad for t in (q, k, v)])
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("factory", [masks.independent, masks.uniae])
+def test_flex_forward_matches_eager(factory):
+    mod = factory(SRC, LENGTHS)
+    q, k, v = _qkv()
+    ref = attend(q, k, v, _build_mask(mod, B, 2 * SRC, 2 * SRC, "eager", "cpu"), "eager")
+    with torch.no_grad():
+        got = attend(q, k, v, _build_mask(mod, B, 2 * SRC, 2 * SRC, "flex", "cpu"), "flex")
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_with_grad_on_cpu_is_a_clear_error():
+    q, k, v = _qkv(requires_grad=True)
+    bm = _build_mask(masks.uniae(SRC), None, 2 * SRC, 2 * SRC, "flex", "cpu")
+    with pytest.raises(RuntimeError, match="--attn sdpa"):
+        attend(q, k, v, bm, "flex")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs a GPU (torch's CPU kernel has none)")
+@pytest.mark.parametrize("factory", [masks.independent, masks.uniae])
+def test_flex_grad_matches_eager_on_cuda(factory):
+    mod = factory(SRC, LENGTHS.cuda())
+    grads = []
+    for backend in ("eager", "flex"):
+        q, k, v = [t.cuda().detach().requires_grad_() for t in _qkv()]
+        mask = _build_mask(mod, B, 2 * SRC, 2 * SRC, backend, "cuda")
+        attend(q, k, v, mask, backend).square().sum().backward()
+        grads.append([t.grad for t in (q, k, v)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_row_with_no_allowed_key_is_zero_in_every_backend():
+    q, k, v = _qkv(requires_grad=True)
+    mask = torch.ones(B, 1, 2 * SRC, 2 * SRC, dtype=torch.bool)
+    mask[1, :, 5] = False
+    for backend in ("eager", "sdpa"):
+        out = attend(q, k, v, mask, backend)
+        assert torch.equal(out[1, :, 5], torch.zeros(H, D)), backend
+        q.grad = None
+        out.sum().backward()
+        assert torch.isfinite(q.grad).all(), backend
+
+    def mod(b, h, q_idx, kv_idx):
+        return ~((b == 1) & (q_idx == 5))
+
+    with torch.no_grad():
+        out = attend(q, k, v, masks.block_mask(mod, B, 2 * SRC, 2 * SRC, "cpu"), "flex")
+    assert torch.equal(out[1, :, 5], torch.zeros(H, D))

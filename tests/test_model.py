@@ -1,0 +1,200 @@
+"""UniVAE: information flow, bottleneck, latent ordering, vMF, backends, checkpoints."""
+import math
+
+import pytest
+import torch
+
+import univae
+from conftest import random_joined
+from univae.latents import VMF, log_bessel_iv, vmf_kl_uniform, vmf_mean_cosine
+
+
+@pytest.fixture(params=["bert", "roformer"])
+def model(request, hf_dirs):
+    torch.manual_seed(0)
+    return univae.UniVAE.from_pretrained(str(hf_dirs[request.param]), maxlen=12, z_dim=8).eval()
+
+
+# ----------------------------------------------------------------------------- vMF
+
+def test_bessel_series_matches_torch_i0_i1():
+    for x in (0.5, 3.0, 32.0, 80.0):
+        assert math.isclose(log_bessel_iv(0, x), math.log(torch.special.i0(torch.tensor(x, dtype=torch.float64))), rel_tol=1e-12)
+        assert math.isclose(log_bessel_iv(1, x), math.log(torch.special.i1(torch.tensor(x, dtype=torch.float64))), rel_tol=1e-12)
+
+
+def test_vmf_mean_cosine_matches_analytic():
+    torch.manual_seed(0)
+    assert abs(vmf_mean_cosine(32, 16) - 0.790) < 5e-4
+    family = VMF(16, 32.0)
+    mu = torch.nn.functional.normalize(torch.randn(100_000, 16), dim=-1)
+    z = family.sample(mu)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(100_000))
+    assert abs((z * mu).sum(-1).mean().item() - 0.790) < 0.005
+
+
+def test_vmf_kl_is_the_analytic_constant():
+    """KL = E_q[log q(z)] - log p(z) = log C_d(k) + k E[w] + log|S^{d-1}|; check against a sampled E[w]."""
+    torch.manual_seed(0)
+    family = VMF(16, 32.0)
+    w = family.sample_cosine((200_000,), "cpu").double().mean().item()
+    log_area = math.log(2 * math.pi ** 8 / math.gamma(8))
+    assert abs(family.log_norm + 32 * w + log_area - vmf_kl_uniform(32, 16)) < 0.02
+    assert abs(vmf_kl_uniform(32, 16) - 7.58) < 0.01
+
+
+def test_vmf_sample_is_reparameterised():
+    family = VMF(8, 16.0)
+    params = torch.randn(4, 8, requires_grad=True)
+    family.sample(params).sum().backward()
+    assert params.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- information flow
+
+def test_target_is_causal(model):
+    ids, tt = random_joined(model, seed=1)
+    m, t = model.config.maxlen, 5
+    changed = ids.clone()
+    changed[:, m + t + 1:] = torch.randint(5, model.config.vocab_size, changed[:, m + t + 1:].shape)
+    with torch.no_grad():
+        a, b = model(ids, tt).logits, model(changed, tt).logits
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])  # the test can fail
+
+
+def test_target_sees_source_only_through_z(model):
+    ids, tt = random_joined(model, seed=2)
+    m = model.config.maxlen
+    z = model.sample_prior(ids.shape[0])
+    changed = ids.clone()
+    changed[:, 1:m - 1] = torch.randint(5, model.config.vocab_size, (ids.shape[0], m - 2))
+    changed[:, m - 1] = 3  # a full-length source: padding changes too
+    with torch.no_grad():
+        a, b = model(ids, tt, z=z).logits, model(changed, tt, z=z).logits
+        c, d = model(ids, tt).logits, model(changed, tt).logits
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert not torch.allclose(c, d)  # without a fixed z the source does matter
+
+
+def test_decode_logits_equals_joined_forward_with_forced_z(model):
+    ids, tt = random_joined(model, seed=3)
+    m = model.config.maxlen
+    z = model.sample_prior(ids.shape[0])
+    with torch.no_grad():
+        full = model(ids, tt, z=z).logits
+        for T in (m, 5, 1):
+            torch.testing.assert_close(model.decode_logits(z, ids[:, m:m + T]), full[:, :T], atol=1e-5, rtol=1e-5)
+
+
+def test_latent_dims_are_ordered_lowest_layer_first(model):
+    ids, _ = random_joined(model, seed=4)
+    src = ids[:, : model.config.maxlen]
+    seen = {}
+    hooks = [mod.register_forward_hook(lambda mod, i, o, j=j: seen.__setitem__(j, o)) for j, mod in enumerate(model.down)]
+    with torch.no_grad():
+        z = model.encode_ids(src)
+    for h in hooks:
+        h.remove()
+    k = model.config.z_dim
+    for j in range(model.config.num_latent_layers):
+        torch.testing.assert_close(z[:, j * k:(j + 1) * k], torch.nn.functional.normalize(seen[j], dim=-1))
+    # and each slice drives its own layer: changing the first slice changes nothing below that layer's input
+    assert model.config.latent_layers == list(range(model.config.num_hidden_layers - model.config.num_latent_layers,
+                                                    model.config.num_hidden_layers))
+
+
+def test_encode_equals_joined_forward_posterior_mean(model):
+    ids, tt = random_joined(model, seed=5)
+    with torch.no_grad():
+        out = model(ids, tt)  # eval mode: the bottleneck uses the posterior mean
+        z = model.encode_ids(ids[:, : model.config.maxlen])
+    torch.testing.assert_close(z, out.mu, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.z, out.mu)
+
+
+def test_loss_counts_real_target_tokens_and_sep(model):
+    ids, tt = random_joined(model, seed=6, lengths=[3, 7, 10, 1])
+    with torch.no_grad():
+        out = model(ids, tt)
+    m = model.config.maxlen
+    assert out.n_tokens.item() == sum(n + 1 for n in [3, 7, 10, 1])  # tokens + [SEP]
+    logp = out.logits[:, :-1].log_softmax(-1)
+    tgt = ids[:, m + 1:]
+    real = tgt != 0
+    ref = -logp.gather(-1, tgt[..., None])[..., 0][real].mean()
+    torch.testing.assert_close(out.ce, ref)
+    assert out.kl.item() == pytest.approx(model.config.num_latent_layers * vmf_kl_uniform(model.config.kappa, 8), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- backends
+
+def test_backends_agree_on_forward_and_gradients(model):
+    ids, tt = random_joined(model, seed=7)
+    z = model.sample_prior(ids.shape[0])
+    results = {}
+    for attn in ("eager", "sdpa"):
+        model.config.attn = attn
+        model.zero_grad()
+        out = model(ids, tt, z=z)
+        out.loss.backward()
+        results[attn] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(results["sdpa"][0], results["eager"][0], atol=1e-5, rtol=1e-5)
+    for n, g in results["eager"][1].items():
+        torch.testing.assert_close(results["sdpa"][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
+    model.config.attn = "flex"
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, tt, z=z).logits, results["eager"][0], atol=1e-5, rtol=1e-5)
+    model.config.attn = "auto"
+
+
+def test_decode_logits_agree_across_backends(model):
+    ids, _ = random_joined(model, seed=8)
+    tgt = ids[:, model.config.maxlen:]
+    z = model.sample_prior(ids.shape[0])
+    out = {}
+    with torch.no_grad():
+        for attn in ("eager", "sdpa", "flex"):
+            model.config.attn = attn
+            out[attn] = model.decode_logits(z, tgt)
+    model.config.attn = "auto"
+    torch.testing.assert_close(out["sdpa"], out["eager"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["flex"], out["eager"], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_save_load_round_trip_is_exact(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = univae.UniVAE.from_pretrained(str(tmp_path)).eval()
+    assert loaded.config == model.config
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    ids, tt = random_joined(model, seed=9)
+    with torch.no_grad():
+        assert torch.equal(model(ids, tt).logits, loaded(ids, tt).logits)
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+
+
+def test_hf_init_loads_backbone_and_checks_overrides(hf_bert, tmp_path):
+    directory, hf = hf_bert
+    m = univae.UniVAE.from_pretrained(str(directory), maxlen=12)
+    torch.testing.assert_close(m.transformer.embed.word.weight, hf.bert.embeddings.word_embeddings.weight)
+    assert m.config.num_latent_layers == 2  # min(4, layers - 1)
+    m.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="fixes hidden_size"):
+        univae.UniVAE.from_pretrained(str(tmp_path), hidden_size=64)
+    with pytest.raises(ValueError, match="2\\*maxlen"):
+        univae.UniVAE.from_pretrained(str(directory), maxlen=40)
+    with pytest.raises(ValueError, match="num_latent_layers"):
+        univae.UniVAE.from_pretrained(str(directory), num_latent_layers=3)
+
+
+def test_tokenizer_is_a_tokenizers_tokenizer(model):
+    from tokenizers import Tokenizer
+
+    tok = model.tokenizer
+    assert isinstance(tok, Tokenizer)
+    assert tok.encode("我是中国人", add_special_tokens=False).tokens == list("我是中国人")
+    assert tok.token_to_id("[CLS]") == 2 and tok.get_vocab_size() == model.config.vocab_size

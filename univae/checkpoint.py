@@ -1,0 +1,226 @@
+"""Checkpoint I/O: HF BERT/RoFormer directories through an explicit key table, and our own format.
+
+Our checkpoint directory: config.json ({"univae": {...}}), model.safetensors, vocab.txt,
+tokenizer_config.json. Every file is written to a temporary name and moved into place with
+os.replace, so a crash mid-save never leaves a half-written file under the real name. Nothing here
+unpickles code: weights come from safetensors, or torch.load(weights_only=True) for .bin files.
+"""
+import json
+import os
+import re
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from univae.config import UniVAEConfig, from_hf_config
+from univae.tokenizer import load_tokenizer, save_tokenizer
+
+# HF key (after the "bert."/"roformer." prefix is stripped) -> our Transformer key.
+# "{}" is the layer index. A (key, part) target is one third of the fused QKV projection.
+# None drops the key on purpose, with the reason beside it.
+HF_KEY_TABLE = {
+    "embeddings.word_embeddings.weight": "embed.word.weight",
+    "embeddings.position_embeddings.weight": "embed.position.weight",
+    "embeddings.token_type_embeddings.weight": "embed.token_type.weight",
+    "embeddings.LayerNorm.weight": "embed.norm.weight",
+    "embeddings.LayerNorm.bias": "embed.norm.bias",
+    "embeddings_project.weight": "embed.project.weight",  # RoFormer with embedding_size < hidden_size
+    "embeddings_project.bias": "embed.project.bias",
+    "embeddings.position_ids": None,  # an index buffer, not a weight
+    "encoder.embed_positions.weight": None,  # RoFormer's fixed sinusoid table; recomputed by rotary_tables
+    "encoder.layer.{}.attention.self.query.weight": ("layers.{}.qkv.weight", 0),
+    "encoder.layer.{}.attention.self.key.weight": ("layers.{}.qkv.weight", 1),
+    "encoder.layer.{}.attention.self.value.weight": ("layers.{}.qkv.weight", 2),
+    "encoder.layer.{}.attention.self.query.bias": ("layers.{}.qkv.bias", 0),
+    "encoder.layer.{}.attention.self.key.bias": ("layers.{}.qkv.bias", 1),
+    "encoder.layer.{}.attention.self.value.bias": ("layers.{}.qkv.bias", 2),
+    "encoder.layer.{}.attention.output.dense.weight": "layers.{}.attn_out.weight",
+    "encoder.layer.{}.attention.output.dense.bias": "layers.{}.attn_out.bias",
+    "encoder.layer.{}.attention.output.LayerNorm.weight": "layers.{}.attn_norm.weight",
+    "encoder.layer.{}.attention.output.LayerNorm.bias": "layers.{}.attn_norm.bias",
+    "encoder.layer.{}.intermediate.dense.weight": "layers.{}.ffn_in.weight",
+    "encoder.layer.{}.intermediate.dense.bias": "layers.{}.ffn_in.bias",
+    "encoder.layer.{}.output.dense.weight": "layers.{}.ffn_out.weight",
+    "encoder.layer.{}.output.dense.bias": "layers.{}.ffn_out.bias",
+    "encoder.layer.{}.output.LayerNorm.weight": "layers.{}.ffn_norm.weight",
+    "encoder.layer.{}.output.LayerNorm.bias": "layers.{}.ffn_norm.bias",
+    "pooler.dense.weight": None,  # the NSP pooler is not part of UniVAE
+    "pooler.dense.bias": None,
+    "cls.predictions.transform.dense.weight": "head.dense.weight",
+    "cls.predictions.transform.dense.bias": "head.dense.bias",
+    "cls.predictions.transform.LayerNorm.weight": "head.norm.weight",
+    "cls.predictions.transform.LayerNorm.bias": "head.norm.bias",
+    "cls.predictions.bias": "head.bias",
+    "cls.predictions.decoder.bias": "head.bias",  # older checkpoints store the tied bias twice
+    "cls.predictions.decoder.weight": None,  # tied to the word embeddings
+    "cls.seq_relationship.weight": None,  # next-sentence prediction
+    "cls.seq_relationship.bias": None,
+}
+HEAD_KEYS = ("head.dense.weight", "head.dense.bias", "head.norm.weight", "head.norm.bias", "head.bias")
+
+
+def _table_regex():
+    return [(re.compile("^" + re.escape(k).replace(r"\{\}", r"(\d+)") + "$"), v) for k, v in HF_KEY_TABLE.items()]
+
+
+def _hf_name(key):
+    """Strip the model-class prefix and TF-era LayerNorm names (gamma/beta)."""
+    for prefix in ("bert.", "roformer."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
+
+
+def read_hf_weights(directory):
+    """model.safetensors or pytorch_model.bin (loaded with weights_only=True) -> state dict."""
+    st, bin_ = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(st):
+        return load_file(st)
+    if os.path.exists(bin_):
+        return torch.load(bin_, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def convert_hf_state_dict(hf_sd, transformer):
+    """Map a HF BERT/RoFormer state dict onto our Transformer's keys through HF_KEY_TABLE.
+
+    Every HF key must match a table row (consumed or dropped on purpose), every target shape must
+    match, and every backbone weight must be filled. Returns (state_dict, has_head): without an MLM
+    head in the checkpoint the head keeps its fresh init, and its decoder is the (tied) embedding.
+    """
+    ours = transformer.state_dict()
+    table = _table_regex()
+    out, qkv_parts = {}, {}
+    unknown = []
+    for key, tensor in hf_sd.items():
+        name = _hf_name(key)
+        for regex, target in table:
+            m = regex.match(name)
+            if m:
+                break
+        else:
+            unknown.append(key)
+            continue
+        if target is None:
+            continue
+        if isinstance(target, tuple):
+            target, part = target[0].format(*m.groups()), target[1]
+            qkv_parts.setdefault(target, {})[part] = tensor
+            continue
+        target = target.format(*m.groups())
+        if target not in ours:
+            raise ValueError(f"checkpoint key {key} maps to {target}, which this config does not have")
+        if target in out and not torch.equal(out[target], tensor):
+            raise ValueError(f"checkpoint keys disagree on {target} ({key})")
+        out[target] = tensor
+    if unknown:
+        raise ValueError(f"checkpoint has keys the BERT/RoFormer table does not know: {', '.join(unknown[:5])}"
+                         + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+    for target, parts in qkv_parts.items():
+        if sorted(parts) != [0, 1, 2]:
+            raise ValueError(f"checkpoint is missing query/key/value parts of {target}")
+        out[target] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+    for k, v in out.items():
+        if k not in ours:
+            raise ValueError(f"checkpoint maps to {k}, which this config does not have")
+        if v.shape != ours[k].shape:
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)}, config {tuple(ours[k].shape)}")
+        out[k] = v.to(ours[k].dtype)
+    has_head = all(k in out for k in HEAD_KEYS)
+    missing = [k for k in ours if k not in out and not (k.startswith("head.") and not has_head)]
+    if missing:
+        raise ValueError(f"checkpoint is missing weights for: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if not has_head:
+        for k in HEAD_KEYS:
+            out.pop(k, None)
+    return out, has_head
+
+
+def read_config(directory):
+    path = os.path.join(directory, "config.json")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: not a directory")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory}: no config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _check_vocab(config, tokenizer, directory):
+    n = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1  # ids are line numbers of vocab.txt
+    if n != config.vocab_size:
+        raise ValueError(f"{directory}: vocab.txt has {n} tokens but config.json says vocab_size={config.vocab_size}")
+
+
+def load_transformer(path, **overrides):
+    """A HF BERT/RoFormer directory -> our Transformer with its weights (the plain backbone)."""
+    from univae.model import Transformer
+
+    config = from_hf_config(read_config(path), **overrides)
+    transformer = Transformer(config)
+    sd, has_head = convert_hf_state_dict(read_hf_weights(path), transformer)
+    transformer.load_state_dict(sd, strict=has_head)
+    return transformer
+
+
+# Fields a user may change when loading a trained univae checkpoint; the rest fix the architecture.
+RUNTIME_FIELDS = ("attn", "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def load_univae(path, **overrides):
+    """A univae checkpoint dir (everything) or a HF BERT/RoFormer dir (fresh latent heads) -> UniVAE."""
+    from univae.model import UniVAE
+
+    raw = read_config(path)
+    tokenizer = load_tokenizer(path) if os.path.exists(os.path.join(path, "vocab.txt")) else None
+    if "univae" in raw:
+        saved = raw["univae"]
+        clash = {k: v for k, v in overrides.items() if k not in RUNTIME_FIELDS and k in saved and saved[k] != v}
+        if clash:
+            k, v = next(iter(clash.items()))
+            raise ValueError(f"{path}: the checkpoint fixes {k}={saved[k]!r}; cannot override it with {v!r}")
+        config = UniVAEConfig.from_dict(saved, **overrides)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{path}: no vocab.txt")
+        _check_vocab(config, tokenizer, path)
+        model = UniVAE(config, tokenizer)
+        weights = os.path.join(path, "model.safetensors")
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"{path}: no model.safetensors")
+        try:
+            model.load_state_dict(load_file(weights))
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match config.json: {str(e).splitlines()[1].strip()}") from None
+        return model
+    config = from_hf_config(raw, **overrides)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{path}: no vocab.txt")
+    _check_vocab(config, tokenizer, path)
+    model = UniVAE(config, tokenizer)
+    sd, has_head = convert_hf_state_dict(read_hf_weights(path), model.transformer)
+    model.transformer.load_state_dict(sd, strict=has_head)
+    return model
+
+
+def _atomic(path, write):
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj, path):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+
+
+def save_univae(model, directory):
+    os.makedirs(directory, exist_ok=True)
+    config = model.config.to_dict()
+    _atomic(os.path.join(directory, "config.json"), lambda p: _write_json({"univae": config}, p))
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic(os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
+    if model.tokenizer is not None:
+        save_tokenizer(model.tokenizer, directory)

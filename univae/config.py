@@ -1,0 +1,150 @@
+"""One dataclass config for the backbone and the VAE on top of it, plus named presets.
+
+Backbone fields are named as in transformers' BertConfig/RoFormerConfig so that a HF config.json
+maps onto them key for key (`from_hf_config`). The per-layer schedule (which layers carry a
+latent) is expanded once in `__post_init__`.
+"""
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+LATENT_FAMILIES = ("vmf", "gaussian")
+ATTN_BACKENDS = ("auto", "eager", "sdpa", "flex")
+
+
+@dataclass
+class UniVAEConfig:
+    # backbone (BertConfig / RoFormerConfig names)
+    model_type: str = "bert"  # "bert": learned absolute positions; "roformer": interleaved rotary
+    vocab_size: int = 21128
+    hidden_size: int = 768
+    embedding_size: int = 0  # RoFormer may embed in a smaller size and project; 0 = hidden_size
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    rotary_value: bool = False  # RoFormer option: rotate values too
+    pad_token_id: int = 0
+    # the VAE
+    maxlen: int = 32  # tokens per half, [CLS] and [SEP] included
+    num_latent_layers: int = 4  # the top n layers carry a latent on their [CLS] input
+    z_dim: int = 16  # latent dims per latent layer
+    latent: str = "vmf"
+    kappa: float = 32.0  # vMF concentration (fixed)
+    attn: str = "auto"
+    # derived in __post_init__ (not saved)
+    latent_layers: list = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if self.embedding_size == 0:
+            self.embedding_size = self.hidden_size
+        if self.model_type not in ("bert", "roformer"):
+            raise ValueError(f"model_type must be 'bert' or 'roformer', got {self.model_type!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        if self.model_type == "roformer" and (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError("RoFormer's rotary embedding needs an even head size")
+        if self.model_type == "bert" and self.embedding_size != self.hidden_size:
+            raise ValueError("BERT has no embedding projection: embedding_size must equal hidden_size")
+        # The lowest layer's [CLS] input is the same embedding for every sentence: a latent there says nothing.
+        if not 1 <= self.num_latent_layers <= self.num_hidden_layers - 1:
+            raise ValueError(
+                f"num_latent_layers must be in [1, {self.num_hidden_layers - 1}] for {self.num_hidden_layers} layers "
+                f"(the lowest layer cannot carry a latent), got {self.num_latent_layers}"
+            )
+        if self.maxlen < 3:
+            raise ValueError(f"maxlen must be at least 3 ([CLS], one token, [SEP]), got {self.maxlen}")
+        if self.model_type == "bert" and 2 * self.maxlen > self.max_position_embeddings:
+            raise ValueError(
+                f"2*maxlen = {2 * self.maxlen} exceeds the BERT position table ({self.max_position_embeddings} positions)"
+            )
+        if self.z_dim < 2:
+            raise ValueError(f"z_dim must be at least 2, got {self.z_dim}")
+        if self.latent not in LATENT_FAMILIES:
+            raise ValueError(f"latent must be one of {LATENT_FAMILIES}, got {self.latent!r}")
+        if self.latent == "vmf" and not self.kappa > 0:
+            raise ValueError(f"kappa must be positive, got {self.kappa}")
+        if self.attn not in ATTN_BACKENDS:
+            raise ValueError(f"attn must be one of {ATTN_BACKENDS}, got {self.attn!r}")
+        L, n = self.num_hidden_layers, self.num_latent_layers
+        self.latent_layers = list(range(L - n, L))
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def latent_dim(self):
+        """Size of the full code z = concat(z_k, ..., z_{L-1})."""
+        return self.num_latent_layers * self.z_dim
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d.pop("latent_layers")
+        return d
+
+    def save(self, path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"univae": self.to_dict()}, f, indent=2)
+
+    @classmethod
+    def from_dict(cls, d, **overrides):
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**{**{k: v for k, v in d.items() if k in known}, **overrides})
+
+
+# Backbone keys a HF BertConfig/RoFormerConfig must agree with; everything else there is ignored.
+HF_KEYS = (
+    "vocab_size", "hidden_size", "embedding_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+    "type_vocab_size", "layer_norm_eps", "initializer_range", "rotary_value", "pad_token_id",
+)
+
+
+def from_hf_config(hf, **overrides):
+    """A transformers config.json dict (model_type bert or roformer) -> UniVAEConfig."""
+    model_type = hf.get("model_type")
+    if model_type not in ("bert", "roformer"):
+        raise ValueError(f"model_type {model_type!r} is not supported (need 'bert' or 'roformer')")
+    if model_type == "bert" and hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported")
+    d = {k: hf[k] for k in HF_KEYS if k in hf and hf[k] is not None}
+    # The reference's 4 latent layers, unless the model is too shallow for that.
+    d["num_latent_layers"] = min(UniVAEConfig.num_latent_layers, d.get("num_hidden_layers", 12) - 1)
+    return UniVAEConfig.from_dict({**d, "model_type": model_type}, **overrides)
+
+
+PRESETS = {
+    # tiny, for tests and smoke runs
+    "debug": dict(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, maxlen=16,
+        num_latent_layers=2, z_dim=8, kappa=16.0, max_position_embeddings=64, vocab_size=256,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    ),
+    # the CPU default, trained from scratch by `python train.py` (chosen by the sweep in README.md)
+    "small": dict(
+        hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024, maxlen=32,
+        num_latent_layers=5, z_dim=32, kappa=64.0, max_position_embeddings=64,
+        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+    ),
+    # the reference: 12 x 768, 4 latent layers x 16 dims, kappa 32
+    "base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, maxlen=32,
+        num_latent_layers=4, z_dim=16, kappa=32.0,
+    ),
+}
+
+
+def preset(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return UniVAEConfig.from_dict({**PRESETS[name], **overrides})

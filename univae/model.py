@@ -1,0 +1,381 @@
+"""The backbone (post-LN BERT or RoFormer encoder) and UniVAE on top of it.
+
+UniVAE's forward, in one screen (DESIGN.md):
+
+    h = embed(input_ids, token_type_ids, positions)           # (B, S, d), S = 2*maxlen
+    for l, layer in enumerate(layers):
+        if l carries a latent: h[:, 0] = up_l(z_l), z_l ~ q(z | down_l(h[:, 0]))
+        h = layer(h, masks[l], rope)                            # independent below, uniae above
+    logits = head(h[:, maxlen:])                                # target half only
+
+Decoding from z needs no source: a sequence [slot; target] with a one-token "source" whose
+hidden state is overwritten with up_l(z_l) at every latent layer, under the same masks with
+src_len = 1 (`decode_logits`, and the cached decoder in generate.py).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+import masks
+from univae.attention import attend, resolve
+from univae.config import UniVAEConfig
+from univae.latents import make_family
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+# ----------------------------------------------------------------------------- rotary positions
+
+def rotary_tables(positions, head_dim, dtype=torch.float32):
+    """cos, sin tables (S, head_dim) for RoFormer's rotary embedding at the given positions.
+
+    RoFormer's layout is *interleaved*: frequency i acts on the pair (2i, 2i+1), so each angle is
+    repeated twice in a row (transformers' RoFormerSinusoidalPositionalEmbedding). Computed in
+    float64 like transformers' table, then cast.
+    """
+    inv_freq = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (S, head_dim/2)
+    cos = angles.cos().repeat_interleave(2, dim=-1).to(dtype)
+    sin = angles.sin().repeat_interleave(2, dim=-1).to(dtype)
+    return cos, sin
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin). x (B, H, S, D)."""
+    rotated = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+# ----------------------------------------------------------------------------- backbone modules
+
+class Embeddings(nn.Module):
+    def __init__(self, c: UniVAEConfig):
+        super().__init__()
+        self.word = nn.Embedding(c.vocab_size, c.embedding_size, padding_idx=c.pad_token_id)
+        self.position = nn.Embedding(c.max_position_embeddings, c.embedding_size) if c.model_type == "bert" else None
+        self.token_type = nn.Embedding(c.type_vocab_size, c.embedding_size)
+        self.norm = nn.LayerNorm(c.embedding_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.project = nn.Linear(c.embedding_size, c.hidden_size) if c.embedding_size != c.hidden_size else None
+
+    def forward(self, input_ids, token_type_ids, positions):
+        x = self.word(input_ids) + self.token_type(token_type_ids)
+        if self.position is not None:
+            x = x + self.position(positions)
+        x = self.dropout(self.norm(x))
+        return self.project(x) if self.project is not None else x
+
+
+class Layer(nn.Module):
+    """Post-LN Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)). One fused QKV matmul."""
+
+    def __init__(self, c: UniVAEConfig):
+        super().__init__()
+        d = c.hidden_size
+        self.n_head, self.rotary_value = c.num_attention_heads, c.rotary_value
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.attn_norm = nn.LayerNorm(d, eps=c.layer_norm_eps)
+        self.ffn_in = nn.Linear(d, c.intermediate_size)
+        self.ffn_out = nn.Linear(c.intermediate_size, d)
+        self.ffn_norm = nn.LayerNorm(d, eps=c.layer_norm_eps)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.attn_dropout = c.attention_probs_dropout_prob
+
+    def project_kv(self, x, rope=None):
+        """Keys and values of x (B, S, d) -> (B, H, S, D) each; used for the decoder's latent slot."""
+        _, k, v = rearrange(self.qkv(x), "b s (three h d) -> three b h s d", three=3, h=self.n_head)
+        if rope is not None:
+            k = apply_rotary(k, *rope)
+            v = apply_rotary(v, *rope) if self.rotary_value else v
+        return k, v
+
+    def forward(self, x, mask, backend, rope=None, cache=None):
+        """x (B, S, d). `cache` (KVCache, slot indices) writes this step's K/V and attends over the cache."""
+        q, k, v = rearrange(self.qkv(x), "b s (three h d) -> three b h s d", three=3, h=self.n_head)
+        if rope is not None:  # RoFormer: rotary on queries and keys (and values if rotary_value)
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if self.rotary_value:
+                v = apply_rotary(v, *rope)
+        if cache is not None:
+            kv_cache, slots = cache
+            k, v = kv_cache.update(slots, k, v)
+        p = self.attn_dropout if self.training else 0.0
+        a = rearrange(attend(q, k, v, mask, backend, dropout_p=p), "b h s d -> b s (h d)")
+        x = self.attn_norm(x + self.dropout(self.attn_out(a)))
+        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense -> act -> LN -> tied decoder (+ bias)."""
+
+    def __init__(self, c: UniVAEConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.embedding_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.norm = nn.LayerNorm(c.embedding_size, eps=c.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+    def forward(self, h, word_embeddings):
+        return F.linear(self.norm(self.act(self.dense(h))), word_embeddings, self.bias)
+
+
+class Transformer(nn.Module):
+    """The shared BERT/RoFormer encoder; called as a plain bidirectional encoder it matches
+    transformers' BertModel/RoFormerModel `last_hidden_state` (tests/test_backbone.py)."""
+
+    def __init__(self, config: UniVAEConfig):
+        super().__init__()
+        self.config = config
+        self.embed = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.head = MLMHead(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m):
+        std = self.config.initializer_range
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def rope(self, positions, dtype=torch.float32):
+        if self.config.model_type != "roformer":
+            return None
+        return rotary_tables(positions, self.config.head_dim, dtype)
+
+    def logits(self, h):
+        return self.head(h, self.embed.word.weight)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        """Plain bidirectional encoder. attention_mask: (B, S) with 1 for real tokens, 0 for padding."""
+        B, S = input_ids.shape
+        positions = torch.arange(S, device=input_ids.device)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        backend = resolve(self.config.attn, input_ids.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = attention_mask.bool()
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return keep[b, kv_idx]
+
+        mask = _build_mask(mask_mod, B, S, S, backend, input_ids.device)
+        rope = self.rope(positions)
+        h = self.embed(input_ids, token_type_ids, positions)
+        for layer in self.layers:
+            h = layer(h, mask, backend, rope)
+        return h
+
+
+def _build_mask(mask_mod, batch, q_len, kv_len, backend, device):
+    """The mask object a backend takes: dense bool (B, 1, Q, K), or a BlockMask for flex."""
+    if backend == "flex":
+        return masks.block_mask(mask_mod, batch, q_len, kv_len, device)
+    return masks.materialize(mask_mod, q_len, kv_len, batch=batch, device=device).unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------- UniVAE
+
+@dataclass
+class UniVAEOutput:
+    loss: torch.Tensor  # what training minimises
+    ce: torch.Tensor  # mean target cross-entropy per real token (incl. the closing [SEP])
+    kl: torch.Tensor  # mean KL(q(z|x) || p(z)) per sentence, summed over latent layers
+    kl_per_layer: torch.Tensor  # (n_latent,) mean over the batch
+    logits: torch.Tensor  # (B, maxlen, V): logits[:, t] predicts target token t+1
+    z: torch.Tensor  # (B, n_latent * z_dim) the code the decoder saw
+    mu: torch.Tensor  # (B, n_latent * z_dim) posterior mean code
+    n_tokens: torch.Tensor  # number of target tokens the CE averages over
+
+
+class UniVAE(nn.Module):
+    def __init__(self, config: UniVAEConfig, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.transformer = Transformer(config)
+        n, d = config.num_latent_layers, config.hidden_size
+        self.family = make_family(config)
+        self.down = nn.ModuleList(nn.Linear(d, self.family.param_dim) for _ in range(n))
+        self.up = nn.ModuleList(nn.Linear(config.z_dim, d) for _ in range(n))
+        for m in [*self.down, *self.up]:
+            self.transformer._init_weights(m)
+        # layer index -> index of its latent (only latent layers appear)
+        self.latent_index = {l: j for j, l in enumerate(config.latent_layers)}
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def device(self):
+        return self.transformer.embed.word.weight.device
+
+    def backend(self, device):
+        return resolve(self.config.attn, device)
+
+    def layer_masks(self, src_len, q_len, src_lengths, batch, device):
+        """One mask per kind, built once, expanded to a per-layer list."""
+        backend = self.backend(device)
+        if src_lengths is None:
+            batch = 1 if backend != "flex" else None
+        lower = _build_mask(masks.independent(src_len, src_lengths), batch, q_len, q_len, backend, device)
+        upper = _build_mask(masks.uniae(src_len, src_lengths), batch, q_len, q_len, backend, device)
+        per_layer = [upper if l in self.latent_index else lower for l in range(self.config.num_hidden_layers)]
+        return per_layer, backend
+
+    def split_z(self, z):
+        """(B, n*z_dim) -> list of n (B, z_dim), lowest latent layer first."""
+        return list(z.split(self.config.z_dim, dim=-1))
+
+    def _run(self, h, layer_masks, backend, rope, z=None, sample=False):
+        """The layer stack with the bottleneck on position 0. z forces the code; else encode it.
+
+        Returns (h, z_list, params_list) where params are None when z was forced."""
+        assert len(layer_masks) == len(self.transformer.layers)
+        zs = self.split_z(z) if z is not None else []
+        params = []
+        for l, (layer, mask) in enumerate(zip(self.transformer.layers, layer_masks)):
+            j = self.latent_index.get(l)
+            if j is not None:
+                if z is None:
+                    p = self.down[j](h[:, 0])
+                    params.append(p)
+                    zs.append(self.family.sample(p) if sample else self.family.mean(p))
+                h = torch.cat([self.up[j](zs[j].to(h.dtype))[:, None], h[:, 1:]], dim=1)
+            h = layer(h, mask, backend, rope)
+        return h, zs, params
+
+    # ------------------------------------------------------------------ training forward
+
+    def forward(self, input_ids, token_type_ids=None, z=None, sample=None):
+        """input_ids (B, 2*maxlen) from univae.data.join. z (B, n*z_dim) forces the bottleneck;
+        otherwise z is a posterior sample in training mode and the posterior mean in eval mode."""
+        c = self.config
+        B, S = input_ids.shape
+        if S != 2 * c.maxlen:
+            raise ValueError(f"input_ids has length {S}, expected 2*maxlen = {2 * c.maxlen}")
+        if token_type_ids is None:
+            token_type_ids = (torch.arange(S, device=input_ids.device) >= c.maxlen).long().expand(B, S)
+        sample = self.training if sample is None else sample
+        src_lengths = (input_ids[:, : c.maxlen] != c.pad_token_id).sum(1)
+        layer_masks, backend = self.layer_masks(c.maxlen, S, src_lengths, B, input_ids.device)
+        positions = torch.arange(S, device=input_ids.device)
+        h = self.transformer.embed(input_ids, token_type_ids, positions)
+        h, zs, params = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample)
+        logits = self.transformer.logits(h[:, c.maxlen:])  # (B, maxlen, V), target half only
+
+        tgt = input_ids[:, c.maxlen:]
+        labels = tgt[:, 1:].masked_fill(tgt[:, 1:] == c.pad_token_id, -100)  # padding never counts
+        n_tokens = (labels != -100).sum()
+        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        if params:
+            kl_per_layer = torch.stack([self.family.kl(p).float() for p in params], dim=-1)  # (B, n)
+            mu = torch.cat([self.family.mean(p) for p in params], dim=-1)
+        else:
+            kl_per_layer = logits.new_zeros(B, c.num_latent_layers, dtype=torch.float32)
+            mu = torch.cat(zs, dim=-1)
+        kl = kl_per_layer.sum(-1).mean()
+        loss = ce  # vMF with fixed kappa: the KL is a constant, reported but not optimised
+        return UniVAEOutput(
+            loss=loss, ce=ce, kl=kl, kl_per_layer=kl_per_layer.mean(0), logits=logits,
+            z=torch.cat(zs, dim=-1), mu=mu, n_tokens=n_tokens,
+        )
+
+    # ------------------------------------------------------------------ encoder / decoder views
+
+    def posterior_params(self, src_ids):
+        """src_ids (B, maxlen) -> list of per-layer posterior params, from the source half alone.
+
+        The source never sees the target, so running it alone gives exactly its hidden states in
+        the joined forward; it only needs to reach the top latent layer's input."""
+        c = self.config
+        B, S = src_ids.shape
+        src_lengths = (src_ids != c.pad_token_id).sum(1)
+        backend = self.backend(src_ids.device)
+        mask = _build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)
+        positions = torch.arange(S, device=src_ids.device)
+        rope = self.transformer.rope(positions)
+        h = self.transformer.embed(src_ids, torch.zeros_like(src_ids), positions)
+        params = []
+        for l, layer in enumerate(self.transformer.layers):
+            j = self.latent_index.get(l)
+            if j is not None:
+                p = self.down[j](h[:, 0])
+                params.append(p)
+                h = torch.cat([self.up[j](self.family.mean(p))[:, None], h[:, 1:]], dim=1)
+            if l == c.latent_layers[-1]:
+                break
+            h = layer(h, mask, backend, rope)
+        return params
+
+    def encode_ids(self, src_ids):
+        return torch.cat([self.family.mean(p) for p in self.posterior_params(src_ids)], dim=-1)
+
+    @torch.no_grad()
+    def encode(self, texts, batch_size=256):
+        """Sentences -> posterior mean codes (N, n_latent*z_dim); deterministic."""
+        from univae.tokenizer import encode_texts
+
+        ids, _, _ = encode_texts(self.tokenizer, texts, self.config.maxlen)
+        out = [self.encode_ids(chunk.to(self.device)) for chunk in ids.split(batch_size)]
+        return torch.cat(out).float()
+
+    def decoder_inputs(self, tgt_ids):
+        """[slot; target] ids, token types and positions for decoding without a source.
+
+        Slot 0 stands for the source [CLS]: position 0, segment 0; target t sits at position
+        maxlen + t, segment 1, exactly where it sits in training."""
+        B, T = tgt_ids.shape
+        slot = torch.full((B, 1), self.tokenizer.token_to_id("[CLS]") if self.tokenizer else 0, device=tgt_ids.device)
+        ids = torch.cat([slot, tgt_ids], dim=1)
+        token_types = torch.ones_like(ids)
+        token_types[:, 0] = 0
+        positions = torch.cat([torch.zeros(1, device=ids.device, dtype=torch.long),
+                               self.config.maxlen + torch.arange(T, device=ids.device)])
+        return ids, token_types, positions
+
+    def decode_logits(self, z, tgt_ids):
+        """Teacher-forced target logits (B, T, V) given z; tgt_ids (B, T) starts with [CLS], T <= maxlen."""
+        B, T = tgt_ids.shape
+        if T > self.config.maxlen:
+            raise ValueError(f"target length {T} exceeds maxlen {self.config.maxlen}")
+        ids, token_types, positions = self.decoder_inputs(tgt_ids)
+        layer_masks, backend = self.layer_masks(1, T + 1, None, B, ids.device)
+        h = self.transformer.embed(ids, token_types, positions)
+        h, _, _ = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z)
+        return self.transformer.logits(h[:, 1:])
+
+    def sample_prior(self, n, device=None):
+        """n codes from the prior, (n, n_latent*z_dim)."""
+        device = device or self.device
+        return torch.cat([self.family.prior(n, device) for _ in range(self.config.num_latent_layers)], dim=-1)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        from univae.checkpoint import load_univae
+
+        return load_univae(path, **overrides)
+
+    def save_pretrained(self, directory):
+        from univae.checkpoint import save_univae
+
+        save_univae(self, directory)
