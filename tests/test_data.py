@@ -254,3 +254,18 @@ def test_join_layout():
     input_ids, token_type_ids = join(torch.tensor([[1, 5, 2, 0]]))
     assert input_ids.tolist() == [[1, 5, 2, 0, 1, 5, 2, 0]]
     assert token_type_ids.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]]
+
+
+def test_bucketed_batches_are_a_permutation_with_similar_lengths():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 16, (400,), generator=g)
+    ids = (torch.arange(16)[None, :] < lengths[:, None]).long() * torch.arange(1, 401)[:, None]
+    plain, bucketed = Batches(ids, 10, seed=3), Batches(ids, 10, seed=3, bucket=8)
+    rows_p = torch.cat([plain.next_batch() for _ in range(40)])
+    rows_b = torch.cat([bucketed.next_batch() for _ in range(40)])
+    assert sorted(rows_b[:, 0].tolist()) == sorted(rows_p[:, 0].tolist()) == list(range(1, 401))  # same epoch content
+    spread = lambda rows: (rows != 0).sum(1).view(40, 10).float().std(1).mean()
+    assert spread(rows_b) < spread(rows_p) / 3
+    again = Batches(ids, 10, seed=3, bucket=8)
+    again.load_state_dict({"epoch": 0, "position": 13})
+    assert torch.equal(again.next_batch(), rows_b[130:140])

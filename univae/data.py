@@ -263,15 +263,21 @@ class Batches:
     so every row is seen each epoch. Batches keep the full (batch_size, maxlen) shape so that
     torch.compile sees one shape. With fewer rows than one global batch the permutation repeats
     (a row may then appear twice in a round).
+
+    bucket=k > 1 groups k consecutive global batches, sorts their rows by length and reshuffles
+    the resulting batches within the group: batches hold sentences of similar length, so that
+    trimming a batch to its longest sentence (train.py) skips most padding, while the order stays
+    random at the scale of k batches and fully determined by (seed, epoch).
     """
 
-    def __init__(self, ids, batch_size, seed=0, rank=0, world_size=1, drop_last=True):
+    def __init__(self, ids, batch_size, seed=0, rank=0, world_size=1, drop_last=True, bucket=1, pad_id=0):
         if ids.ndim != 2 or ids.shape[0] == 0:
             raise ValueError(f"Batches: need ids of shape (N >= 1, maxlen), got {tuple(ids.shape)}")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"Batches: bad batch_size={batch_size}, rank={rank}, world_size={world_size}")
         self.ids, self.batch_size, self.seed = ids, batch_size, seed
         self.rank, self.world_size = rank, world_size
+        self.bucket, self.lengths = bucket, (ids != pad_id).sum(1)
         n, per_round = ids.shape[0], batch_size * world_size
         self.steps_per_epoch = max(1, n // per_round if drop_last else -(-n // per_round))
         self._epoch, self._position, self._order = 0, 0, None
@@ -285,7 +291,16 @@ class Batches:
         g = torch.Generator().manual_seed(self.seed + self._epoch)
         perm = torch.randperm(self.ids.shape[0], generator=g)
         total = self.steps_per_epoch * self.world_size * self.batch_size
-        return perm.repeat(-(-total // len(perm)))[:total]
+        order = perm.repeat(-(-total // len(perm)))[:total]
+        if self.bucket > 1:
+            group = self.bucket * self.batch_size
+            pieces = []
+            for chunk in order.split(group):
+                chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+                batches = chunk.view(-1, self.batch_size)
+                pieces.append(batches[torch.randperm(len(batches), generator=g)].flatten())
+            order = torch.cat(pieces)
+        return order
 
     def next_batch(self):
         """The next (batch_size, maxlen) LongTensor of this rank; rolls over into the next epoch."""

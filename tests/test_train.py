@@ -1,0 +1,144 @@
+"""train.py end to end on the debug preset: exact resume, errors, HF init, kill safety, torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+import univae
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SENTENCES = [
+    "今天天气很好", "我喜欢这本书", "酒店的服务很周到", "房间太小了", "价格便宜质量不错", "物流速度很快",
+    "这个手机的屏幕很清楚", "味道一般般", "下次还会再来", "不推荐购买", "包装很精美", "快递员态度很好",
+    "电池续航时间太短", "书的内容很有意思", "早餐种类比较少", "位置很方便交通便利", "声音有点大",
+    "整体感觉还可以", "性价比很高", "客服回复很及时", "颜色和图片一样", "尺寸偏小", "孩子很喜欢",
+    "用了一个月就坏了", "质量太差了", "非常满意的一次购物", "环境安静适合休息", "设计很人性化",
+] * 2
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(f"{s}{i % 7}" for i, s in enumerate(SENTENCES)) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def base_args(corpus, out, *extra):
+    return ["--preset", "debug", "--corpus", corpus, "--out", str(out), "--batch-size", "8", "--precision", "fp32",
+            "--eval-every", "1000", "--eval-sentences", "4", "--log-every", "5", "--warmup", "5", *extra]
+
+
+def test_resume_is_exact(corpus, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.main(base_args(corpus, a, "--max-steps", "40", "--save-every", "20"))
+    train.main(base_args(corpus, b, "--max-steps", "40", "--resume", str(a / "step-20")))
+    wa, wb = load_file(a / "step-40" / "model.safetensors"), load_file(b / "step-40" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    # and the run did learn something: weights moved away from step 20
+    w20 = load_file(a / "step-20" / "model.safetensors")
+    assert not torch.equal(w20["transformer.layers.0.qkv.weight"], wa["transformer.layers.0.qkv.weight"])
+    assert os.path.realpath(a / "last") == str(a / "step-40")
+    rows = [json.loads(l) for l in open(a / "metrics.jsonl", encoding="utf-8")]
+    train_rows = [r for r in rows if "split" not in r]
+    assert {"step", "loss", "ce", "kl", "lr", "tokens_per_s"} <= set(train_rows[0])
+    val = [r for r in rows if r.get("split") == "val"][-1]
+    assert {"ce", "bits_per_char", "exact_match", "char_f1"} <= set(val)
+    saved = json.load(open(a / "last" / "train_args.json", encoding="utf-8"))
+    assert saved["corpus"] == corpus and saved["split_seed"] == 0
+    model = univae.UniVAE.from_pretrained(str(a / "last"))
+    assert model.tokenizer.token_to_id("天") is not None
+
+
+def _error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_clear_errors_before_touching_output(corpus, tmp_path, capsys, hf_bert):
+    out = tmp_path / "out"
+    assert "nothing to resume" in _error(base_args(corpus, out, "--resume"), capsys)
+    assert "num_latent_layers" in _error(base_args(corpus, out, "--num-latent-layers", "9"), capsys)
+    assert "unknown --preset" in _error(["--preset", "huge", "--out", str(out)], capsys)
+    assert "--init-from" in _error(["--init-from", str(hf_bert[0]), "--preset", "small", "--out", str(out)], capsys)
+    assert "no config.json" in _error(["--init-from", str(tmp_path), "--out", str(out)], capsys)
+    assert "2*maxlen" in _error(["--init-from", str(hf_bert[0]), "--maxlen", "40", "--out", str(out)], capsys)
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert "not empty" in _error(base_args(corpus, out, "--max-steps", "2"), capsys)
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_bad_corpus_lines_reported_with_file_and_line(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"text": s}, ensure_ascii=False) for s in SENTENCES[:20]]
+    lines.insert(3, "{not json")
+    lines.insert(7, json.dumps({"other": 1}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    train.main(base_args(str(path), tmp_path / "o", "--max-steps", "2"))
+    out = capsys.readouterr().out
+    assert f"{path}:4" in out and f"{path}:8" in out
+    assert f"{path}:4" in _error(base_args(str(path), tmp_path / "o2", "--max-steps", "2", "--strict"), capsys)
+
+
+def test_init_from_hf_bert(corpus, tmp_path, hf_bert):
+    out = tmp_path / "ft"
+    train.main(["--init-from", str(hf_bert[0]), "--corpus", corpus, "--out", str(out), "--maxlen", "12",
+                "--max-steps", "3", "--batch-size", "4", "--eval-sentences", "2", "--precision", "fp32"])
+    model = univae.UniVAE.from_pretrained(str(out / "last"))
+    assert model.config.num_latent_layers == 2 and model.config.kappa == 32.0 and model.config.z_dim == 16
+    args = json.load(open(out / "last" / "train_args.json"))
+    assert args["lr"] == 2e-5  # the reference fine-tuning rate
+
+
+def test_kill_leaves_a_loadable_last(corpus, tmp_path):
+    out = tmp_path / "k"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *base_args(corpus, out, "--save-every", "1", "--max-steps", "100000")]
+    for delay in (4.0, 5.5):
+        proc = subprocess.Popen(cmd + (["--resume"] if out.exists() and (out / "last").exists() else ["--overwrite"]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert (out / "last").exists()
+        model = univae.UniVAE.from_pretrained(str(out / "last"))  # complete, loadable
+        state = torch.load(out / "last" / "training_state.pt", weights_only=True)
+        assert state["step"] >= 1 and isinstance(model, univae.UniVAE)
+
+
+def test_sigterm_saves_last_and_exits_cleanly(corpus, tmp_path):
+    out = tmp_path / "t"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *base_args(corpus, out, "--save-every", "100000", "--max-steps", "100000")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size == 0:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped at step" in stdout and (out / "last" / "model.safetensors").exists()
+
+
+def test_torchrun_two_cpu_processes(corpus, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           os.path.join(ROOT, "train.py"), *base_args(corpus, out, "--max-steps", "6", "--save-every", "3")]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("stopped at step 6") == 1  # only rank 0 logs
+    state = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert state["step"] == 6 and state["rng"]["cpu"].shape[0] == 2
+    univae.UniVAE.from_pretrained(str(out / "last"))
