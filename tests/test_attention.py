@@ -78,3 +78,20 @@ def test_row_with_no_allowed_key_is_zero_in_every_backend():
     with torch.no_grad():
         out = attend(q, k, v, masks.block_mask(mod, B, 2 * SRC, 2 * SRC, "cpu"), "flex")
     assert torch.equal(out[1, :, 5], torch.zeros(H, D))
+
+
+@pytest.mark.parametrize("factory,sees_cls", [(masks.independent, False), (masks.uniae, True)])
+@pytest.mark.parametrize("lengths", [LENGTHS, None])
+def test_split_matches_eager_forward_and_grad(factory, sees_cls, lengths):
+    from univae.attention import SplitLayout
+
+    dense = _build_mask(factory(SRC, lengths), B if lengths is not None else 1, 2 * SRC, 2 * SRC, "eager", "cpu")
+    results = []
+    for backend, mask in (("eager", dense), ("split", SplitLayout(SRC, lengths, sees_cls))):
+        q, k, v = _qkv(seed=1, requires_grad=True)
+        out = attend(q, k, v, mask, backend)
+        out.square().sum().backward()
+        results.append((out.detach(), [t.grad for t in (q, k, v)]))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

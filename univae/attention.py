@@ -3,20 +3,41 @@
     eager  explicit masked softmax in fp32-safe form; the reference the others are tested against
     sdpa   F.scaled_dot_product_attention with the dense bool mask
     flex   FlexAttention with a BlockMask, compiled once at module level
+    split  UniVAE's two masks decomposed into plain attention calls that need no dense mask:
+           source: bidirectional SDPA with key padding; target, lower layers: is_causal;
+           target, latent layers: keys [k_cls; k_tgt] with a lower-right causal alignment.
+           Only unmasked work is done, on the fused/flash kernels.
     auto   flex on CUDA, sdpa elsewhere (`resolve`)
 
-eager and sdpa take a dense bool mask broadcastable to (B, H, Q, K); flex takes a BlockMask.
+eager and sdpa take a dense bool mask broadcastable to (B, H, Q, K); flex takes a BlockMask;
+split takes a `SplitLayout` (it only knows UniVAE's independent/uniae layouts).
 A query row with no allowed key returns zeros in every backend (FlexAttention's convention);
 UniVAE's own masks never produce such a row, but a fully padded input to the plain encoder would.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-BACKENDS = ("eager", "sdpa", "flex")
+BACKENDS = ("eager", "sdpa", "flex", "split")
+
+
+@dataclass
+class SplitLayout:
+    """What the split backend needs to know of a joined layout instead of a mask:
+    the first src_len positions are the source (src_lengths (B,) real tokens each, None = no
+    padding), the rest the target; sees_cls: target queries also see key 0 (masks.uniae)."""
+    src_len: int
+    src_lengths: torch.Tensor | None
+    sees_cls: bool
 
 # Compiled lazily on first call; dynamic=False because training and decoding use fixed shapes.
+# Each distinct shape (trimmed batch length, encode vs decode) is one specialisation; past dynamo's
+# default limit of 8 it would silently fall back to the unfused, fully materialised path.
 _flex_compiled = torch.compile(flex_attention, dynamic=False)
+torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
 def resolve(backend, device):
@@ -55,4 +76,30 @@ def attend(q, k, v, mask, backend, dropout_p=0.0):
             q, k, v = q.detach(), k.detach(), v.detach()
         # FlexAttention has no attention dropout; the flex backend trains without it (documented in README).
         return _flex_compiled(q, k, v, block_mask=mask)
+    if backend == "split":
+        if isinstance(mask, SplitLayout):
+            return _split_attend(q, k, v, mask, dropout_p)
+        # Any other mask (a plain encoder's padding, a decode step's cache rows) is not a joined
+        # layout; split then means sdpa with that dense mask.
+        return attend(q, k, v, mask, "sdpa", dropout_p)
     raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def _split_attend(q, k, v, layout, dropout_p):
+    """masks.independent / masks.uniae as two attention calls, source then target (see module doc)."""
+    s = layout.src_len
+    key_padding = None
+    if layout.src_lengths is not None:  # (B, 1, 1, src_len): hide source padding keys
+        key_padding = (torch.arange(s, device=q.device) < layout.src_lengths[:, None])[:, None, None, :]
+    src = F.scaled_dot_product_attention(q[:, :, :s], k[:, :, :s], v[:, :, :s], attn_mask=key_padding, dropout_p=dropout_p)
+    q_t, k_t, v_t = q[:, :, s:], k[:, :, s:], v[:, :, s:]
+    T = q_t.shape[2]
+    if T == 0:  # a source-only run (UniVAE.posterior_params)
+        return src
+    if layout.sees_cls:
+        # keys [cls; tgt_0..tgt_{T-1}]: query i sees keys 0..i+1, a causal mask aligned to the lower right
+        k_t, v_t = torch.cat([k[:, :, :1], k_t], dim=2), torch.cat([v[:, :, :1], v_t], dim=2)
+        tgt = F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=causal_lower_right(T, T + 1), dropout_p=dropout_p)
+    else:
+        tgt = F.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True, dropout_p=dropout_p)
+    return torch.cat([src, tgt], dim=2)

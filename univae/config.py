@@ -9,7 +9,9 @@ import json
 from dataclasses import dataclass, field
 
 LATENT_FAMILIES = ("vmf", "gaussian")
-ATTN_BACKENDS = ("auto", "eager", "sdpa", "flex")
+ANNEAL_SCHEDULES = ("none", "linear", "cyclical")  # TrainConfig.kl_anneal
+KL_REDUCTIONS = ("per-token", "per-sentence")  # TrainConfig.kl_reduction
+ATTN_BACKENDS = ("auto", "eager", "sdpa", "flex", "split")
 
 
 @dataclass
@@ -181,13 +183,45 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
     precision: str = field(default="bf16", metadata={"help": "fp32, bf16 (autocast, CPU and CUDA) or fp16 (CUDA)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    # the VAE objective and the remedies for posterior collapse (univae/objective.py has the formula)
+    kl_weight: float = field(default=1.0, metadata={"help": "beta, the weight of the KL term (non-vMF latents)"})
+    kl_reduction: str = field(default="per-token", metadata={
+        "help": "per-token: the sentence KL divided by the mean number of target tokens, like the CE "
+                "(beta 1 = the negative ELBO per token); per-sentence: not divided"})
+    kl_anneal: str = field(default="none", metadata={"help": "KL weight schedule: none, linear, cyclical (Optimus)"})
+    kl_anneal_steps: int = field(default=0, metadata={"help": "steps the schedule spans, all cycles together (0: --max-steps)"})
+    kl_cycles: int = field(default=4, metadata={"help": "cyclical: number of cycles in --kl-anneal-steps"})
+    kl_ratio_zero: float = field(default=0.5, metadata={"help": "cyclical: fraction of each cycle at weight 0"})
+    kl_ratio_increase: float = field(default=0.25, metadata={"help": "cyclical: fraction of each cycle ramping 0 -> 1 (the rest holds 1)"})
+    free_bits: float = field(default=0.0, metadata={"help": "lambda nats per latent dim: the KL term becomes sum_d max(lambda, batch-mean KL_d)"})
+    target_rate: float = field(default=0.0, metadata={"help": "MDR: keep the KL per sentence (all layers) >= this many nats with a learned Lagrange multiplier (0: off)"})
+    mdr_lr: float = field(default=0.01, metadata={"help": "MDR: multiplier step per nat of rate deficit per step"})
+    word_dropout: float = field(default=0.0, metadata={"help": "replace each decoder target input token (not the first [CLS]) by [MASK] with this probability"})
+    bow_weight: float = field(default=0.0, metadata={"help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off)"})
+    au_delta: float = field(default=0.01, metadata={"help": "a latent dim is active when Var over val sentences of E_q[z_d] exceeds this"})
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        for name in ("batch_size", "log_every", "eval_every", "save_every"):
+        for name in ("batch_size", "log_every", "eval_every", "save_every", "kl_cycles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences"):
+        for name in ("lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences",
+                     "kl_weight", "kl_anneal_steps", "free_bits", "target_rate", "mdr_lr", "bow_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"--kl-reduction must be one of {', '.join(KL_REDUCTIONS)}, got {self.kl_reduction!r}")
+        if self.kl_anneal not in ANNEAL_SCHEDULES:
+            raise ValueError(f"--kl-anneal must be one of {', '.join(ANNEAL_SCHEDULES)}, got {self.kl_anneal!r}")
+        if self.kl_anneal != "none" and not self.kl_anneal_steps:
+            if not self.max_steps:
+                raise ValueError(f"--kl-anneal {self.kl_anneal} needs --kl-anneal-steps (or --max-steps to span)")
+            self.kl_anneal_steps = self.max_steps
+        if not (0 <= self.kl_ratio_zero < 1 and 0 < self.kl_ratio_increase <= 1 - self.kl_ratio_zero):
+            raise ValueError(f"--kl-ratio-zero {self.kl_ratio_zero} and --kl-ratio-increase {self.kl_ratio_increase} must "
+                             "satisfy 0 <= zero < 1 and 0 < increase <= 1 - zero (one cycle: zero, ramp, hold)")
+        if not 0 <= self.word_dropout < 1:
+            raise ValueError(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
+        if not self.au_delta > 0:
+            raise ValueError(f"--au-delta must be positive, got {self.au_delta}")
