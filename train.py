@@ -26,7 +26,9 @@ from tqdm import tqdm
 from univae import data as D
 from univae.checkpoint import read_config
 from univae.config import PRESETS, TrainConfig, preset
+from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
+from univae.objective import VAEObjective
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import evaluate, load_training_state, lr_at, param_groups, save_checkpoint
 
@@ -35,7 +37,7 @@ MODEL_FLAGS = {
     "maxlen": (int, "tokens per half, [CLS] and [SEP] included (reference: 32)"),
     "num_latent_layers": (int, "top layers that carry a latent (reference: 4)"),
     "z_dim": (int, "latent dims per latent layer (reference: 16)"),
-    "latent": (str, "latent family: vmf"),
+    "latent": (str, "latent family: vmf (fixed kappa, constant KL) or gaussian (learned variance, KL to N(0, I))"),
     "kappa": (float, "vMF concentration (reference: 32)"),
     "attn": (str, "attention backend: auto, eager, sdpa, flex"),
 }
@@ -195,16 +197,28 @@ def main(argv=None):
         + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated "
         f"({time.time() - t0:.1f}s)")
     model.to(device).train()
+    try:  # the loss: KL weight and schedule, free bits, MDR, BoW heads (univae/objective.py)
+        objective = VAEObjective(cfg, model).to(device)
+        if cfg.word_dropout:
+            model.mask_token_id()
+    except ValueError as e:
+        fail(str(e))
+    extra_params = list(objective.parameters())  # the BoW heads, if any: trained with the model
 
     # ------------------------------------------------------------------ optimiser, batches, state
     lr = cfg.lr or (2e-5 if cfg.init_from else 1e-3)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
-                                  fused=device.type == "cuda")
+    groups = param_groups(model, cfg.weight_decay) + (param_groups(objective, cfg.weight_decay) if extra_params else [])
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
     batches = D.Batches(train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=BUCKET,
                         pad_id=c.pad_token_id)
     step, elapsed_before = 0, 0.0
     if resume_dir:
-        optimizer.load_state_dict(state["optimizer"])
+        try:  # a run resumed with other --bow-weight / --target-rate has other optimiser groups and state
+            objective.load_state_dict(state.get("objective", {}))
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            fail(f"--resume: the checkpoint was trained with another --bow-weight or --target-rate "
+                 f"({str(e).splitlines()[0]}); resume with the flags it was trained with")
         batches.load_state_dict(state["data"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         torch.set_rng_state(state["rng"]["cpu"][rank] if state["rng"]["cpu"].dim() > 1 else state["rng"]["cpu"])
@@ -247,6 +261,8 @@ def main(argv=None):
             rng = torch.stack(gathered)
         s = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
              "rng": {"cpu": rng}}
+        if objective.state_dict():  # BoW heads, MDR multiplier
+            s["objective"] = objective.state_dict()
         if device.type == "cuda":
             s["rng"]["cuda"] = torch.cuda.get_rng_state(device)
         return s
@@ -279,10 +295,15 @@ def main(argv=None):
 
     def run_eval():
         if master:
-            metrics, pairs = evaluate(model, val_ids, splits["val"], cfg.eval_sentences, autocast=autocast)
+            metrics, pairs = evaluate(model, val_ids, splits["val"], cfg.eval_sentences, autocast=autocast,
+                                      au_delta=cfg.au_delta)
             record({"step": step, "split": "val", **metrics})
             log(f"step {step} val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
+                + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
                 + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else ""))
+            warning = collapse_warning(metrics, c, cfg.au_delta)
+            if warning:
+                log(warning)
         if world > 1:
             dist.barrier()
 
@@ -313,19 +334,25 @@ def main(argv=None):
         src = src[:, :trim_length(int(real.sum(1).max()), c.maxlen)].to(device, non_blocking=True)
         input_ids, token_type_ids = D.join(src)
         with autocast:
-            out_ = net(input_ids, token_type_ids)
+            out_ = net(input_ids, token_type_ids, word_dropout=cfg.word_dropout)
+            loss, logs = objective(out_, step)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(out_.loss).backward()
+        scaler.scale(loss).backward()
+        if world > 1:  # DDP averages the model's gradients; the objective's BoW heads are outside it
+            for p_ in extra_params:
+                dist.all_reduce(p_.grad)
+                p_.grad /= world
         if cfg.grad_clip:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([*model.parameters(), *extra_params], cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        objective.update_multiplier(out_.kl)
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0:
             now = time.time()
-            row = {"step": step, "loss": out_.loss.item(), "ce": out_.ce.item(), "kl": out_.kl.item(),
+            row = {"step": step, **{k: float(v) for k, v in logs.items()},
                    "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_since / (now - t_log)}
             record(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['kl']:.1f}", tok_s=f"{row['tokens_per_s']:.0f}")

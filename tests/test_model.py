@@ -133,15 +133,16 @@ def test_backends_agree_on_forward_and_gradients(model):
     ids, tt = random_joined(model, seed=7)
     z = model.sample_prior(ids.shape[0])
     results = {}
-    for attn in ("eager", "sdpa"):
+    for attn in ("eager", "sdpa", "split"):
         model.config.attn = attn
         model.zero_grad()
         out = model(ids, tt, z=z)
         out.loss.backward()
         results[attn] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    torch.testing.assert_close(results["sdpa"][0], results["eager"][0], atol=1e-5, rtol=1e-5)
-    for n, g in results["eager"][1].items():
-        torch.testing.assert_close(results["sdpa"][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
+    for attn in ("sdpa", "split"):
+        torch.testing.assert_close(results[attn][0], results["eager"][0], atol=1e-5, rtol=1e-5)
+        for n, g in results["eager"][1].items():
+            torch.testing.assert_close(results[attn][1][n], g, atol=1e-5, rtol=1e-4, msg=f"{attn} {n}")
     model.config.attn = "flex"
     with torch.no_grad():
         torch.testing.assert_close(model(ids, tt, z=z).logits, results["eager"][0], atol=1e-5, rtol=1e-5)
@@ -154,12 +155,14 @@ def test_decode_logits_agree_across_backends(model):
     z = model.sample_prior(ids.shape[0])
     out = {}
     with torch.no_grad():
-        for attn in ("eager", "sdpa", "flex"):
+        for attn in ("eager", "sdpa", "flex", "split"):
             model.config.attn = attn
             out[attn] = model.decode_logits(z, tgt)
+            out[attn + "_encode"] = model.encode_ids(ids[:, : model.config.maxlen])
     model.config.attn = "auto"
-    torch.testing.assert_close(out["sdpa"], out["eager"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out["flex"], out["eager"], atol=1e-5, rtol=1e-5)
+    for attn in ("sdpa", "flex", "split"):
+        torch.testing.assert_close(out[attn], out["eager"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[attn + "_encode"], out["eager_encode"], atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -198,3 +201,22 @@ def test_tokenizer_is_a_tokenizers_tokenizer(model):
     assert isinstance(tok, Tokenizer)
     assert tok.encode("我是中国人", add_special_tokens=False).tokens == list("我是中国人")
     assert tok.token_to_id("[CLS]") == 2 and tok.get_vocab_size() == model.config.vocab_size
+
+
+def test_trimmed_halves_equal_full_forward(model):
+    """A batch of short sentences trimmed to its longest one gives the same logits and loss."""
+    from univae.data import join
+
+    ids, tt = random_joined(model, seed=10, lengths=[2, 5, 4, 1])
+    m = model.config.maxlen
+    short = 5 + 2
+    trimmed_ids, trimmed_tt = join(ids[:, :short])
+    z = model.sample_prior(4)
+    with torch.no_grad():
+        full, trimmed = model(ids, tt, z=z), model(trimmed_ids, trimmed_tt, z=z)
+        free_full, free_trimmed = model(ids, tt), model(trimmed_ids, trimmed_tt)
+    torch.testing.assert_close(trimmed.logits, full.logits[:, :short], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trimmed.ce, full.ce, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(free_trimmed.mu, free_full.mu, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="length"):
+        model(torch.cat([ids, ids[:, :2]], 1))

@@ -104,18 +104,27 @@ def test_init_from_hf_bert(corpus, tmp_path, hf_bert):
 
 
 def test_kill_leaves_a_loadable_last(corpus, tmp_path):
+    """SIGKILL at arbitrary moments while checkpoints are written every step: last stays loadable."""
+    import random
+
     out = tmp_path / "k"
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *base_args(corpus, out, "--save-every", "1", "--max-steps", "100000")]
-    for delay in (4.0, 5.5):
-        proc = subprocess.Popen(cmd + (["--resume"] if out.exists() and (out / "last").exists() else ["--overwrite"]),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        time.sleep(delay)
+    rng = random.Random(0)
+    for attempt in range(2):
+        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=ROOT)
+        deadline = time.time() + 120
+        first = os.path.realpath(out / "last") if attempt else None
+        while not (out / "last").exists() or os.path.realpath(out / "last") == first:  # wait for a fresh save
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))  # then kill somewhere in the middle of later saves
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert (out / "last").exists()
         model = univae.UniVAE.from_pretrained(str(out / "last"))  # complete, loadable
         state = torch.load(out / "last" / "training_state.pt", weights_only=True)
         assert state["step"] >= 1 and isinstance(model, univae.UniVAE)
+        assert not any(p.name.startswith("step-") and not (p / "training_state.pt").exists() for p in out.iterdir())
 
 
 def test_sigterm_saves_last_and_exits_cleanly(corpus, tmp_path):
@@ -142,3 +151,34 @@ def test_torchrun_two_cpu_processes(corpus, tmp_path):
     state = torch.load(out / "last" / "training_state.pt", weights_only=True)
     assert state["step"] == 6 and state["rng"]["cpu"].shape[0] == 2
     univae.UniVAE.from_pretrained(str(out / "last"))
+
+
+def test_gaussian_with_every_remedy_resumes_exactly_and_logs_diagnostics(corpus, tmp_path, capsys):
+    """Gaussian latents with annealing, free bits, MDR, word dropout and BoW: the objective's state
+    (BoW heads, MDR multiplier) resumes exactly, and eval rows carry the collapse diagnostics."""
+    val = tmp_path / "val.txt"
+    val.write_text("\n".join(SENTENCES[:12]) + "\n", encoding="utf-8")
+    a, b = tmp_path / "ga", tmp_path / "gb"
+    remedies = ["--latent", "gaussian", "--val", str(val), "--max-steps", "8", "--save-every", "4", "--eval-every", "4",
+                "--log-every", "2", "--kl-anneal", "cyclical", "--kl-cycles", "2", "--free-bits", "0.05",
+                "--target-rate", "20", "--mdr-lr", "0.05", "--word-dropout", "0.3", "--bow-weight", "0.5"]
+    train.main(base_args(corpus, a, *remedies))
+    train.main(base_args(corpus, b, *remedies, "--resume", str(a / "step-4")))
+    wa, wb = load_file(a / "step-8" / "model.safetensors"), load_file(b / "step-8" / "model.safetensors")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    sa = torch.load(a / "step-8" / "training_state.pt", weights_only=True)["objective"]
+    sb = torch.load(b / "step-8" / "training_state.pt", weights_only=True)["objective"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert sa["mdr_multiplier"] > 0 and "bow.1.weight" in sa  # KL far under 20 nats: the multiplier rose
+    rows = [json.loads(l) for l in open(a / "metrics.jsonl", encoding="utf-8")]
+    first = next(r for r in rows if r["step"] == 2 and "split" not in r)
+    assert first["kl_weight"] == 0.0  # cyclical, 2 cycles of 4 steps: zero for the first 2
+    assert {"ce", "kl", "loss", "kl_free_bits", "mdr_multiplier", "bow"} <= set(first)
+    val_row = [r for r in rows if r.get("split") == "val"][-1]
+    assert {"kl", "kl_per_layer", "mi", "au", "mi_per_layer", "au_per_layer", "kl_per_dim"} <= set(val_row)
+    assert 0 <= val_row["au"] <= 16 and len(val_row["kl_per_layer"]) == 2
+    model = univae.UniVAE.from_pretrained(str(a / "last"))
+    assert model.config.latent == "gaussian"
+    # the KL remedies are refused where the KL is a constant
+    assert "constant KL" in _error(base_args(corpus, tmp_path / "v", "--free-bits", "0.5"), capsys)

@@ -6,8 +6,14 @@ code z (`z_dim` wide). Every family has the same small interface:
     mean(params)          deterministic code (posterior mean direction / mean)
     sample(params)        reparameterised posterior sample
     kl(params)            KL(q(z|x) || p(z)) per example, shape (B,)
+    kl_per_dim(params)    the same KL split over dims, (B, z_dim), or None where it does not split (vMF)
+    kl_is_constant        True when kl does not depend on params (fixed-kappa vMF): nothing to optimise
     prior(n, device)      n draws from the prior, (n, z_dim)
-    log_q(z, params)      log q(z|x) (for mutual-information estimates)
+    log_q(z, params)      log q(z|x); broadcasts, so z (M, 1, k) against params (1, N, p) gives (M, N)
+    expected_z(params)    E_q[z] per example (for active units)
+
+The diagnostics (kl_per_dim, log_q, expected_z) compute in float32 whatever the dtype of
+params (autocast hands them bf16).
 """
 import math
 
@@ -87,17 +93,72 @@ class VMF(nn.Module):
         nu = F.normalize(eps - (eps * mu).sum(-1, keepdim=True) * mu, dim=-1)
         return w * mu + torch.sqrt(1 - w * w) * nu
 
+    kl_is_constant = True
+
     def kl(self, params):
         return params.new_full(params.shape[:-1], self.kl_const)
+
+    def kl_per_dim(self, params):
+        return None  # the KL to the uniform prior is a property of the whole sphere, not of coordinates
 
     def prior(self, n, device=None):
         return F.normalize(torch.randn(n, self.z_dim, device=device), dim=-1)
 
     def log_q(self, z, params):
-        return self.log_norm + self.kappa * (z * self.mean(params)).sum(-1)
+        return self.log_norm + self.kappa * (z.float() * self.mean(params.float())).sum(-1)
+
+    def expected_z(self, params):
+        # E[z] = E[w] mu: the perpendicular part averages out over the sub-sphere
+        return vmf_mean_cosine(self.kappa, self.z_dim) * self.mean(params.float())
+
+
+class Gaussian(nn.Module):
+    """Diagonal Gaussian posterior N(mu, diag(exp(logvar))), prior N(0, I); params = [mu | logvar].
+
+    Nothing bounds logvar: as in Optimus, the KL term itself keeps it near 0 (sigma near 1). With
+    the down-projection's small init (std 0.02) every posterior starts as the prior: KL ~ 0, and
+    z is pure noise until the encoder learns to say something."""
+
+    kl_is_constant = False
+
+    def __init__(self, z_dim):
+        super().__init__()
+        self.z_dim = z_dim
+        self.param_dim = 2 * z_dim
+
+    def split(self, params):
+        mu, logvar = params.float().chunk(2, dim=-1)
+        return mu, logvar
+
+    def mean(self, params):
+        return params[..., : self.z_dim]
+
+    def sample(self, params):
+        mu, logvar = self.split(params)
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def kl_per_dim(self, params):
+        """KL(N(mu, s^2) || N(0, 1)) per dim = (mu^2 + s^2 - 1 - log s^2) / 2, (..., z_dim)."""
+        mu, logvar = self.split(params)
+        return 0.5 * (mu * mu + logvar.exp() - 1 - logvar)
+
+    def kl(self, params):
+        return self.kl_per_dim(params).sum(-1)
+
+    def prior(self, n, device=None):
+        return torch.randn(n, self.z_dim, device=device)
+
+    def log_q(self, z, params):
+        mu, logvar = self.split(params)
+        return -0.5 * ((z.float() - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+    def expected_z(self, params):
+        return self.split(params)[0]
 
 
 def make_family(config):
     if config.latent == "vmf":
         return VMF(config.z_dim, config.kappa)
+    if config.latent == "gaussian":
+        return Gaussian(config.z_dim)
     raise ValueError(f"latent family {config.latent!r} is not implemented")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import masks
-from univae.attention import attend, resolve
+from univae.attention import SplitLayout, attend, resolve
 from univae.config import UniVAEConfig
 from univae.latents import make_family
 
@@ -186,7 +186,8 @@ class Transformer(nn.Module):
 
 
 def _build_mask(mask_mod, batch, q_len, kv_len, backend, device):
-    """The mask object a backend takes: dense bool (B, 1, Q, K), or a BlockMask for flex."""
+    """The mask object a backend takes: dense bool (B, 1, Q, K), or a BlockMask for flex.
+    (split takes a SplitLayout, built in UniVAE.layer_masks; for any other mask it falls back to sdpa.)"""
     if backend == "flex":
         return masks.block_mask(mask_mod, batch, q_len, kv_len, device)
     return masks.materialize(mask_mod, q_len, kv_len, batch=batch, device=device).unsqueeze(1)
@@ -196,14 +197,18 @@ def _build_mask(mask_mod, batch, q_len, kv_len, backend, device):
 
 @dataclass
 class UniVAEOutput:
-    loss: torch.Tensor  # what training minimises
+    # the plain objective: CE for fixed-kappa vMF (its KL is a constant); otherwise the negative
+    # ELBO per target token, ce + kl / (n_tokens / B). train.py minimises univae.objective.VAEObjective.
+    loss: torch.Tensor
     ce: torch.Tensor  # mean target cross-entropy per real token (incl. the closing [SEP])
     kl: torch.Tensor  # mean KL(q(z|x) || p(z)) per sentence, summed over latent layers
     kl_per_layer: torch.Tensor  # (n_latent,) mean over the batch
-    logits: torch.Tensor  # (B, maxlen, V): logits[:, t] predicts target token t+1
+    logits: torch.Tensor  # (B, m, V), m = maxlen unless trimmed: logits[:, t] predicts target token t+1
     z: torch.Tensor  # (B, n_latent * z_dim) the code the decoder saw
     mu: torch.Tensor  # (B, n_latent * z_dim) posterior mean code
     n_tokens: torch.Tensor  # number of target tokens the CE averages over
+    labels: torch.Tensor = None  # (B, m-1) the tokens logits[:, :-1] predict, -100 on padding (never word-dropped)
+    kl_per_dim: torch.Tensor = None  # (n_latent, z_dim) batch mean of each dim's KL; None for vMF or a forced z
 
 
 class UniVAE(nn.Module):
@@ -233,6 +238,9 @@ class UniVAE(nn.Module):
     def layer_masks(self, src_len, q_len, src_lengths, batch, device):
         """One mask per kind, built once, expanded to a per-layer list."""
         backend = self.backend(device)
+        if backend == "split":
+            lower, upper = SplitLayout(src_len, src_lengths, False), SplitLayout(src_len, src_lengths, True)
+            return [upper if l in self.latent_index else lower for l in range(self.config.num_hidden_layers)], backend
         if src_lengths is None:
             batch = 1 if backend != "flex" else None
         lower = _build_mask(masks.independent(src_len, src_lengths), batch, q_len, q_len, backend, device)
@@ -264,39 +272,70 @@ class UniVAE(nn.Module):
 
     # ------------------------------------------------------------------ training forward
 
-    def forward(self, input_ids, token_type_ids=None, z=None, sample=None):
+    def forward(self, input_ids, token_type_ids=None, z=None, sample=None, word_dropout=0.0):
         """input_ids (B, 2*maxlen) from univae.data.join. z (B, n*z_dim) forces the bottleneck;
-        otherwise z is a posterior sample in training mode and the posterior mean in eval mode."""
+        otherwise z is a posterior sample in training mode and the posterior mean in eval mode.
+
+        word_dropout (training mode only, like nn.Dropout): each real target input token after the
+        target [CLS] becomes [MASK] with this probability (Bowman et al. 2016), so the decoder must
+        lean on z; the labels stay the original tokens. Rate 0 draws no random numbers.
+
+        Both halves may be trimmed to a common length m < maxlen when a batch holds only shorter
+        sentences (train.py does): positions stay 0..m-1 and maxlen..maxlen+m-1, so the target sits
+        exactly where decoding puts it, and the removed columns were padding that no real token could
+        see (source padding keys are masked; target padding follows every real target token)."""
         c = self.config
         B, S = input_ids.shape
-        if S != 2 * c.maxlen:
-            raise ValueError(f"input_ids has length {S}, expected 2*maxlen = {2 * c.maxlen}")
+        m = S // 2
+        if S % 2 or not 2 < m <= c.maxlen:
+            raise ValueError(f"input_ids has length {S}, expected 2*maxlen = {2 * c.maxlen} (or two equal trimmed halves)")
         if token_type_ids is None:
-            token_type_ids = (torch.arange(S, device=input_ids.device) >= c.maxlen).long().expand(B, S)
+            token_type_ids = (torch.arange(S, device=input_ids.device) >= m).long().expand(B, S)
         sample = self.training if sample is None else sample
-        src_lengths = (input_ids[:, : c.maxlen] != c.pad_token_id).sum(1)
-        layer_masks, backend = self.layer_masks(c.maxlen, S, src_lengths, B, input_ids.device)
+        tgt = input_ids[:, m:]
+        labels = tgt[:, 1:].masked_fill(tgt[:, 1:] == c.pad_token_id, -100)  # padding never counts
+        if word_dropout > 0 and self.training:
+            drop = torch.rand(tgt.shape, device=tgt.device) < word_dropout
+            drop[:, 0] = False  # the target [CLS] is where decoding starts: never dropped
+            drop &= tgt != c.pad_token_id
+            input_ids = torch.cat([input_ids[:, :m], tgt.masked_fill(drop, self.mask_token_id())], dim=1)
+        src_lengths = (input_ids[:, :m] != c.pad_token_id).sum(1)
+        layer_masks, backend = self.layer_masks(m, S, src_lengths, B, input_ids.device)
         positions = torch.arange(S, device=input_ids.device)
+        positions = torch.where(positions < m, positions, positions - m + c.maxlen)
         h = self.transformer.embed(input_ids, token_type_ids, positions)
         h, zs, params = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample)
-        logits = self.transformer.logits(h[:, c.maxlen:])  # (B, maxlen, V), target half only
+        logits = self.transformer.logits(h[:, m:])  # (B, m, V), target half only
 
-        tgt = input_ids[:, c.maxlen:]
-        labels = tgt[:, 1:].masked_fill(tgt[:, 1:] == c.pad_token_id, -100)  # padding never counts
         n_tokens = (labels != -100).sum()
-        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        # sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not NaN
+        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                             reduction="sum") / n_tokens.clamp_min(1)
+        kl_per_dim = None
         if params:
             kl_per_layer = torch.stack([self.family.kl(p).float() for p in params], dim=-1)  # (B, n)
             mu = torch.cat([self.family.mean(p) for p in params], dim=-1)
+            if not self.family.kl_is_constant:
+                kl_per_dim = torch.stack([self.family.kl_per_dim(p).mean(0) for p in params])  # (n, z_dim)
         else:
             kl_per_layer = logits.new_zeros(B, c.num_latent_layers, dtype=torch.float32)
             mu = torch.cat(zs, dim=-1)
         kl = kl_per_layer.sum(-1).mean()
-        loss = ce  # vMF with fixed kappa: the KL is a constant, reported but not optimised
+        if self.family.kl_is_constant:
+            loss = ce  # vMF with fixed kappa: the KL is a constant, reported but not optimised
+        else:  # -ELBO per target token: (sum of token CEs + sum of sentence KLs) / n_tokens
+            loss = ce + kl / (n_tokens / B)
         return UniVAEOutput(
             loss=loss, ce=ce, kl=kl, kl_per_layer=kl_per_layer.mean(0), logits=logits,
-            z=torch.cat(zs, dim=-1), mu=mu, n_tokens=n_tokens,
+            z=torch.cat(zs, dim=-1), mu=mu, n_tokens=n_tokens, labels=labels, kl_per_dim=kl_per_dim,
         )
+
+    def mask_token_id(self):
+        """The [MASK] id word dropout writes; a vocab without [MASK] cannot use word dropout."""
+        mask_id = self.tokenizer.token_to_id("[MASK]") if self.tokenizer is not None else None
+        if mask_id is None:
+            raise ValueError("word dropout replaces target tokens by [MASK], but this model's vocab has no [MASK] token")
+        return mask_id
 
     # ------------------------------------------------------------------ encoder / decoder views
 
@@ -309,7 +348,10 @@ class UniVAE(nn.Module):
         B, S = src_ids.shape
         src_lengths = (src_ids != c.pad_token_id).sum(1)
         backend = self.backend(src_ids.device)
-        mask = _build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)
+        if backend == "split":
+            mask = SplitLayout(S, src_lengths, sees_cls=False)
+        else:
+            mask = _build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)
         positions = torch.arange(S, device=src_ids.device)
         rope = self.transformer.rope(positions)
         h = self.transformer.embed(src_ids, torch.zeros_like(src_ids), positions)
@@ -379,3 +421,44 @@ class UniVAE(nn.Module):
         from univae.checkpoint import save_univae
 
         save_univae(self, directory)
+
+    # --- generation API (univae/generate.py) ------------------------------------------
+    # Thin wrappers. **decoding are univae.generate.Decoding's fields (beam_size, length_penalty,
+    # do_sample, temperature, top_k, top_p, no_repeat_ngram, seed, batch_size); greedy by default.
+    # Each returns a list of str (at most maxlen - 1 tokens each); return_z=True also returns the codes.
+
+    def generate(self, z, use_cache=True, **decoding):
+        """Codes (N, latent_dim) -> N sentences. use_cache=False re-runs the whole joined sequence per step."""
+        from univae import generate
+
+        return generate.generate(self, z, use_cache=use_cache, **decoding)
+
+    def reconstruct(self, texts, **decoding):
+        """Sentences -> their decoded posterior means."""
+        from univae import generate
+
+        return generate.reconstruct(self, texts, **decoding)
+
+    def sample(self, n, **decoding):
+        """n sentences from prior draws."""
+        from univae import generate
+
+        return generate.sample(self, n, **decoding)
+
+    def edit(self, text, dims, n, **decoding):
+        """n variants of text with latent dims ("0:32", "0:16,48:64", "-16:") redrawn from the prior."""
+        from univae import generate
+
+        return generate.edit(self, text, dims, n, **decoding)
+
+    def interpolate(self, a, b, steps, **decoding):
+        """steps sentences from a to b, ends included (slerp per vMF layer, linear otherwise)."""
+        from univae import generate
+
+        return generate.interpolate(self, a, b, steps, **decoding)
+
+    def analogy(self, a, b, c, n=1, **decoding):
+        """a is to b as c is to ?: decode z_c + z_b - z_a (renormalised per vMF layer)."""
+        from univae import generate
+
+        return generate.analogy(self, a, b, c, n=n, **decoding)

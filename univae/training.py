@@ -17,6 +17,7 @@ import shutil
 import torch
 
 from univae.data import join
+from univae.diagnostics import latent_metrics, posterior_params_of
 from univae.metrics import bits_per_char, reconstruction_scores
 
 STATE_FILE = "training_state.pt"
@@ -42,9 +43,11 @@ def param_groups(model, weight_decay):
 
 
 @torch.no_grad()
-def evaluate(model, ids, texts, n_reconstruct, batch_size=128, autocast=None):
-    """Val metrics: CE per target token, bits per char, KL, and greedy reconstruction of the
-    first n_reconstruct sentences (exact match and char F1, whitespace ignored).
+def evaluate(model, ids, texts, n_reconstruct, batch_size=128, autocast=None, au_delta=0.01):
+    """Val metrics: CE per target token, bits per char, KL (total and per layer), the collapse
+    diagnostics of univae.diagnostics over all of ids (mi, mi_per_layer, au, au_per_layer, and
+    kl_per_dim where the KL splits over dims), and greedy reconstruction of the first n_reconstruct
+    sentences (exact match and char F1, whitespace ignored).
 
     Runs under fork_rng so evaluating never shifts the training RNG stream (resume stays exact)."""
     was_training = model.training
@@ -61,6 +64,7 @@ def evaluate(model, ids, texts, n_reconstruct, batch_size=128, autocast=None):
             n_tokens += out.n_tokens.item()
             kl_sum += out.kl.item() * len(chunk)
             kl_layers = kl_layers + out.kl_per_layer.float().cpu() * len(chunk)
+        latent = latent_metrics(model.family, posterior_params_of(model, ids, batch_size, autocast), au_delta)
         subset = texts[:n_reconstruct]
         preds = model.reconstruct(subset) if subset else []
     model.train(was_training)
@@ -70,6 +74,7 @@ def evaluate(model, ids, texts, n_reconstruct, batch_size=128, autocast=None):
         "bits_per_char": bits_per_char(total_nats, n_chars),
         "kl": kl_sum / len(ids),
         "kl_per_layer": (kl_layers / len(ids)).tolist(),
+        **latent,
     }
     if subset:
         metrics.update(reconstruction_scores(preds, subset))

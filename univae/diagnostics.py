@@ -1,0 +1,128 @@
+"""Posterior-collapse diagnostics: KL per latent layer and dim, active units, mutual information.
+
+Collapse is the decoder learning to ignore z: every posterior sits on the prior (Gaussian KL -> 0)
+or, with a fixed-KL family like vMF, every sentence gets the same mean direction. Three numbers
+see it from different sides, all computed from the posterior params of a held-out set:
+
+    kl_per_dim          E_x KL(q(z_d|x) || p(z_d)) per layer and dim (Gaussian; vMF's KL is one constant)
+    active_units        dims whose E_q[z] varies over sentences: Var_x(E_q[z_d]) > delta (Burda et al. 2016)
+    mutual_information  I(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) the aggregate posterior
+                        (1/N) sum_n q(z|x_n) over the same set (Optimus' calc_mi)
+
+train.py logs them in every eval row (univae.training.evaluate) and prints `collapse_warning`.
+"""
+import contextlib
+import math
+
+import torch
+
+COLLAPSE_KL = 0.1  # nats per latent layer: below this a Gaussian layer tells the decoder almost nothing
+COLLAPSE_AU = 0.1  # fraction of a layer's dims: a layer with fewer active units than this is collapsed
+
+
+def kl_per_dim(family, params_list):
+    """(n_latent, z_dim) mean KL of each dim over the examples, or None where the KL does not split (vMF)."""
+    per_layer = [family.kl_per_dim(p) for p in params_list]
+    if any(k is None for k in per_layer):
+        return None
+    return torch.stack([k.mean(0) for k in per_layer])
+
+
+def active_units(means, delta=0.01):
+    """means (N, D): E_q[z] per example. -> (number of active dims, (D,) variances over examples).
+
+    A dim is active when the unbiased variance over examples of its posterior expectation exceeds
+    delta: a dim the encoder leaves at the same value for every sentence carries nothing."""
+    if means.shape[0] < 2:
+        raise ValueError(f"active units need at least 2 examples, got {means.shape[0]}")
+    variances = means.float().var(dim=0, unbiased=True)
+    return int((variances > delta).sum()), variances
+
+
+def expected_codes(family, params_list):
+    """(N, n_latent * z_dim) E_q[z] per example, lowest latent layer first (the input of active_units)."""
+    return torch.cat([family.expected_z(p) for p in params_list], dim=-1)
+
+
+def mutual_information(family, params_list, seed=0, chunk=256):
+    """I(x; z) over the N examples whose per-layer posterior params are given -> (mi, [mi per layer]).
+
+    Optimus' calc_mi: one z_m ~ q(z|x_m) per example, and log q(z_m) = logsumexp_n log q(z_m|x_n) - log N.
+    The first term, E[log q(z|x)], is taken on the same samples (Optimus uses its closed form): with
+    common samples the estimate is exactly 0 when all posteriors coincide, and never exceeds log N,
+    the most that N examples can show. `mi` is for the whole code, whose posterior factorises over
+    layers (log q(z|x) = sum_l log q(z_l|x)) but whose aggregate does not; the per-layer values
+    treat each layer alone, and their sum is at least `mi`. Seeded and run under fork_rng, so it is
+    deterministic and leaves the caller's random stream alone."""
+    params_list = [p.float() for p in params_list]
+    N = params_list[0].shape[0]
+    device = params_list[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        zs = [family.sample(p) for p in params_list]
+    per_layer = []  # (N, N) log q(z_m | x_n) of each layer, rows m, columns n
+    for z, p in zip(zs, params_list):
+        rows = [family.log_q(zc[:, None, :], p[None]) for zc in z.split(chunk)]  # (chunk, N) each
+        per_layer.append(torch.cat(rows))
+
+    def estimate(log_q):
+        log_q_agg = torch.logsumexp(log_q, dim=1) - math.log(N)  # log q(z_m), (N,)
+        return (log_q.diagonal() - log_q_agg).mean().item()
+
+    return estimate(sum(per_layer)), [estimate(lq) for lq in per_layer]
+
+
+@torch.no_grad()
+def posterior_params_of(model, ids, batch_size=128, autocast=None):
+    """ids (N, maxlen) source token ids -> per-layer posterior params (N, param_dim), float32."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for chunk in ids.split(batch_size):
+        with autocast or contextlib.nullcontext():
+            chunks.append([p.float() for p in model.posterior_params(chunk.to(model.device))])
+    model.train(was_training)
+    return [torch.cat(layer) for layer in zip(*chunks)]
+
+
+def latent_metrics(family, params_list, au_delta=0.01):
+    """The eval-row diagnostics: mi, mi_per_layer, au, au_per_layer (and kl_per_dim where defined).
+    Empty for fewer than 2 examples: neither a variance nor an aggregate posterior exists then."""
+    if params_list[0].shape[0] < 2:
+        return {}
+    mi, mi_per_layer = mutual_information(family, params_list)
+    au, variances = active_units(expected_codes(family, params_list), au_delta)
+    metrics = {
+        "mi": mi, "mi_per_layer": mi_per_layer,
+        "au": au, "au_per_layer": [int((v > au_delta).sum()) for v in variances.split(family.z_dim)],
+    }
+    per_dim = kl_per_dim(family, params_list)
+    if per_dim is not None:
+        metrics["kl_per_dim"] = per_dim.tolist()
+    return metrics
+
+
+def collapse_warning(metrics, config, au_delta=0.01):
+    """One line naming what looks collapsed, the likely causes and the remedies, or None.
+
+    Checks each latent layer's KL (not for vMF, whose KL is fixed by kappa) and active units."""
+    problems = []
+    vmf = config.latent == "vmf"
+    if not vmf and "kl_per_layer" in metrics:
+        low = [j for j, kl in enumerate(metrics["kl_per_layer"]) if kl < COLLAPSE_KL]
+        if low:
+            kls = ", ".join(f"{kl:.3f}" for kl in metrics["kl_per_layer"])
+            problems.append(f"KL per layer [{kls}] nats, layer(s) {low} below {COLLAPSE_KL}")
+    if "au_per_layer" in metrics:
+        low = [j for j, a in enumerate(metrics["au_per_layer"]) if a < COLLAPSE_AU * config.z_dim]
+        if low:
+            problems.append(f"active units {metrics['au']} of {config.latent_dim} (delta {au_delta:g}), "
+                            f"layer(s) {low} with fewer than {COLLAPSE_AU:.0%} of {config.z_dim} dims")
+    if not problems:
+        return None
+    if vmf:
+        remedies = "--word-dropout 0.3, --bow-weight 1, or a larger --kappa (less noise in z)"
+    else:
+        remedies = "--kl-anneal cyclical, --free-bits 0.5, --word-dropout 0.3, --target-rate 10, --bow-weight 1"
+    return (f"warning: posterior collapse? {'; '.join(problems)} -- the decoder may be modelling the text "
+            f"without z (KL pressure too strong early, or a decoder strong enough alone); try {remedies}")

@@ -1,0 +1,133 @@
+"""The training objective train.py minimises, with the standard remedies for posterior collapse.
+
+UniVAE.forward returns the raw terms; this turns them into the loss:
+
+    loss = ce + (beta_t * rate + multiplier * (target_rate - kl)) / tokens + bow_weight * bow
+
+    ce          mean cross-entropy per real target token (UniVAEOutput.ce)
+    kl          KL(q(z|x) || p(z)) per sentence, summed over dims and latent layers, batch mean
+    rate        kl; with --free-bits lam, sum over layers and dims of max(lam, KL_d), KL_d the batch
+                mean of dim d's KL (Kingma et al. 2016): a dim under lam gets no KL gradient at all
+    tokens      the mean number of target tokens per sentence (--kl-reduction per-token, the
+                default: beta 1 then gives exactly the negative ELBO per token), or 1 (per-sentence)
+    beta_t      --kl-weight * kl_anneal_weight(step) (none / linear / cyclical as in Optimus)
+    multiplier  MDR's Lagrange multiplier (Pelsmaeker & Aziz 2019), only with --target-rate r:
+                minimising over the model and maximising over multiplier >= 0 enforces kl >= r
+    bow         mean over latent layers of the bag-of-words NLL per real target token, predicted
+                from that layer's z alone (a multi-task loss that makes every z_l carry the words)
+
+For fixed-kappa vMF the KL is a constant: loss = ce (+ bow_weight * bow) and the KL flags are an
+error. The BoW heads and the multiplier live here, not in the model: they exist only for training,
+so checkpoints and the model's config stay free of them; train.py saves `state_dict()` in the
+training state and adds `parameters()` to the optimiser.
+"""
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from univae.config import ANNEAL_SCHEDULES
+
+
+def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, ratio_increase=0.25):
+    """The KL weight multiplier in [0, 1] at optimiser step `step` (0 = the first step).
+
+    linear:   step / steps, then 1.
+    cyclical: `cycles` periods of steps / cycles each; within a period the first ratio_zero is 0
+              (a plain autoencoder learns to use z), the next ratio_increase ramps linearly to 1,
+              the rest holds 1 (Optimus' frange_cycle_zero_linear, Fu et al. 2019). 1 after `steps`.
+    """
+    if schedule == "none" or step >= steps:
+        return 1.0
+    if schedule == "linear":
+        return step / steps
+    if schedule != "cyclical":
+        raise ValueError(f"kl anneal schedule must be one of {ANNEAL_SCHEDULES}, got {schedule!r}")
+    period = steps / cycles
+    t = (step % period) / period  # position in the current cycle, [0, 1)
+    if t < ratio_zero:
+        return 0.0
+    return min(1.0, (t - ratio_zero) / ratio_increase)
+
+
+class VAEObjective(nn.Module):
+    """loss, logs = objective(out, step); see the module docstring. `cfg` is a TrainConfig."""
+
+    def __init__(self, cfg, model):
+        super().__init__()
+        c = model.config
+        self.kl_constant = model.family.kl_is_constant
+        self.kl_weight, self.kl_reduction = cfg.kl_weight, cfg.kl_reduction
+        self.anneal = dict(schedule=cfg.kl_anneal, steps=cfg.kl_anneal_steps, cycles=cfg.kl_cycles,
+                           ratio_zero=cfg.kl_ratio_zero, ratio_increase=cfg.kl_ratio_increase)
+        self.free_bits, self.target_rate, self.mdr_lr = cfg.free_bits, cfg.target_rate, cfg.mdr_lr
+        self.bow_weight = cfg.bow_weight
+        if self.kl_constant:
+            useless = [flag for flag, on in (
+                ("--kl-weight", cfg.kl_weight != 1.0), ("--kl-anneal", cfg.kl_anneal != "none"),
+                ("--free-bits", cfg.free_bits > 0), ("--target-rate", cfg.target_rate > 0)) if on]
+            if useless:
+                raise ValueError(
+                    f"{', '.join(useless)} act on the KL, but --latent {c.latent} with fixed kappa has a constant KL; "
+                    "use --latent gaussian, or --word-dropout / --bow-weight, which work with any latent")
+        if self.target_rate > 0:
+            self.register_buffer("mdr_multiplier", torch.zeros(()))
+        if self.bow_weight > 0:
+            self.bow = nn.ModuleList(nn.Linear(c.z_dim, c.vocab_size) for _ in range(c.num_latent_layers))
+            for head in self.bow:
+                nn.init.normal_(head.weight, std=c.initializer_range)
+                nn.init.zeros_(head.bias)
+        self.z_dim = c.z_dim
+
+    def bow_loss(self, z, labels):
+        """Mean over latent layers of -log softmax(bow_l(z_l))[w] per real target token w.
+
+        z (B, n*z_dim); labels (B, T) with -100 on padding (UniVAEOutput.labels: the same tokens the
+        CE counts, the closing [SEP] included)."""
+        real = labels != -100
+        words = labels.clamp_min(0)
+        per_layer = []
+        for head, z_l in zip(self.bow, z.split(self.z_dim, dim=-1)):
+            log_p = F.log_softmax(head(z_l).float(), dim=-1)  # (B, V)
+            nll = -log_p.gather(1, words)  # (B, T)
+            per_layer.append(nll[real].sum() / real.sum())
+        return torch.stack(per_layer).mean()
+
+    def forward(self, out, step):
+        """out: UniVAEOutput of a training forward; step: optimiser steps done so far.
+        -> (loss, logs), logs holding tensors or floats (call .item() only when logging)."""
+        logs = {"ce": out.ce, "kl": out.kl}
+        loss = out.ce
+        if not self.kl_constant:
+            beta = self.kl_weight * kl_anneal_weight(step, **self.anneal)
+            rate = out.kl
+            if self.free_bits > 0:
+                rate = out.kl_per_dim.clamp_min(self.free_bits).sum()  # no gradient below the floor
+                logs["kl_free_bits"] = rate
+            penalty = beta * rate
+            if self.target_rate > 0:
+                penalty = penalty + self.mdr_multiplier * (self.target_rate - out.kl)
+                logs["mdr_multiplier"] = self.mdr_multiplier.clone()
+            tokens = out.n_tokens / out.labels.shape[0] if self.kl_reduction == "per-token" else 1.0
+            loss = loss + penalty / tokens
+            logs["kl_weight"] = beta
+        if self.bow_weight > 0:
+            bow = self.bow_loss(out.z, out.labels)
+            loss = loss + self.bow_weight * bow
+            logs["bow"] = bow
+        logs["loss"] = loss
+        return loss, {k: v.detach() if torch.is_tensor(v) else v for k, v in logs.items()}
+
+    @torch.no_grad()
+    def update_multiplier(self, kl):
+        """MDR's dual step after each optimiser step: multiplier += mdr_lr * (target_rate - kl), kept >= 0.
+
+        Projected gradient ascent on the Lagrangian, in nats of rate deficit; the batch KL is averaged
+        over DDP ranks so that every rank holds the same multiplier. No-op without --target-rate."""
+        if self.target_rate <= 0:
+            return
+        kl = kl.detach().float().clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(kl)
+            kl /= dist.get_world_size()
+        self.mdr_multiplier.add_(self.mdr_lr * (self.target_rate - kl)).clamp_(min=0)
