@@ -1,0 +1,312 @@
+"""Sample, reconstruct, edit, interpolate, analogise and augment sentences with a trained UniVAE.
+
+    python sample.py --n 10                                    random sentences from the prior
+    python sample.py --reconstruct "句子" ...                    or --input FILE (one per line, - for stdin)
+    python sample.py --text "牙龈出血要吃什么药？" --replace-dims 0:32 --n 6
+                                                               redraw latent dims from the prior; ranges
+                                                               over the full code, several allowed
+                                                               (0:16,48:64), negative ones as --replace-dims=-16:
+    python sample.py --interpolate "A" "B" --steps 6           slerp per vMF layer, ends included
+    python sample.py --analogy "A" "B" "C" --n 3               z_C + z_B - z_A, then n-1 codes around it
+    python sample.py --augment FILE --n K [--out FILE]         K variants per line from posterior-style
+                                                               samples (--spread scales the noise), as
+                                                               JSONL {"input", "outputs"}
+
+Decoding is greedy unless told otherwise: --beam-size K (length penalty --length-penalty, GNMT's
+alpha), or sampling with --temperature / --top-k / --top-p (or --do-sample); --no-repeat-ngram N;
+--seed makes every draw reproducible. --json prints one JSON object per output line on stdout and
+nothing else; warnings go to stderr. Errors are one line on stderr and a non-zero exit.
+"""
+import argparse
+import json
+import os
+import sys
+import unicodedata
+import warnings
+
+import torch
+
+from univae import generate
+from univae.generate import Decoding
+
+DEFAULT_CHECKPOINT = os.path.join("runs", "default", "last")
+DEFAULT_N = {"prior": 10, "edit": 6, "analogy": 1, "augment": 4}
+_D = Decoding()
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage too; we want one line
+        raise CLIError(f"{message} (see --help)")
+
+
+def build_parser():
+    p = Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="DIR", help="a univae checkpoint directory")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--reconstruct", nargs="+", metavar="TEXT", help="decode these sentences' codes")
+    mode.add_argument("--input", metavar="FILE", help="reconstruct every line of FILE (- for stdin)")
+    mode.add_argument("--text", help="the sentence to edit with --replace-dims")
+    mode.add_argument("--interpolate", nargs=2, metavar=("A", "B"))
+    mode.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="A is to B as C is to ?")
+    mode.add_argument("--augment", metavar="FILE", help="variants of every line of FILE (- for stdin)")
+    p.add_argument("--n", type=int, help=f"outputs per input (defaults: {DEFAULT_N})")
+    p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:")
+    p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
+    p.add_argument("--spread", type=float, default=1.0, help="noise scale for --augment and --analogy (1 = the posterior)")
+    p.add_argument("--out", metavar="FILE", help="--augment: write the JSONL here instead of stdout")
+    g = p.add_argument_group("decoding")
+    g.add_argument("--beam-size", type=int, default=_D.beam_size)
+    g.add_argument("--length-penalty", type=float, default=_D.length_penalty, help="GNMT alpha for beam search")
+    g.add_argument("--do-sample", action="store_true", help="sample tokens (implied by --temperature/--top-k/--top-p)")
+    g.add_argument("--temperature", type=float, default=_D.temperature)
+    g.add_argument("--top-k", type=int, default=_D.top_k)
+    g.add_argument("--top-p", type=float, default=_D.top_p)
+    g.add_argument("--no-repeat-ngram", type=int, default=_D.no_repeat_ngram, metavar="N")
+    g.add_argument("--seed", type=int, default=_D.seed)
+    g.add_argument("--batch-size", type=int, default=_D.batch_size)
+    g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow reference)")
+    o = p.add_argument_group("output and runtime")
+    o.add_argument("--json", action="store_true", help="one JSON object per output line on stdout, nothing else")
+    o.add_argument("--with-z", action="store_true", help="--json: add each output's code z (not for --augment)")
+    o.add_argument("--strict", action="store_true", help="a text longer than maxlen is an error, not truncated")
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--attn", choices=("auto", "eager", "sdpa", "flex"), help="override the checkpoint's attention backend")
+    return p
+
+
+def check_args(args):
+    """Everything that can be checked before loading the model. Returns the mode."""
+    mode = ("reconstruct" if args.reconstruct is not None or args.input is not None else
+            "edit" if args.text is not None else
+            "interpolate" if args.interpolate else
+            "analogy" if args.analogy else
+            "augment" if args.augment is not None else "prior")
+    if args.replace_dims is not None and mode != "edit":
+        raise CLIError("--replace-dims goes with --text (the sentence to edit)")
+    if mode == "edit" and args.replace_dims is None:
+        raise CLIError("--text needs --replace-dims RANGES (e.g. 0:32) saying which latent dims to redraw")
+    if args.out is not None and mode != "augment":
+        raise CLIError("--out goes with --augment")
+    if args.n is not None and mode not in DEFAULT_N:
+        raise CLIError(f"--n does not apply to --{mode}" + (" (use --steps)" if mode == "interpolate" else ""))
+    args.n = DEFAULT_N.get(mode, 1) if args.n is None else args.n
+    if args.n < 1:
+        raise CLIError(f"--n must be at least 1, got {args.n}")
+    if mode == "interpolate" and args.steps < 2:
+        raise CLIError(f"--steps must be at least 2, got {args.steps}")
+    if args.spread < 0:
+        raise CLIError(f"--spread must be non-negative, got {args.spread}")
+    if args.with_z and (mode == "augment" or not args.json):
+        raise CLIError("--with-z needs --json and is not available with --augment")
+    for text in [args.text, *(args.reconstruct or []), *(args.interpolate or []), *(args.analogy or [])]:
+        if text is not None and not text.strip():
+            raise CLIError("empty text: every input sentence needs at least one character")
+    try:
+        args.decoding = dict(
+            beam_size=args.beam_size, length_penalty=args.length_penalty, do_sample=True if args.do_sample else None,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, no_repeat_ngram=args.no_repeat_ngram,
+            seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache,
+        )
+        Decoding(**args.decoding)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return mode
+
+
+def read_lines(path):
+    """Non-blank lines of a UTF-8 file, or of stdin for '-'."""
+    try:
+        if path == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+    except OSError as e:
+        raise CLIError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"cannot read {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = [s.strip() for s in lines if s.strip()]
+    if not lines:
+        raise CLIError(f"{path} has no sentences (every line is blank)")
+    return lines
+
+
+def load_model(args):
+    import univae
+
+    path = args.checkpoint
+    if not os.path.exists(path):
+        raise CLIError(f"no checkpoint at {path}: train one with `python train.py` (or pass --checkpoint DIR)")
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            is_univae = "univae" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        is_univae = False
+    if not is_univae:
+        raise CLIError(f"{path} is not a univae checkpoint (no config.json with a \"univae\" section)")
+    try:
+        model = univae.UniVAE.from_pretrained(path, **({"attn": args.attn} if args.attn else {}))
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot load checkpoint: {e}") from None
+    return model.to(args.device).eval()
+
+
+def check_lengths(model, texts, strict):
+    """With --strict, a text longer than maxlen is an error; otherwise encode_texts warns and truncates."""
+    if not strict:
+        return
+    limit = model.config.maxlen - 2  # [CLS] and [SEP] take two of the maxlen slots
+    for text in texts:
+        n = len(model.tokenizer.encode(text, add_special_tokens=False).ids)
+        if n > limit:
+            short = text if len(text) <= 20 else text[:20] + "…"
+            raise CLIError(f"text {short!r} has {n} tokens, more than maxlen - 2 = {limit} (drop --strict to truncate)")
+
+
+def run(model, mode, args):
+    """The mode's records: one dict per output line, {"mode", "input", "output", ...details}."""
+    opts, n = args.decoding, args.n
+    records = []
+
+    def add(z, **fields):
+        if args.with_z:
+            fields["z"] = z.tolist()
+        records.append({"mode": mode, **fields})
+
+    if mode == "prior":
+        out, z = generate.sample(model, n, return_z=True, **opts)
+        for i, s in enumerate(out):
+            add(z[i], input=None, output=s, index=i)
+    elif mode == "reconstruct":
+        texts = args.reconstruct if args.reconstruct is not None else read_lines(args.input)
+        check_lengths(model, texts, args.strict)
+        out, z = generate.reconstruct(model, texts, return_z=True, **opts)
+        for i, (t, s) in enumerate(zip(texts, out)):
+            add(z[i], input=t, output=s)
+    elif mode == "edit":
+        check_lengths(model, [args.text], args.strict)
+        try:
+            _, ranges = generate.parse_dims(args.replace_dims, model.config.latent_dim)
+        except ValueError as e:
+            raise CLIError(f"--replace-dims: {e}") from None
+        k = model.config.z_dim
+        layers = sorted({d // k for a, b in ranges for d in range(a, b)})
+        out, z = generate.edit(model, args.text, args.replace_dims, n, return_z=True, **opts)
+        for i, s in enumerate(out):
+            add(z[i], input=args.text, output=s, index=i, replace_dims=args.replace_dims,
+                dims=[list(r) for r in ranges], latent_layers=layers)
+    elif mode == "interpolate":
+        check_lengths(model, args.interpolate, args.strict)
+        out, z = generate.interpolate(model, *args.interpolate, args.steps, return_z=True, **opts)
+        for i, s in enumerate(out):
+            add(z[i], input=list(args.interpolate), output=s, step=i, alpha=i / (args.steps - 1))
+    elif mode == "analogy":
+        check_lengths(model, args.analogy, args.strict)
+        out, z = generate.analogy(model, *args.analogy, n=n, spread=args.spread, return_z=True, **opts)
+        for i, s in enumerate(out):
+            add(z[i], input=list(args.analogy), output=s, index=i)
+    elif mode == "augment":
+        texts = read_lines(args.augment)
+        check_lengths(model, texts, args.strict)
+        for j, (t, variants) in enumerate(zip(texts, generate.augment(model, texts, n, spread=args.spread, **opts))):
+            for i, s in enumerate(variants):
+                records.append({"mode": mode, "input": t, "output": s, "index": i, "input_index": j, "spread": args.spread})
+            if not variants:  # keep the input in the table and the JSONL even when every variant was dropped
+                records.append({"mode": mode, "input": t, "output": None, "index": None, "input_index": j, "spread": args.spread})
+    return records
+
+
+# ----------------------------------------------------------------------------- output
+
+def _width(s):
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
+
+
+def _table(header, rows, out):
+    widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for r in [header, *rows]:
+        cells = [str(c) + " " * (w - _width(str(c))) for c, w in zip(r, widths)]
+        print("  ".join([*cells, str(r[-1])]).rstrip(), file=out)
+
+
+def print_table(mode, records, args, model, out):
+    if mode == "prior":
+        _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
+    elif mode == "reconstruct":
+        _table(["input", "output"], [[r["input"], r["output"]] for r in records], out)
+    elif mode == "edit":
+        r0 = records[0]
+        print(f"input: {r0['input']}", file=out)
+        print(f"replaced dims {r0['replace_dims']} of {model.config.latent_dim} "
+              f"(latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest)", file=out)
+        _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
+    elif mode == "interpolate":
+        _table(["alpha", "output"], [[f"{r['alpha']:.2f}", r["output"]] for r in records], out)
+    elif mode == "analogy":
+        a, b, c = records[0]["input"]
+        print(f"{a} : {b} :: {c} : ?", file=out)
+        _table(["#", "output"], [["=" if r["index"] == 0 else r["index"], r["output"]] for r in records], out)
+    elif mode == "augment":
+        rows, last = [], None
+        for r in records:
+            rows.append(["" if r["input_index"] == last else r["input"], "(no new variant)" if r["output"] is None else r["output"]])
+            last = r["input_index"]
+        _table(["input", "variants"], rows, out)
+
+
+def augment_groups(records):
+    """Per-variant records -> one {"input", "outputs"} per input line, in input order."""
+    groups = {}
+    for r in records:
+        g = groups.setdefault(r["input_index"], {"input": r["input"], "outputs": []})
+        if r["output"] is not None:
+            g["outputs"].append(r["output"])
+    return list(groups.values())
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        mode = check_args(args)
+        model = load_model(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                records = run(model, mode, args)
+            except ValueError as e:  # the API's own argument checks (empty text, bad dims, ...)
+                raise CLIError(str(e)) from None
+        for w in caught:
+            print(f"sample.py: warning: {w.message}", file=sys.stderr)
+        if mode == "augment" and (args.out or not args.json):
+            lines = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in augment_groups(records))
+            if args.out:
+                try:
+                    with open(args.out, "w", encoding="utf-8") as f:
+                        f.write(lines)
+                except OSError as e:
+                    raise CLIError(f"cannot write {args.out}: {e.strerror or e}") from None
+                print(f"sample.py: wrote {lines.count(chr(10))} lines to {args.out}", file=sys.stderr)
+            else:
+                sys.stdout.write(lines)  # no --out, no --json: the JSONL itself is the output
+                return 0
+        if args.json:
+            for r in records:
+                if r["output"] is not None:
+                    print(json.dumps(r, ensure_ascii=False))
+        else:
+            print_table(mode, records, args, model, sys.stdout)
+        return 0
+    except CLIError as e:
+        print(f"sample.py: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `python sample.py ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

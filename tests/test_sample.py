@@ -1,0 +1,191 @@
+"""sample.py on a tiny untrained checkpoint (debug preset), in-process through main(argv):
+every mode's output, --json lines, cached == recompute, --replace-dims, one-line errors."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+import univae
+from univae.data import join
+from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import sample  # noqa: E402  (the CLI at the repo root)
+
+SENTENCES = ["牙龈出血要吃什么药？", "今天天气很好", "我喜欢iphone手机", "这是一个测试句子。", "他在家里看书"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: see test_generate.py
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """A debug-preset model overfitted on SENTENCES for 80 steps (~1 s), so that z matters and
+    reconstructions are real sentences; untrained, every code decodes to the same string."""
+    vocab = char_vocab(SENTENCES)
+    torch.manual_seed(0)
+    model = univae.UniVAE(univae.preset("debug", vocab_size=len(vocab)), build_tokenizer(vocab))
+    x, tt = join(encode_texts(model.tokenizer, SENTENCES, model.config.maxlen)[0])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for _ in range(80):
+        loss = model(x, tt).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(n_threads)
+    directory = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(directory)
+    return str(directory)
+
+
+def run(capsys, *argv):
+    code = sample.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, ckpt, *argv):
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--json", *argv)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+# ----------------------------------------------------------------------------- modes
+
+def test_prior(capsys, ckpt):
+    lines = run_json(capsys, ckpt, "--n", "4", "--seed", "0")
+    assert [r["mode"] for r in lines] == ["prior"] * 4 and all(isinstance(r["output"], str) for r in lines)
+    assert lines == run_json(capsys, ckpt, "--n", "4", "--seed", "0")
+    sampled = run_json(capsys, ckpt, "--n", "4", "--seed", "0", "--temperature", "0.9", "--top-p", "0.95")
+    assert sampled == run_json(capsys, ckpt, "--n", "4", "--seed", "0", "--temperature", "0.9", "--top-p", "0.95")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--n", "3")
+    assert code == 0 and out.splitlines()[0].split() == ["#", "output"] and len(out.splitlines()) == 4
+
+
+def test_cached_and_recompute_agree(capsys, ckpt):
+    cached = run_json(capsys, ckpt, "--n", "6", "--seed", "1", "--with-z")
+    recompute = run_json(capsys, ckpt, "--n", "6", "--seed", "1", "--with-z", "--no-cache")
+    assert cached == recompute
+    assert len({r["output"] for r in cached}) > 1
+
+
+def test_reconstruct_args_file_and_stdin(capsys, ckpt, tmp_path, monkeypatch):
+    lines = run_json(capsys, ckpt, "--reconstruct", *SENTENCES[:3])
+    assert [(r["mode"], r["input"]) for r in lines] == [("reconstruct", s) for s in SENTENCES[:3]]
+    assert sum(r["output"] == r["input"] for r in lines) >= 2  # overfitted; detokenised without stray spaces
+    lines = lines[:2]
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(SENTENCES[:3]) + "\n\n", encoding="utf-8")
+    from_file = run_json(capsys, ckpt, "--input", str(f))
+    assert [r["input"] for r in from_file] == SENTENCES[:3] and from_file[:2] == lines
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO(SENTENCES[0] + "\n"))
+    assert run_json(capsys, ckpt, "--input", "-") == lines[:1]
+
+
+def test_edit_respects_dims(capsys, ckpt):
+    [base] = run_json(capsys, ckpt, "--reconstruct", SENTENCES[0], "--with-z")
+    z0 = torch.tensor(base["z"])
+    for spec, changed in [("0:3", range(0, 3)), ("0:4,12:16", [*range(4), *range(12, 16)]), ("-5:", range(11, 16))]:
+        lines = run_json(capsys, ckpt, "--text", SENTENCES[0], f"--replace-dims={spec}", "--n", "3", "--with-z")
+        assert len(lines) == 3 and all(r["mode"] == "edit" and r["replace_dims"] == spec for r in lines)
+        z = torch.tensor([r["z"] for r in lines])
+        keep = torch.ones(16, dtype=torch.bool)
+        keep[list(changed)] = False
+        assert torch.equal(z[:, keep], z0[keep].expand(3, -1))
+        assert (z[:, ~keep] != z0[~keep]).all()
+    assert lines[0]["dims"] == [[11, 16]] and lines[0]["latent_layers"] == [1]
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--n", "2")
+    assert code == 0 and "replaced dims 0:8" in out
+
+
+def test_interpolate_and_analogy(capsys, ckpt):
+    lines = run_json(capsys, ckpt, "--interpolate", SENTENCES[0], SENTENCES[1], "--steps", "5")
+    assert [r["alpha"] for r in lines] == [0, 0.25, 0.5, 0.75, 1.0] and lines[0]["input"] == SENTENCES[:2]
+    [a, b] = run_json(capsys, ckpt, "--reconstruct", *SENTENCES[:2])
+    assert lines[0]["output"] == a["output"] and lines[-1]["output"] == b["output"]
+    lines = run_json(capsys, ckpt, "--analogy", *SENTENCES[:3], "--n", "3")
+    assert len(lines) == 3 and lines[0]["input"] == SENTENCES[:3]
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--analogy", *SENTENCES[:3])
+    assert code == 0 and " :: " in out
+
+
+def test_augment(capsys, ckpt, tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0")
+    assert code == 0
+    groups = [json.loads(line) for line in out.splitlines()]
+    assert [g["input"] for g in groups] == SENTENCES
+    for g in groups:
+        assert g["input"] not in g["outputs"] and len(set(g["outputs"])) == len(g["outputs"]) <= 4
+    out_file = tmp_path / "aug.jsonl"
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--out", str(out_file))
+    assert code == 0 and "variants" in out and "wrote 5 lines" in err
+    assert [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()] == groups
+    lines = run_json(capsys, ckpt, "--augment", str(f), "--n", "4", "--seed", "0")
+    assert [r["output"] for r in lines] == [o for g in groups for o in g["outputs"]]
+
+
+def test_truncation_warns_or_fails_with_strict(capsys, ckpt):
+    long = "我喜欢手机" * 6
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--json", "--reconstruct", long)
+    assert code == 0 and json.loads(out)["input"] == long and "truncated" in err
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--reconstruct", long, "--strict")
+    assert code != 0 and out == "" and "maxlen" in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("argv, message", [
+    (["--text", "今天", "--replace-dims", "0:17"], "outside the code"),
+    (["--text", "今天", "--replace-dims=-17:"], "outside the code"),
+    (["--text", "今天", "--replace-dims", "3:3"], "empty"),
+    (["--text", "今天", "--replace-dims", "0-4"], "malformed"),
+    (["--text", "今天", "--replace-dims", "0:4:2"], "no step"),
+    (["--text", "今天"], "--replace-dims"),
+    (["--replace-dims", "0:4"], "--text"),
+    (["--reconstruct", ""], "empty text"),
+    (["--text", " ", "--replace-dims", "0:4"], "empty text"),
+    (["--input", "/nonexistent/file.txt"], "cannot read"),
+    (["--n", "0"], "at least 1"),
+    (["--interpolate", "a", "b", "--steps", "1"], "--steps"),
+    (["--beam-size", "2", "--top-k", "5"], "beam search"),
+    (["--top-p", "0"], "top-p"),
+    (["--out", "x.jsonl"], "--augment"),
+    (["--bogus"], "unrecognized"),
+])
+def test_bad_arguments_give_one_line(capsys, ckpt, argv, message):
+    code, out, err = run(capsys, "--checkpoint", ckpt, *argv)
+    assert code != 0 and out == ""
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_bad_checkpoints(capsys, tmp_path, hf_dirs):
+    code, out, err = run(capsys, "--checkpoint", str(tmp_path / "missing"))
+    assert code != 0 and "python train.py" in err and len(err.splitlines()) == 1
+    for directory in (tmp_path, hf_dirs["bert"]):  # empty dir; a HF BERT is an init, not a univae checkpoint
+        code, out, err = run(capsys, "--checkpoint", str(directory))
+        assert code != 0 and "not a univae checkpoint" in err and len(err.splitlines()) == 1
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"univae": {"hidden_size": 32}}))
+    code, out, err = run(capsys, "--checkpoint", str(bad))
+    assert code != 0 and "cannot load checkpoint" in err and len(err.splitlines()) == 1
+
+
+def test_bad_input_file(capsys, ckpt, tmp_path):
+    for content, message in [(b"\xff\xfe\x00", "not UTF-8"), (b"\n \n", "no sentences")]:
+        f = tmp_path / "in.txt"
+        f.write_bytes(content)
+        code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f))
+        assert code != 0 and message in err and len(err.splitlines()) == 1

@@ -1,0 +1,580 @@
+"""Decoding from z, and the latent-space operations built on it (DESIGN.md, "Decoding").
+
+    z -> CachedDecoder (one [CLS] K/V per latent layer from z, KV cache of target positions)
+      -> greedy / sampling / beam search, one token per step -> ids -> detokenize -> text
+
+The decoder sequence is [slot; target]: slot 0 stands for the source [CLS] (position 0, segment 0),
+target t sits at position maxlen + t (segment 1), exactly where it sits in training
+(`UniVAE.decoder_inputs`). Lower layers use `masks.independent(1)`: the target never sees the slot.
+Latent layers use `masks.uniae(1)`: the target sees the slot, whose K/V there are those of
+up_l(z_l) alone. So no source token is ever run; each step costs one token through the stack,
+attending over at most maxlen + 1 cached keys.
+
+`RecomputeDecoder` is the reference's way and the test reference: each step re-runs the whole
+joined [src | tgt so far] sequence with z forced and reads the logits at the last fed position.
+
+Both decoders have one interface, so every strategy runs on either:
+
+    decoder(prefix)        prefix (N, t+1) target ids so far ([CLS] first) -> logits (N, V) for token t+1
+    decoder.reorder(rows)  keep/duplicate rows (beam search)
+"""
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import masks
+from univae.tokenizer import CLS, MASK, PAD, SEP, detokenize, encode_texts
+
+
+# ----------------------------------------------------------------------------- decoders
+
+class KVCache:
+    """Preallocated keys/values (N, H, S, D) indexed by slot (gpt-fast's KVCache)."""
+
+    def __init__(self, N, H, S, D, dtype, device):
+        self.k = torch.zeros(N, H, S, D, dtype=dtype, device=device)
+        self.v = torch.zeros(N, H, S, D, dtype=dtype, device=device)
+
+    def update(self, slots, k, v):
+        """Write k, v (N, H, n, D) at `slots` (n indices, or a slice: a plain strided copy); return
+        the full buffers to attend over."""
+        self.k[:, :, slots] = k
+        self.v[:, :, slots] = v
+        return self.k, self.v
+
+    def reorder(self, rows):
+        self.k, self.v = self.k[rows], self.v[rows]
+
+
+class CachedDecoder:
+    """z (N, latent_dim) -> next-token logits, one new token per call, O(maxlen) work per token.
+
+    Slot 0 of each latent layer's cache holds project_kv(up_j(z_j)) at position 0, written once
+    here. In lower layers slot 0 stays zero: the independent mask hides it from every target query
+    (zeros, not garbage, because the dense backends still multiply masked keys).
+
+    Attention backend: eager runs as eager; every other backend runs its steps with sdpa on the
+    dense mask row. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
+    so a BlockMask could skip nothing, and building one per step (or compiling flex for q_len = 1)
+    would cost more than the step; 'split' has no joined layout to split here.
+    """
+
+    def __init__(self, model, z):
+        c, tr = model.config, model.transformer
+        N, S = z.shape[0], c.maxlen + 1  # slot 0 + maxlen target positions
+        device, dtype = z.device, tr.embed.word.weight.dtype
+        self.model, self.t = model, 0
+        backend = model.backend(device)
+        self.backend = "eager" if backend == "eager" else "sdpa"
+        self.caches = [KVCache(N, c.num_attention_heads, S, c.head_dim, dtype, device) for _ in tr.layers]
+        lower = masks.materialize(masks.independent(1), S, S, device=device)[:, None]  # (1, 1, S, S)
+        upper = masks.materialize(masks.uniae(1), S, S, device=device)[:, None]
+        self.masks = [upper if l in model.latent_index else lower for l in range(len(tr.layers))]
+        self.positions = c.maxlen + torch.arange(c.maxlen, device=device)  # target t at maxlen + t
+        self.rope = tr.rope(self.positions)  # None for BERT, else (cos, sin) each (maxlen, D)
+        rope0 = tr.rope(torch.zeros(1, dtype=torch.long, device=device))
+        zs = model.split_z(z)
+        for l, j in model.latent_index.items():
+            cls = model.up[j](zs[j].to(dtype))[:, None]  # (N, 1, d): the [CLS] input that z_j replaces
+            k, v = tr.layers[l].project_kv(cls, rope0)
+            self.caches[l].update(slice(0, 1), k, v)
+
+    def __call__(self, prefix):
+        t = prefix.shape[1] - 1
+        assert t == self.t, f"the cached decoder takes one new token per call (expected prefix length {self.t + 1})"
+        tr = self.model.transformer
+        tok = prefix[:, -1:]  # (N, 1)
+        h = tr.embed(tok, torch.ones_like(tok), self.positions[t:t + 1])
+        rope = None if self.rope is None else (self.rope[0][t:t + 1], self.rope[1][t:t + 1])
+        slot = slice(t + 1, t + 2)  # target t lives in cache slot t + 1
+        for layer, mask, cache in zip(tr.layers, self.masks, self.caches):
+            h = layer(h, mask[:, :, t + 1:t + 2], self.backend, rope, cache=(cache, slot))  # mask (1, 1, 1, S)
+        self.t += 1
+        return tr.logits(h[:, -1])
+
+    def reorder(self, rows):
+        for cache in self.caches:
+            cache.reorder(rows)
+
+
+class RecomputeDecoder:
+    """The reference: every step runs the whole joined [src | tgt so far] through the model.
+
+    The source is a dummy "[CLS] [SEP]": with z forced the target never sees it (tested in
+    test_model.py), exactly how the reference decodes."""
+
+    def __init__(self, model, z):
+        c, tok = model.config, model.tokenizer
+        self.model, self.z = model, z
+        self.src = torch.full((z.shape[0], c.maxlen), c.pad_token_id, dtype=torch.long, device=z.device)
+        self.src[:, 0], self.src[:, 1] = tok.token_to_id(CLS), tok.token_to_id(SEP)
+
+    def __call__(self, prefix):
+        c = self.model.config
+        N, T = prefix.shape
+        tgt = F.pad(prefix, (0, c.maxlen - T), value=c.pad_token_id)
+        input_ids = torch.cat([self.src, tgt], dim=1)  # (N, 2*maxlen)
+        token_type_ids = (torch.arange(2 * c.maxlen, device=prefix.device) >= c.maxlen).long().expand(N, -1)
+        return self.model(input_ids, token_type_ids, z=self.z).logits[:, T - 1]
+
+    def reorder(self, rows):
+        self.z = self.z[rows]
+
+
+# ----------------------------------------------------------------------------- decoding options
+
+@dataclass
+class Decoding:
+    """How to pick tokens. Greedy by default; sampling if do_sample, or if any of temperature,
+    top_k, top_p is given; beam search if beam_size > 1. sample.py's flags default to these."""
+
+    beam_size: int = 1
+    length_penalty: float = 0.6  # GNMT's alpha: beams ranked by log P / ((5 + len) / 6) ** alpha; 0 = raw log P
+    do_sample: bool | None = None
+    temperature: float | None = None  # None = 1.0
+    top_k: int | None = None  # None or 0 = off
+    top_p: float | None = None  # None or 1.0 = off
+    no_repeat_ngram: int = 0  # ban any n-gram from occurring twice (HF's no_repeat_ngram_size); 0 = off
+    seed: int | None = None  # seeds every draw of the call (prior, noise, tokens) without touching the global RNG
+    batch_size: int = 256
+    use_cache: bool = True  # False: RecomputeDecoder, the slow reference path
+
+    def __post_init__(self):
+        if not (isinstance(self.beam_size, int) and self.beam_size >= 1):
+            raise ValueError(f"beam size must be a positive integer, got {self.beam_size!r}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top-k must be a non-negative integer, got {self.top_k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not (isinstance(self.no_repeat_ngram, int) and self.no_repeat_ngram >= 0):
+            raise ValueError(f"no-repeat-ngram must be a non-negative integer, got {self.no_repeat_ngram!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if self.sampling and self.beam_size > 1:
+            raise ValueError("beam search does not sample: use --beam-size 1 with --temperature/--top-k/--top-p")
+
+    @property
+    def sampling(self):
+        if self.do_sample is not None:
+            return bool(self.do_sample)
+        return any(x is not None for x in (self.temperature, self.top_k, self.top_p))
+
+
+# ----------------------------------------------------------------------------- logits processing
+
+def ban_repeated_ngrams(logits, prefix, n):
+    """HF's no_repeat_ngram_size: ban every token that would complete an n-gram already in prefix."""
+    N, T = prefix.shape
+    if n <= 0 or T + 1 < n:
+        return logits
+    for i, row in enumerate(prefix.tolist()):
+        key = tuple(row[T - n + 1:])
+        banned = [row[j + n - 1] for j in range(T - n + 1) if tuple(row[j:j + n - 1]) == key]
+        logits[i, banned] = -math.inf
+    return logits
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Top-k then nucleus filtering (HF's order); filtered entries become -inf, the best token always stays."""
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        remove_sorted = probs.cumsum(-1) - probs >= top_p  # the mass ranked above this token already reaches top_p
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, -math.inf)
+    return logits
+
+
+# ----------------------------------------------------------------------------- strategies
+
+def greedy_or_sample(decoder, N, maxlen, special, opts, device):
+    """Up to maxlen - 1 new tokens per row, stopping rows at [SEP]; (N, <= maxlen) ids, [CLS] first."""
+    cls, sep, pad = special["cls"], special["sep"], special["pad"]
+    prefix = torch.full((N, 1), cls, dtype=torch.long, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    for _ in range(maxlen - 1):
+        logits = _process(decoder(prefix).float(), prefix, special, opts)
+        if opts.sampling:
+            logits = filter_logits(logits / (opts.temperature or 1.0), opts.top_k, opts.top_p)
+            next_tok = torch.multinomial(logits.softmax(-1), 1)[:, 0]
+        else:
+            next_tok = logits.argmax(-1)
+        next_tok = next_tok.masked_fill(done, pad)  # finished rows idle on [PAD]
+        prefix = torch.cat([prefix, next_tok[:, None]], dim=1)
+        done |= next_tok == sep
+        if bool(done.all()):
+            break
+    return prefix
+
+
+def beam_search(decoder, B, K, maxlen, special, opts, device):
+    """Batched beam search over B inputs x K beams; returns the best hypothesis per input (list of id lists).
+
+    The decoder's rows are b*K + k. Each step keeps the 2K best continuations per input (HF's
+    rule): those ending in [SEP] within the first K go to that input's finished list, the first K
+    others stay alive. Finished hypotheses are ranked by GNMT's length-normalised score
+    log P / ((5 + n) / 6) ** alpha, n counting [SEP]. An input is done when it has K finished
+    and its best alive beam, normalised at the current length, cannot beat the worst of them
+    (HF's early_stopping=False heuristic); beams alive at maxlen finish there."""
+    cls, sep = special["cls"], special["sep"]
+    lp = lambda n: ((5 + n) / 6) ** opts.length_penalty
+    prefix = torch.full((B * K, 1), cls, dtype=torch.long, device=device)
+    scores = torch.full((B, K), -math.inf, device=device)
+    scores[:, 0] = 0.0  # all beams start identical: only one is alive, or each hypothesis appears K times
+    finished = [[] for _ in range(B)]  # (normalised score, ids)
+    done = [False] * B
+    for t in range(maxlen - 1):
+        logp = _process(decoder(prefix).float(), prefix, special, opts).log_softmax(-1)  # (B*K, V)
+        V = logp.shape[-1]
+        cand = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
+        top, idx = cand.topk(2 * K, dim=-1)  # (B, 2K)
+        beam, tok = idx // V, idx % V
+        ends = tok == sep
+        n_new = t + 1  # tokens generated so far, this one included
+        for b, r in (ends & (torch.arange(2 * K, device=device) < K) & top.isfinite()).nonzero().tolist():
+            if not done[b]:
+                ids = prefix[b * K + beam[b, r]].tolist()[1:]
+                finished[b].append((top[b, r].item() / lp(n_new), ids))
+        # at most K candidates end in [SEP] (one token per beam), so at least K of the 2K go on
+        keep = ends.int().argsort(dim=-1, stable=True)[:, :K]  # (B, K) first K non-[SEP] candidates
+        scores = top.gather(1, keep)
+        rows = (torch.arange(B, device=device)[:, None] * K + beam.gather(1, keep)).flatten()
+        prefix = torch.cat([prefix[rows], tok.gather(1, keep).flatten()[:, None]], dim=1)
+        decoder.reorder(rows)
+        for b in range(B):
+            if not done[b] and len(finished[b]) >= K:
+                finished[b] = sorted(finished[b], key=lambda s: -s[0])[:K]
+                done[b] = finished[b][-1][0] >= scores[b].max().item() / lp(n_new)
+        if all(done):
+            break
+    for b in range(B):
+        if not done[b]:  # reached maxlen: alive beams end there without [SEP]
+            for k in range(K):
+                if math.isfinite(scores[b, k].item()):
+                    finished[b].append((scores[b, k].item() / lp(prefix.shape[1] - 1), prefix[b * K + k].tolist()[1:]))
+    return [max(f, key=lambda s: s[0])[1] for f in finished]
+
+
+def _process(logits, prefix, special, opts):
+    """Ban tokens no target ever holds ([PAD], [CLS], [MASK]) and repeated n-grams."""
+    logits[:, special["banned"]] = -math.inf
+    return ban_repeated_ngrams(logits, prefix, opts.no_repeat_ngram)
+
+
+def _special(tok):
+    ids = {"cls": tok.token_to_id(CLS), "sep": tok.token_to_id(SEP), "pad": tok.token_to_id(PAD)}
+    ids["banned"] = [i for i in (ids["pad"], ids["cls"], tok.token_to_id(MASK)) if i is not None]
+    return ids
+
+
+def _strip(ids, sep, pad):
+    """Target ids after [CLS] -> tokens up to (without) the first [SEP]."""
+    out = []
+    for i in ids:
+        if i == sep:
+            break
+        if i != pad:
+            out.append(i)
+    return out
+
+
+def decode_ids(model, z, opts):
+    """z (N, latent_dim) -> N lists of token ids (no [CLS]/[SEP]), at most maxlen - 1 each."""
+    c = model.config
+    if z.dim() != 2 or z.shape[1] != c.latent_dim:
+        raise ValueError(f"z must have shape (N, {c.latent_dim}), got {tuple(z.shape)}")
+    special = _special(model.tokenizer)
+    make = CachedDecoder if opts.use_cache else RecomputeDecoder
+    out = []
+    for zb in z.to(model.device).split(opts.batch_size):
+        N, K = zb.shape[0], opts.beam_size
+        if K > 1:
+            decoder = make(model, zb.repeat_interleave(K, dim=0))
+            out += beam_search(decoder, N, K, c.maxlen, special, opts, zb.device)
+        else:
+            prefix = greedy_or_sample(make(model, zb), N, c.maxlen, special, opts, zb.device)
+            out += [row[1:] for row in prefix.tolist()]
+    return [_strip(ids, special["sep"], special["pad"]) for ids in out]
+
+
+@contextlib.contextmanager
+def _inference(model, seed):
+    """no_grad, eval mode (restored after), and a private RNG stream if seeded."""
+    was_training = model.training
+    model.eval()
+    devices = [model.device] if model.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _texts(model, z, opts):
+    return [detokenize(model.tokenizer, ids) for ids in decode_ids(model, z, opts)]
+
+
+# ----------------------------------------------------------------------------- latent-space operations
+
+def _is_vmf(model):
+    return model.config.latent == "vmf"
+
+
+def _per_layer(model, z, fn):
+    """Apply fn to each latent layer's slice of z (..., latent_dim) and concatenate back."""
+    return torch.cat([fn(zl) for zl in model.split_z(z)], dim=-1)
+
+
+def slerp(a, b, t):
+    """Spherical interpolation between unit vectors a, b (..., k) at weights t (T, 1) -> (T, ..., k).
+
+    Nearly parallel vectors fall back to normalised linear interpolation (sin(omega) ~ 0)."""
+    cos = (a * b).sum(-1, keepdim=True).clamp(-1, 1)
+    omega = torch.acos(cos)
+    so = torch.sin(omega)
+    t = t.view(-1, *([1] * a.dim()))
+    safe = so.abs() > 1e-6
+    wa = torch.where(safe, torch.sin((1 - t) * omega) / torch.where(safe, so, 1), 1 - t)
+    wb = torch.where(safe, torch.sin(t * omega) / torch.where(safe, so, 1), t)
+    out = wa * a + wb * b
+    return torch.where(safe, out, F.normalize(out, dim=-1))
+
+
+def interpolate_z(model, za, zb, steps):
+    """`steps` codes from za to zb (D,), endpoints included: slerp per vMF layer, linear otherwise."""
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    t = torch.linspace(0, 1, steps, device=za.device)[:, None]
+    if not _is_vmf(model):
+        return torch.lerp(za[None], zb[None], t)
+    return torch.cat([slerp(a, b, t) for a, b in zip(model.split_z(za), model.split_z(zb))], dim=-1)
+
+
+def analogy_z(model, za, zb, zc):
+    """z_c + z_b - z_a ("a is to b as c is to ?"), put back on each vMF layer's sphere.
+
+    A vMF layer where the sum nearly cancels has no direction; it keeps z_c's."""
+    d = zc + zb - za
+    if not _is_vmf(model):
+        return d
+    return torch.cat([
+        torch.where(dl.norm(dim=-1, keepdim=True) > 1e-6, F.normalize(dl, dim=-1), cl)
+        for dl, cl in zip(model.split_z(d), model.split_z(zc))
+    ], dim=-1)
+
+
+def parse_dims(spec, size):
+    """Ranges over the full code -> (sorted LongTensor of dims, list of (start, stop)).
+
+    spec: "0:32", "0:16,48:64", "-16:", ":8", "5", a slice, an int, or a list of those. Negative
+    indices count from the end. Unlike Python slices nothing is clipped: a range that is empty or
+    reaches outside [0, size) is an error, as is a step."""
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",")]
+        if not spec.strip() or any(not p for p in parts):
+            raise ValueError(f"malformed dims {spec!r}: expected ranges like 0:32 or 0:16,48:64")
+    elif isinstance(spec, (int, slice)):
+        parts = [spec]
+    else:
+        parts = list(spec)
+        if not parts:
+            raise ValueError("no dims given")
+    ranges = []
+    for p in parts:
+        text = p if isinstance(p, str) else repr(p)
+        if isinstance(p, str):
+            try:
+                bounds = [int(x) if x.strip() else None for x in p.split(":")]
+            except ValueError:
+                raise ValueError(f"malformed range {p!r}: expected start:stop with integers, e.g. 0:32") from None
+            if len(bounds) == 1:
+                if bounds[0] is None:
+                    raise ValueError(f"malformed range {p!r}")
+                bounds = [bounds[0], bounds[0] + 1 if bounds[0] != -1 else None]
+            if len(bounds) != 2:
+                raise ValueError(f"malformed range {p!r}: expected start:stop (no step), e.g. 0:32")
+            start, stop = bounds
+        elif isinstance(p, slice):
+            if p.step not in (None, 1):
+                raise ValueError(f"range {p} has a step; only contiguous ranges are allowed")
+            start, stop = p.start, p.stop
+        elif isinstance(p, int):
+            start, stop = p, (p + 1 if p != -1 else None)
+        else:
+            raise ValueError(f"cannot read {p!r} as a range of dims")
+        start = 0 if start is None else start
+        stop = size if stop is None else stop
+        for x in (start, stop):
+            if not -size <= x <= size:
+                raise ValueError(f"range {text} reaches outside the code, which has {size} dims (0..{size - 1})")
+        start, stop = start + size if start < 0 else start, stop + size if stop < 0 else stop
+        if start >= stop:
+            raise ValueError(f"range {text} is empty (the code has {size} dims)")
+        ranges.append((start, stop))
+    dims = sorted({d for a, b in ranges for d in range(a, b)})
+    return torch.tensor(dims, dtype=torch.long), ranges
+
+
+def edit_z(model, z, dims, n):
+    """n copies of z (D,) with `dims` replaced by the same dims of fresh prior draws.
+
+    Untouched dims keep their exact values. A vMF layer that is only partly replaced has its
+    replaced part rescaled so the layer stays on its sphere: |kept|^2 + |replaced|^2 = 1, the
+    replaced part's direction taken from the prior draw (uniform on its sub-sphere)."""
+    index, _ = parse_dims(dims, model.config.latent_dim)
+    index = index.to(z.device)
+    out = z.reshape(1, -1).expand(n, -1).clone()
+    out[:, index] = model.sample_prior(n, z.device)[:, index].to(out.dtype)
+    if _is_vmf(model):
+        k = model.config.z_dim
+        for j in range(model.config.num_latent_layers):
+            part = index[(index >= j * k) & (index < (j + 1) * k)]
+            if 0 < part.numel() < k:
+                keep = torch.ones(out.shape[1], dtype=torch.bool, device=z.device)
+                keep[part] = False
+                keep[: j * k] = keep[(j + 1) * k:] = False
+                room = (1 - out[:, keep].pow(2).sum(-1, keepdim=True)).clamp_min(0).sqrt()
+                out[:, part] = F.normalize(out[:, part], dim=-1) * room
+    return out
+
+
+def perturb_z(model, z, n, spread, params=None):
+    """n codes around each row of z (B, D) -> (B*n, D), rows grouped per input, drawn like posterior samples.
+
+    vMF: per layer, a sample s ~ vMF(z_l, kappa) of the model's own posterior, then slerp(z_l, s,
+    spread): spread 1 is the posterior itself, 0 is z, 2 doubles each sample's angle. Otherwise
+    (e.g. Gaussian), z + spread * (sample(params) - mean(params)) with the posterior params of z."""
+    z = z.repeat_interleave(n, dim=0)
+    if _is_vmf(model):
+        t = torch.tensor([float(spread)], device=z.device)
+        return _per_layer(model, z, lambda zl: slerp(zl, model.family.sample(zl), t)[0])
+    if params is None:
+        raise ValueError("perturbing a non-vMF code needs its posterior params")
+    params = [p.repeat_interleave(n, dim=0) for p in params]
+    noise = torch.cat([model.family.sample(p) - model.family.mean(p) for p in params], dim=-1)
+    return z + spread * noise
+
+
+def _check_texts(texts):
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    for s in texts:
+        if not isinstance(s, str):
+            raise ValueError(f"expected a sentence (str), got {type(s).__name__}")
+        if not s.strip():
+            raise ValueError("empty text: every input needs at least one character")
+    return texts
+
+
+def posterior(model, texts):
+    """Sentences -> (posterior mean codes (N, D), per-layer posterior params). Over-long ones are
+    truncated with a warning (encode_texts)."""
+    texts = _check_texts(texts)
+    ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen)
+    params = model.posterior_params(ids.to(model.device))
+    return torch.cat([model.family.mean(p) for p in params], dim=-1), params
+
+
+# ----------------------------------------------------------------------------- the API (UniVAE's methods call these)
+
+def generate(model, z, **decoding):
+    """Codes (N, D) -> N sentences."""
+    opts = Decoding(**decoding)
+    with _inference(model, opts.seed):
+        return _texts(model, z, opts)
+
+
+def reconstruct(model, texts, return_z=False, **decoding):
+    """Sentences -> their decoded posterior means, aligned with the input."""
+    opts = Decoding(**decoding)
+    with _inference(model, opts.seed):
+        z, _ = posterior(model, texts)
+        out = _texts(model, z, opts)
+    return (out, z) if return_z else out
+
+
+def sample(model, n, return_z=False, **decoding):
+    """n sentences decoded from prior draws."""
+    opts = Decoding(**decoding)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    with _inference(model, opts.seed):
+        z = model.sample_prior(n)
+        out = _texts(model, z, opts)
+    return (out, z) if return_z else out
+
+
+def edit(model, text, dims, n, return_z=False, **decoding):
+    """n variants of `text` with the latent `dims` (see parse_dims) redrawn from the prior."""
+    opts = Decoding(**decoding)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    with _inference(model, opts.seed):
+        z, _ = posterior(model, [text])
+        z = edit_z(model, z[0], dims, n)
+        out = _texts(model, z, opts)
+    return (out, z) if return_z else out
+
+
+def interpolate(model, a, b, steps, return_z=False, **decoding):
+    """`steps` sentences on the path from a's code to b's, both ends included."""
+    opts = Decoding(**decoding)
+    with _inference(model, opts.seed):
+        z, _ = posterior(model, [a, b])
+        z = interpolate_z(model, z[0], z[1], steps)
+        out = _texts(model, z, opts)
+    return (out, z) if return_z else out
+
+
+def analogy(model, a, b, c, n=1, spread=1.0, return_z=False, **decoding):
+    """"a is to b as c is to ?": decode z_c + z_b - z_a; with n > 1, also n - 1 codes drawn
+    around it as perturb_z does (noise scaled by spread; for non-vMF latents, c's posterior noise)."""
+    opts = Decoding(**decoding)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    with _inference(model, opts.seed):
+        z, params = posterior(model, [a, b, c])
+        d = analogy_z(model, z[0], z[1], z[2])[None]
+        if n > 1:
+            around = perturb_z(model, d, n - 1, spread, [p[2:3] for p in params])
+            d = torch.cat([d, around])
+        out = _texts(model, d, opts)
+    return (out, d) if return_z else out
+
+
+def augment(model, texts, n, spread=1.0, **decoding):
+    """For each sentence, up to n distinct variants decoded from codes drawn around its posterior
+    mean (perturb_z); outputs equal to the input (or to its tokenised round trip) or to an earlier
+    variant are dropped. Returns a list of lists aligned with `texts`."""
+    opts = Decoding(**decoding)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if spread < 0:
+        raise ValueError(f"spread must be non-negative, got {spread}")
+    texts = _check_texts(texts)
+    with _inference(model, opts.seed):
+        z, params = posterior(model, texts)
+        out = _texts(model, perturb_z(model, z, n, spread, params), opts)
+    ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen, warn=False)
+    result = []
+    for i, s in enumerate(texts):
+        seen = {s, s.strip(), detokenize(model.tokenizer, ids[i].tolist())}
+        variants = []
+        for v in out[i * n:(i + 1) * n]:
+            if v not in seen:
+                seen.add(v)
+                variants.append(v)
+        result.append(variants)
+    return result
