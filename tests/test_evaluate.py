@@ -1,0 +1,225 @@
+"""univae.evaluate: the likelihood pieces against the model's own forward and analytic values, and
+the whole report end to end on an untrained debug checkpoint laid out as train.py writes it."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import univae
+from univae import data as D
+from univae import evaluate as E
+from univae import metrics as M
+from univae.diagnostics import latent_metrics
+from univae.latents import vmf_log_normalizer
+from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
+
+SENTENCES = [
+    "今天天气很好", "我们去公园散步", "这家酒店的服务很周到", "房间干净整洁", "早餐的种类太少了",
+    "交通非常方便", "前台的态度很差", "价格有点贵", "下次还会再来", "床很舒服睡得很好",
+    "这本书写得很精彩", "故事情节引人入胜", "翻译质量一般", "快递送得很快", "包装有点破损",
+    "屏幕显示效果不错", "电池续航时间太短", "键盘手感很好", "系统运行流畅", "性价比很高",
+    "周围的环境很安静", "停车不太方便", "服务员很热情", "菜的味道一般", "窗外的风景很美",
+    "网速太慢了", "隔音效果不好", "洗澡水不够热", "总体来说还可以", "值得推荐给朋友",
+    "iphone 手机很好用", "我爱北京天安门",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: a second thread only adds synchronisation, and on a loaded 2-core machine it made
+    the end-to-end run 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """OUT/step-3 (weights, train_args.json), OUT/last -> step-3, OUT/metrics.jsonl, and the corpus file."""
+    root = tmp_path_factory.mktemp("evaluate")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    torch.manual_seed(0)
+    tok = build_tokenizer(char_vocab(SENTENCES))
+    model = univae.UniVAE(univae.preset("debug", vocab_size=tok.get_vocab_size()), tok)
+    out = root / "run"
+    ckpt = out / "step-3"
+    model.save_pretrained(str(ckpt))
+    (ckpt / "train_args.json").write_text(json.dumps({"corpus": str(corpus), "split_seed": 1, "val": ""}), encoding="utf-8")
+    (out / "last").symlink_to("step-3")
+    rows = [{"step": 1, "loss": 5.0, "ce": 5.0, "kl": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
+            {"step": 2, "loss": 4.0, "ce": 4.0, "kl": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
+            {"step": 2, "split": "val", "ce": 4.5, "bits_per_char": 6.0, "kl": 3.0, "kl_per_layer": [1.5, 1.5],
+             "exact_match": 0.0, "char_f1": 0.1}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo', encoding="utf-8")
+    return out, corpus
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
+    return univae.UniVAE.from_pretrained(str(run_dir[0] / "last")).eval()
+
+
+# ----------------------------------------------------------------------------- likelihood pieces
+
+def test_log_sphere_area_known_values():
+    assert E.log_sphere_area(2) == pytest.approx(math.log(2 * math.pi))  # the unit circle's circumference
+    assert E.log_sphere_area(3) == pytest.approx(math.log(4 * math.pi))  # the unit sphere's surface
+
+
+def test_sequence_log_likelihood_equals_the_training_ce(model):
+    """Summed over sentences, -log p(x|z) is the joined forward's CE times its token count, with the
+    same forced z, on a batch trimmed to its longest sentence."""
+    ids, _, _ = encode_texts(model.tokenizer, SENTENCES[:6], model.config.maxlen)
+    torch.manual_seed(0)
+    z = model.sample_prior(6)
+    with torch.no_grad():
+        ll, n = E.sequence_log_likelihood(model, z, E.trim(ids, 0))
+        out = model(*D.join(ids), z=z)
+    assert int(n.sum()) == int(out.n_tokens) == sum(len(s) + 1 for s in SENTENCES[:6])  # one token per char, plus [SEP]
+    torch.testing.assert_close(-ll.sum() / n.sum(), out.ce, atol=1e-5, rtol=1e-5)
+
+
+def test_importance_weighted_against_a_recomputation(model):
+    """The estimate recomputed sample by sample: log p(x|z_k) from the joined forward with z forced,
+    log q from the vMF density written out, log p(z) = -log|S^{d-1}| per layer (d = 8: pi^4 / 3)."""
+    ids, _, _ = encode_texts(model.tokenizer, SENTENCES[:2], model.config.maxlen)
+    K, family = 5, model.family
+    with torch.no_grad():
+        torch.manual_seed(0)
+        log_px, elbo = E.importance_weighted(model, ids, K)
+        torch.manual_seed(0)  # the same draws, in the same order: layer by layer, rows b*K + k
+        params = [p.repeat_interleave(K, dim=0) for p in model.posterior_params(ids)]
+        zs = [family.sample(p) for p in params]
+        log_q = sum(vmf_log_normalizer(16.0, 8) + 16.0 * (z * F.normalize(p, dim=-1)).sum(-1) for z, p in zip(zs, params))
+        log_p = 2 * -math.log(math.pi ** 4 / 3)
+        joined, token_types = D.join(ids.repeat_interleave(K, dim=0))
+        out = [model(joined[i:i + 1], token_types[i:i + 1], z=torch.cat(zs, -1)[i:i + 1]) for i in range(2 * K)]
+        ll = torch.stack([-o.ce * o.n_tokens for o in out])
+    log_w = (ll + log_p - log_q).double().view(2, K)
+    torch.testing.assert_close(log_px, torch.logsumexp(log_w, 1) - math.log(K), atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(elbo, log_w.mean(1), atol=1e-4, rtol=1e-6)
+    assert bool((log_px >= elbo).all())  # Jensen
+    torch.manual_seed(1)
+    one, elbo_one = E.importance_weighted(model, ids, 1)
+    torch.testing.assert_close(one, elbo_one)  # K = 1: the estimate is its own ELBO
+
+
+def test_gaussian_family_has_a_density():
+    """N(0, I) log density against torch.distributions; the IW estimate sits above its ELBO."""
+    z = torch.randn(5, 8)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(E.log_prior_density(univae.preset("debug", latent="gaussian"), z), expected)
+    tok = build_tokenizer(char_vocab(SENTENCES))
+    torch.manual_seed(0)
+    model = univae.UniVAE(univae.preset("debug", vocab_size=tok.get_vocab_size(), latent="gaussian"), tok).eval()
+    ids, _, _ = encode_texts(tok, SENTENCES[:3], model.config.maxlen)
+    with torch.no_grad():
+        log_px, elbo = E.importance_weighted(model, ids, 8)
+    assert E.has_density(model) and bool((log_px >= elbo).all()) and bool((log_px < 0).all())
+
+
+def test_no_density_family_is_skipped(model, monkeypatch):
+    monkeypatch.setattr(model.config, "latent", "vq")
+    ids, _, _ = encode_texts(model.tokenizer, SENTENCES[:3], model.config.maxlen)
+    with torch.no_grad():
+        likelihood, latent = E.likelihood_and_latent_sections(model, ids, SENTENCES[:3], 2, 3, 8)
+    assert likelihood["iw_nll"] is None and "no importance-weighted NLL" in likelihood["note"]
+    assert likelihood["ce"] > 0 and len(latent["kl_per_layer"]) == model.config.num_latent_layers
+
+
+def test_read_metrics_keeps_the_last_row_per_step(run_dir, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 1, "loss": 9}\ncut{\n', encoding="utf-8")
+    train, val = E.read_metrics(str(path))
+    assert [(r["step"], r["loss"]) for r in train] == [(1, 9), (2, 2)] and val == []
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_split_spec_reproduces_the_training_split(run_dir):
+    """CORPUS:SPLIT is that corpus loaded and split as train.py did, with the checkpoint's split seed;
+    the training sentences (for novelty) are the train split."""
+    out, corpus = run_dir
+    train_args = E.read_train_args(str(out / "last"))
+    texts, source, train_texts, notes = E.load_data(f"{corpus}:test", 16, train_args)
+    expected = D.split(SENTENCES, seed=1)
+    assert texts == expected["test"] and train_texts == expected["train"] and notes == []
+    assert source.startswith("test split (seed 1)")
+    texts, _, _, notes = E.load_data(f"{corpus}:val", 16, None)
+    assert texts == D.split(SENTENCES, seed=0)["val"] and "split seed 0 assumed" in notes[0]
+
+
+def test_report_end_to_end(run_dir, model, capsys):
+    out, corpus = run_dir
+    report_dir = out / "eval"
+    argv = ["--checkpoint", str(out / "last"), "--data", str(corpus), "--max-sentences", "12", "--out", str(report_dir),
+            "--n-samples", "6", "--iw-samples", "3", "--iw-sentences", "4", "--beam-size", "2", "--interp-paths", "2",
+            "--interp-steps", "3", "--replace-dims", "0:4", "--batch-size", "16", "--n-examples", "2"]
+    assert E.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "reconstruction, greedy" in printed and "IW NLL" in printed
+
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    assert set(report) >= {"checkpoint", "data", "settings", "reconstruction", "likelihood", "latent", "prior",
+                           "control", "interpolation", "training", "plots", "examples", "notes"}
+    assert report["checkpoint"]["step"] == 3
+    test = SENTENCES[:12]
+    assert report["data"]["n_sentences"] == 12 and report["data"]["n_available"] == len(SENTENCES)
+    assert report["settings"]["iw_sentences"] == 4
+
+    # reconstruction matches the metrics computed directly on the model's own output
+    greedy = model.reconstruct(test)
+    for key, value in M.full_reconstruction_scores(greedy, test).items():
+        assert report["reconstruction"]["greedy"][key] == pytest.approx(value, nan_ok=True)
+    assert set(report["reconstruction"]["beam"]) == {"exact_match", "char_f1", "char_bleu", "edit_distance"}
+
+    lk, lt = report["likelihood"], report["latent"]
+    for key in ("ce", "bits_per_char", "iw_nll", "iw_ppl", "iw_bits_per_char", "neg_elbo"):
+        assert isinstance(lk[key], float) and lk[key] > 0, key
+    # untrained: CE near log V; vMF: the KL is the same analytic constant in every layer
+    assert lk["ce"] == pytest.approx(math.log(model.config.vocab_size), rel=0.2)
+    assert lt["kl_per_layer"] == pytest.approx([model.family.kl_const] * 2) and lt["kl"] == pytest.approx(2 * model.family.kl_const)
+    # MI and AU are univae.diagnostics' on the posterior params of the evaluated sentences
+    ids, _, _ = encode_texts(model.tokenizer, test, model.config.maxlen)
+    with torch.no_grad():
+        expected = latent_metrics(model.family, model.posterior_params(ids))
+    assert lt["mi"] == pytest.approx(expected["mi"], abs=1e-5) and 0 <= lt["mi"] <= math.log(12) + 1e-6
+    assert lt["au"] == expected["au"] and lt["au_per_layer"] == expected["au_per_layer"] and len(lt["mi_per_layer"]) == 2
+
+    pr = report["prior"]
+    assert pr["n_samples"] == 6 and len(report["examples"]["prior"]) == 2
+    for key in ("distinct_1", "distinct_2", "ended_with_sep", "novelty"):
+        assert pr[key] is None or 0 <= pr[key] <= 1, key
+    assert pr["novelty"] is not None  # train_args.json names the corpus
+    assert pr["data_mean_length"] == pytest.approx(M.mean(len(s.replace(" ", "")) for s in test))
+
+    ctl = report["control"]
+    assert [r["name"] for r in ctl["per_layer"]] == ["layer 2", "layer 3"]
+    assert [r["dims"] for r in ctl["per_layer"]] == ["0:8", "8:16"]
+    assert [r["dims"] for r in ctl["ranges"]] == ["0:4"]
+    for row in ctl["per_layer"] + ctl["ranges"]:
+        assert 0 <= row["char_f1"] <= 1 and 0 <= row["changed"] <= 1
+
+    it = report["interpolation"]
+    assert it["n_paths"] == 2 and it["steps"] == 3 and 0 <= it["step_edit_distance"] <= 1
+    assert [e["path"][0] for e in report["examples"]["interpolation"]] == [model.reconstruct(test[0])[0], model.reconstruct(test[2])[0]]
+    assert report["training"]["last_step"] == 2 and report["training"]["last_val"]["char_f1"] == 0.1
+
+    for name in report["plots"].values():
+        assert (report_dir / name).stat().st_size > 1000
+    md = (report_dir / "report.md").read_text(encoding="utf-8")
+    for heading in ("## Headline", "## Checkpoint", "## Data", "## Reconstruction", "## Likelihood and latent health",
+                    "## Prior samples", "## Multi-scale control", "## Interpolation", "## Training curves"):
+        assert heading in md
+    assert "![control](control.png)" in md and "![training curves](training_curves.png)" in md
+    assert test[0] in md  # examples are shown
+
+
+def test_bad_replace_dims_fails_before_decoding(run_dir, capsys):
+    out, corpus = run_dir
+    assert E.main(["--checkpoint", str(out / "last"), "--data", str(corpus), "--replace-dims", "0:99"]) == 2
+    assert "reaches outside the code" in capsys.readouterr().err

@@ -1,0 +1,701 @@
+"""Evaluate a UniVAE checkpoint: one command, a report.json, a readable report.md and PNG plots.
+
+    python -m univae.evaluate --checkpoint runs/default/last                 # test split of its corpus
+    python -m univae.evaluate --checkpoint DIR --data my_test.txt --out eval/ --replace-dims 0:32
+
+--data is a sentence file (.txt, .jsonl) or CORPUS:SPLIT, e.g. builtin:reviews:test: the corpus
+loaded and split exactly as train.py did (limit maxlen - 2, the checkpoint's split seed from
+train_args.json, default 0). Without --data: the test split of the checkpoint's training corpus,
+else builtin:reviews:test. --out defaults to CHECKPOINT/eval. Sentences are compared with
+whitespace ignored (univae.metrics). The sections, in report.json:
+
+## report.json
+
+Every number is a float (or int) or `null` when it could not be computed; a section that skipped
+something says why in its `note`. Rates are in [0, 1]; BLEU is on sacrebleu's 0-100 scale; NLL and
+KL are in nats; lengths are in characters (whitespace ignored).
+
+| key | meaning |
+|---|---|
+| `checkpoint.path`, `.step`, `.config`, `.train_args` | what was evaluated (`step` from a `step-N` dir name, else null; `train_args` null outside train.py checkpoints) |
+| `data.spec`, `.source` | the --data argument and what it resolved to |
+| `data.n_sentences`, `.n_available` | sentences evaluated (the first --max-sentences) / in the set |
+| `data.n_truncated`, `.n_unk_tokens` | sentences longer than maxlen - 2 tokens; [UNK] tokens |
+| `data.mean_length` | mean sentence length (chars) |
+| `data.round_trip_exact_match` | share of sentences equal to their own tokenise-detokenise round trip: the ceiling of exact match |
+| `settings.*` | the flags the report was made with |
+| `reconstruction.greedy.exact_match`, `.char_f1`, `.char_bleu`, `.edit_distance` | greedy decoding of the posterior mean vs the sentence: exact-match rate, mean char F1, corpus char BLEU (`tokenize="zh"`), mean normalised Levenshtein distance |
+| `reconstruction.beam.*` | the same with beam search (`settings.beam_size`) |
+| `likelihood.ce`, `.bits_per_char` | teacher-forced CE per target token (incl. the closing [SEP]) and bits per char (+1 per sentence for [SEP]) given the posterior mean, as train.py's val rows |
+| `likelihood.iw_nll` | importance-weighted -log p(x) per sentence, `settings.iw_samples` samples of q(z\|x), first `settings.iw_sentences` sentences (Optimus' estimator) |
+| `likelihood.iw_ppl`, `.iw_bits_per_char` | exp(sum iw_nll / target tokens, [SEP] included); sum iw_nll in bits per char |
+| `likelihood.neg_elbo` | -ELBO per sentence, E_q[-log p(x\|z) + log q(z\|x) - log p(z)] on the same samples and sentences: never below iw_nll |
+| `latent.kl`, `.kl_per_layer` | KL(q(z\|x) \|\| p(z)) per sentence, total and per latent layer (lowest first) |
+| `latent.mi`, `.mi_per_layer` | mutual information I(x; z) over the evaluated sentences (univae.diagnostics, Optimus' estimator): whole code, and each layer alone |
+| `latent.au`, `.au_per_layer` | active units: dims with Var_x(E_q[z_d]) > `settings.au_delta` (Burda et al. 2016) |
+| `latent.kl_per_dim` | mean KL per layer and dim, (n_latent, z_dim); present only for families whose KL splits over dims (Gaussian, not vMF) |
+| `prior.n_samples` | sentences decoded from prior draws (--n-samples, decoding in `settings.prior_decoding`) |
+| `prior.distinct_1`, `.distinct_2` | distinct char uni/bigrams / all, over all samples |
+| `prior.self_bleu` | mean sentence BLEU of each sample against all others (lower = more diverse) |
+| `prior.novelty` | share of samples that are not a sentence of the training split (null without train_args.json) |
+| `prior.ended_with_sep` | share of samples that produced [SEP] before reaching maxlen |
+| `prior.mean_length`, `.data_mean_length` | mean sample length vs the evaluated data's |
+| `control.per_layer` | one row per latent layer: that layer's dims replaced by a prior draw for every sentence; then greedy decoding |
+| `control.ranges` | the same for each --replace-dims range |
+| each control row | `name`, `layer` (Transformer layer index, null for a range), `dims` ("start:stop", comma-separated for several ranges), `char_f1` and `edit_distance` vs the original sentence, `changed` (share whose output differs from the unedited greedy reconstruction) |
+| `interpolation.n_paths`, `.steps` | paths between the codes of successive pairs of sentences (slerp per vMF layer, linear otherwise), ends included |
+| `interpolation.step_edit_distance` | mean normalised edit distance between successive outputs on a path (0 = no change; lower = smoother) |
+| `training.metrics_file`, `.last_step`, `.last_val` | metrics.jsonl found beside or above the checkpoint, its last step and last val row; the section is null without one |
+| `plots.*` | PNG file names in --out (`control`, `lengths`, `training_curves`; a missing plot is null) |
+| `examples.reconstruction`, `.prior`, `.control`, `.interpolation` | the first --n-examples of each section, shown in report.md |
+| `notes`, `seconds` | report-wide notes (e.g. an assumed split seed); wall time of the evaluation |
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from univae import data as D
+from univae import metrics as M
+from univae.diagnostics import latent_metrics
+from univae.generate import Decoding, decode_ids, edit_z, parse_dims
+from univae.model import UniVAE
+from univae.tokenizer import detokenize, encode_texts
+
+SPLITS = ("train", "val", "test")
+TRAIN_ARGS = "train_args.json"  # written by train.py beside each step-N checkpoint (univae.training)
+
+
+def progress(iterable, desc, total=None):
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def chunks(xs, size):
+    return [xs[i:i + size] for i in range(0, len(xs), size)]
+
+
+# ----------------------------------------------------------------------------- checkpoint and data
+
+def read_train_args(checkpoint):
+    path = os.path.join(checkpoint, TRAIN_ARGS)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def checkpoint_step(checkpoint):
+    m = re.fullmatch(r"step-(\d+)", os.path.basename(os.path.realpath(checkpoint)))
+    return int(m.group(1)) if m else None
+
+
+def _split_corpus(corpus, maxlen, train_args):
+    """Load `corpus` and split it as train.py did: same limit, text field, split seed and val rule."""
+    same = bool(train_args) and train_args.get("corpus") == corpus
+    args = train_args if same else {}
+    sentences, _ = D.load_sentences(corpus, limit=maxlen - 2, text_field=args.get("text_field", "text"),
+                                    strict=args.get("strict", False))
+    seed = (train_args or {}).get("split_seed", 0)
+    # train.py splits with val_fraction=0 when it got a separate --val file; the test split does not
+    # depend on it (cut first), but the train split does, and novelty needs that one.
+    val_fraction = 0.0 if args.get("val") else 0.02
+    return D.split(sentences, seed=seed, val_fraction=val_fraction), seed
+
+
+def load_data(spec, maxlen, train_args):
+    """--data -> (sentences, source description, training sentences or None, notes)."""
+    notes = []
+    corpus, _, split_name = spec.rpartition(":")
+    if corpus and split_name in SPLITS:
+        splits, seed = _split_corpus(corpus, maxlen, train_args)
+        texts, source = splits[split_name], f"{split_name} split (seed {seed}) of {corpus}"
+        if not train_args:
+            notes.append(f"no {TRAIN_ARGS} in the checkpoint: split seed 0 assumed")
+        elif train_args.get("corpus") != corpus:
+            notes.append(f"the checkpoint was trained on {train_args.get('corpus')}, not {corpus}")
+    else:
+        texts, _ = D.load_sentences(spec, limit=maxlen - 2)
+        source = f"sentences of {spec} (cut to maxlen - 2 = {maxlen - 2} chars as in training)"
+        splits = None
+    if not texts:
+        raise D.CorpusError(f"{spec}: no sentence to evaluate")
+    train_texts = None
+    if train_args and train_args.get("corpus"):
+        if splits is None or train_args["corpus"] != corpus:
+            splits, _ = _split_corpus(train_args["corpus"], maxlen, train_args)
+        train_texts = splits["train"]
+    return texts, source, train_texts, notes
+
+
+# ----------------------------------------------------------------------------- likelihood pieces
+
+def log_sphere_area(d):
+    """log |S^{d-1}|, the surface area of the unit sphere in R^d: 2 pi^{d/2} / Gamma(d/2)."""
+    return math.log(2) + (d / 2) * math.log(math.pi) - math.lgamma(d / 2)
+
+
+DENSITY_FAMILIES = ("vmf", "gaussian")  # latent families whose prior density log_prior_density knows
+
+
+def log_prior_density(config, z):
+    """log p(z_l) per row for one latent layer's code (B, z_dim): vMF's prior is uniform on the
+    sphere, the Gaussian's N(0, I)."""
+    if config.latent == "vmf":
+        return z.new_full(z.shape[:-1], -log_sphere_area(z.shape[-1]))
+    if config.latent == "gaussian":
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    raise ValueError(f"no prior density for the {config.latent!r} family")
+
+
+def has_density(model):
+    """True when the IW estimate can be computed: a posterior density (family.log_q) and a prior one."""
+    return model.config.latent in DENSITY_FAMILIES and hasattr(model.family, "log_q")
+
+
+def sequence_log_likelihood(model, z, tgt):
+    """log p(x | z) per row: tgt (B, T) target ids ([CLS] first, [PAD] after [SEP]), z (B, latent_dim).
+
+    Summed over the real target tokens after [CLS], the closing [SEP] included, as the training CE.
+    Returns (log-likelihoods (B,), token counts (B,))."""
+    logits = model.decode_logits(z, tgt).float()  # (B, T, V): logits[:, t] predicts tgt[:, t + 1]
+    labels = tgt[:, 1:]
+    pad = model.config.pad_token_id
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=pad, reduction="none")
+    return -nll.view(labels.shape).sum(1), (labels != pad).sum(1)
+
+
+def trim(ids, pad):
+    """Drop the columns that are padding in every row (a batch of short sentences costs less)."""
+    return ids[:, : max(2, int((ids != pad).sum(1).max()))]
+
+
+def importance_weighted(model, ids, n_samples):
+    """Per-sentence (log p(x) estimate, ELBO estimate) for src ids (B, maxlen), both (B,) float64.
+
+    log p(x) ≈ logsumexp_k log w_k - log K,  log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x),
+    z_k ~ q(z|x) (Optimus' estimator); p(z) and q(z|x) factor over latent layers, so their logs are
+    sums over layers. The ELBO estimate is mean_k log w_k on the same samples: by Jensen never above
+    the log p(x) estimate, equal to it when K = 1."""
+    B, K = ids.shape[0], n_samples
+    family = model.family
+    zs, log_prior_ratio = [], 0.0
+    for p in model.posterior_params(ids):
+        p = p.repeat_interleave(K, dim=0)  # (B*K, param_dim), rows b*K + k
+        z = family.sample(p)
+        log_prior_ratio = log_prior_ratio + log_prior_density(model.config, z).double() - family.log_q(z, p).double()
+        zs.append(z)
+    tgt = trim(ids, model.config.pad_token_id).repeat_interleave(K, dim=0)
+    ll, _ = sequence_log_likelihood(model, torch.cat(zs, dim=-1), tgt)
+    log_w = (ll.double() + log_prior_ratio).view(B, K)
+    return torch.logsumexp(log_w, dim=1) - math.log(K), log_w.mean(1)
+
+
+# ----------------------------------------------------------------------------- sections
+
+def reconstruction_section(model, texts, beam_size, batch_size, n_examples):
+    greedy, beam = [], []
+    for chunk in progress(chunks(texts, batch_size), "reconstruct (greedy, beam)"):
+        greedy += model.reconstruct(chunk, batch_size=batch_size)
+        beam += model.reconstruct(chunk, beam_size=beam_size, batch_size=batch_size)
+    section = {
+        "greedy": M.full_reconstruction_scores(greedy, texts),
+        "beam": M.full_reconstruction_scores(beam, texts),
+    }
+    examples = [{"text": t, "greedy": g, "beam": b} for t, g, b in list(zip(texts, greedy, beam))[:n_examples]]
+    return section, examples, greedy
+
+
+def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, batch_size, au_delta=0.01):
+    """Posterior-mean CE / bits per char, KL per layer and the collapse diagnostics (univae.diagnostics:
+    MI, active units) over all sentences; the importance-weighted NLL over the first iw_sentences."""
+    pad = model.config.pad_token_id
+    total_nats, n_tokens, params_list = 0.0, 0, []
+    for chunk in progress(ids.split(batch_size), "likelihood (posterior mean)"):
+        chunk = chunk.to(model.device)
+        params = model.posterior_params(chunk)
+        mu = torch.cat([model.family.mean(p) for p in params], dim=-1)
+        ll, n = sequence_log_likelihood(model, mu, trim(chunk, pad))
+        total_nats -= ll.sum().item()
+        n_tokens += n.sum().item()
+        params_list.append([p.float() for p in params])
+    params_list = [torch.cat(layer) for layer in zip(*params_list)]  # per layer (N, param_dim)
+    n_chars = sum(len(M.strip_ws(t)) + 1 for t in texts)  # +1: the closing [SEP] is predicted too (as training.evaluate)
+    likelihood = {"ce": total_nats / max(n_tokens, 1), "bits_per_char": M.bits_per_char(total_nats, n_chars),
+                  "iw_nll": None, "iw_ppl": None, "iw_bits_per_char": None, "neg_elbo": None}
+    kl_per_layer = [model.family.kl(p).mean().item() for p in params_list]
+    latent = {"kl": sum(kl_per_layer), "kl_per_layer": kl_per_layer,
+              "mi": None, "mi_per_layer": None, "au": None, "au_per_layer": None}
+    if len(ids) >= 2:
+        latent.update(latent_metrics(model.family, params_list, au_delta))
+    else:
+        latent["note"] = "mi, au: need at least 2 sentences"
+
+    if not has_density(model):
+        likelihood["note"] = f"no importance-weighted NLL: the {model.config.latent!r} family has no density here"
+        return likelihood, latent
+    iw_ids, iw_texts = ids[:iw_sentences], texts[:iw_sentences]
+    per_batch = max(1, batch_size // iw_samples)  # sentences per forward: about batch_size rows of K samples each
+    nll, neg_elbo = [], []
+    for chunk in progress(iw_ids.split(per_batch), f"likelihood (IW, K={iw_samples})"):
+        log_px, elbo = importance_weighted(model, chunk.to(model.device), iw_samples)
+        nll += (-log_px).tolist()
+        neg_elbo += (-elbo).tolist()
+    iw_tokens = int((iw_ids[:, 1:] != pad).sum())
+    iw_chars = sum(len(M.strip_ws(t)) + 1 for t in iw_texts)
+    likelihood.update(
+        iw_nll=M.mean(nll), iw_ppl=math.exp(sum(nll) / iw_tokens), iw_bits_per_char=M.bits_per_char(sum(nll), iw_chars),
+        neg_elbo=M.mean(neg_elbo),
+    )
+    return likelihood, latent
+
+
+def prior_section(model, n_samples, data_texts, train_texts, decoding, n_examples):
+    """Sentences decoded from prior draws. Token ids come from decode_ids: a row that never produced
+    [SEP] has all maxlen - 1 generated tokens, one that did has at most maxlen - 2 before it."""
+    opts = Decoding(**decoding)
+    z = model.sample_prior(n_samples)
+    ids = []
+    for zb in progress(z.split(opts.batch_size), "prior samples"):
+        ids += decode_ids(model, zb, opts)
+    samples = [detokenize(model.tokenizer, row) for row in ids]
+    section = {
+        "n_samples": n_samples,
+        "distinct_1": M.distinct_n(samples, 1),
+        "distinct_2": M.distinct_n(samples, 2),
+        "self_bleu": M.self_bleu(samples),
+        "novelty": M.novelty(samples, train_texts) if train_texts is not None else None,
+        "ended_with_sep": M.mean(len(row) < model.config.maxlen - 1 for row in ids),
+        "mean_length": M.mean(len(M.strip_ws(s)) for s in samples),
+        "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
+    }
+    if train_texts is None:
+        section["note"] = f"novelty: no {TRAIN_ARGS} in the checkpoint, so no training corpus to compare with"
+    return section, samples[:n_examples], samples
+
+
+def control_section(model, texts, reconstructions, ranges, batch_size, n_examples):
+    """Replace the dims of each range with a prior draw (edit_z: one fresh draw per sentence), decode
+    greedily and compare with the sentence. ranges: [(name, layer or None, dims spec)]."""
+    z = model.encode(texts, batch_size=batch_size).to(model.device)
+    rows, edited = [], {}
+    bar = progress(None, "multi-scale control", total=len(ranges) * len(texts))
+    for name, layer, dims in ranges:
+        outputs = []
+        for zb in z.split(batch_size):
+            z_edit = torch.cat([edit_z(model, zi, dims, 1) for zi in zb])
+            outputs += model.generate(z_edit, batch_size=batch_size)
+            bar.update(len(zb))
+        _, spans = parse_dims(dims, model.config.latent_dim)
+        rows.append({
+            "name": name, "layer": layer, "dims": ",".join(f"{a}:{b}" for a, b in spans),
+            "char_f1": M.mean(M.char_f1(o, t) for o, t in zip(outputs, texts)),
+            "edit_distance": M.mean(M.edit_distance(o, t) for o, t in zip(outputs, texts)),
+            "changed": M.mean(M.strip_ws(o) != M.strip_ws(r) for o, r in zip(outputs, reconstructions)),
+        })
+        edited[name] = outputs
+    bar.close()
+    examples = [{"text": t, "reconstruction": r, "edits": {name: out[i] for name, out in edited.items()}}
+                for i, (t, r) in enumerate(list(zip(texts, reconstructions))[:n_examples])]
+    return rows, examples
+
+
+def interpolation_section(model, texts, n_paths, steps):
+    pairs = list(zip(texts[0::2], texts[1::2]))[:n_paths]
+    paths = [model.interpolate(a, b, steps) for a, b in progress(pairs, "interpolation")]
+    section = {"n_paths": len(paths), "steps": steps, "step_edit_distance": M.path_smoothness(paths) if paths else None}
+    return section, [{"a": a, "b": b, "path": p} for (a, b), p in zip(pairs, paths)]
+
+
+# ----------------------------------------------------------------------------- training curves
+
+def find_metrics_file(checkpoint):
+    """metrics.jsonl in the checkpoint dir or its parent (train.py: OUT/metrics.jsonl, OUT/step-N)."""
+    candidates = [checkpoint, os.path.dirname(os.path.abspath(checkpoint)),
+                  os.path.dirname(os.path.realpath(checkpoint))]  # OUT/last -> step-N: both parents are OUT
+    for d in candidates:
+        path = os.path.join(d, "metrics.jsonl")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_metrics(path):
+    """metrics.jsonl -> (train rows, val rows), each sorted by step; a step logged twice (a resumed
+    run re-logs the steps after its checkpoint) keeps its last row. Unreadable lines are skipped."""
+    train, val = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+            if isinstance(row, dict) and "step" in row:
+                (val if row.get("split") == "val" else train)[row["step"]] = row
+    return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
+
+
+def training_section(checkpoint):
+    path = find_metrics_file(checkpoint)
+    if path is None:
+        return None, None
+    train, val = read_metrics(path)
+    steps = [r["step"] for r in train + val]
+    return {"metrics_file": path, "last_step": max(steps) if steps else None, "last_val": val[-1] if val else None}, (train, val)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(train, val, path):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [
+        ("loss / CE", [(train, "loss", "train loss"), (val, "ce", "val CE")]),
+        ("KL and MI (nats)", [(train, "kl", "train KL"), (val, "kl", "val KL"), (val, "mi", "val MI")]),
+        ("reconstruction (val, greedy)", [(val, "char_f1", "char F1"), (val, "exact_match", "exact match")]),
+    ]
+    for ax, (title, series) in zip(axes, panels):
+        for rows, key, label in series:
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_control(rows, unedited_f1, path):
+    plt = _pyplot()
+    labels = [f"{r['name']}\n{r['dims']}" if r["layer"] is not None else r["name"] for r in rows]
+    x = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 4.2))
+    ax.bar([i - 0.2 for i in x], [r["char_f1"] for r in rows], width=0.4, label="char F1 with the sentence")
+    ax.bar([i + 0.2 for i in x], [r["changed"] for r in rows], width=0.4, label="share changed")
+    ax.axhline(unedited_f1, color="gray", linestyle="--", label="char F1, unedited")
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1)
+    ax.set_title("dims replaced by a prior draw (lowest latent layer left)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_lengths(data_texts, samples, maxlen, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bins = list(range(0, maxlen + 1))
+    ax.hist([len(M.strip_ws(s)) for s in data_texts], bins=bins, alpha=0.6, density=True, label="data")
+    ax.hist([len(M.strip_ws(s)) for s in samples], bins=bins, alpha=0.6, density=True, label="prior samples")
+    ax.set_xlabel("length (chars)")
+    ax.set_title("sentence lengths")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- report.md
+
+def fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def md_table(headers, rows):
+    cell = lambda v: fmt(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def headline_rows(report):
+    r, lk, lt, pr = report["reconstruction"], report["likelihood"], report["latent"], report["prior"]
+    rows = [
+        ("reconstruction, greedy: exact / char F1 / char BLEU",
+         f"{fmt(r['greedy']['exact_match'])} / {fmt(r['greedy']['char_f1'])} / {fmt(r['greedy']['char_bleu'], 1)}"),
+        (f"reconstruction, beam {report['settings']['beam_size']}: exact / char F1 / char BLEU",
+         f"{fmt(r['beam']['exact_match'])} / {fmt(r['beam']['char_f1'])} / {fmt(r['beam']['char_bleu'], 1)}"),
+        ("CE / bits per char (posterior mean)", f"{fmt(lk['ce'])} / {fmt(lk['bits_per_char'])}"),
+        (f"IW NLL / PPL (K={report['settings']['iw_samples']})", f"{fmt(lk['iw_nll'], 2)} / {fmt(lk['iw_ppl'], 2)}"),
+        ("latent: KL (per layer) / MI / active units",
+         f"{fmt(lt['kl'], 2)} ({', '.join(fmt(k, 2) for k in lt['kl_per_layer'])}) / {fmt(lt['mi'])} / "
+         f"{fmt(lt['au'])} of {report['checkpoint']['config']['num_latent_layers'] * report['checkpoint']['config']['z_dim']}"),
+        ("prior: distinct-1 / distinct-2 / self-BLEU", f"{fmt(pr['distinct_1'])} / {fmt(pr['distinct_2'])} / {fmt(pr['self_bleu'], 1)}"),
+        ("prior: novelty / ended with [SEP]", f"{fmt(pr['novelty'])} / {fmt(pr['ended_with_sep'])}"),
+        ("control: char F1 with a layer redrawn (lowest first)",
+         ", ".join(fmt(row["char_f1"]) for row in report["control"]["per_layer"])),
+        ("interpolation: step edit distance", fmt(report["interpolation"]["step_edit_distance"])),
+    ]
+    return rows
+
+
+def at(xs, j):
+    return xs[j] if xs is not None else None
+
+
+def config_latent_layers(config):
+    L, n = config["num_hidden_layers"], config["num_latent_layers"]
+    return list(range(L - n, L))
+
+
+def write_markdown(report, path):
+    c, d, s = report["checkpoint"], report["data"], report["settings"]
+    ex = report["examples"]
+    out = [f"# UniVAE evaluation: `{c['path']}`", ""]
+    out += ["## Headline", "", md_table(["metric", "value"], headline_rows(report)), ""]
+
+    config = c["config"]
+    out += ["## Checkpoint", "",
+            f"Step {fmt(c['step'])}. {config['model_type']}, {config['num_hidden_layers']} layers x {config['hidden_size']}, "
+            f"{config['num_latent_layers']} latent layers x {config['z_dim']} dims ({config['latent']}"
+            + (f", kappa {config['kappa']}" if config['latent'] == 'vmf' else "") + f"), maxlen {config['maxlen']}, "
+            f"vocab {config['vocab_size']}.", "",
+            "<details><summary>config.json</summary>", "", "```json", json.dumps(config, indent=2, ensure_ascii=False), "```",
+            "", "</details>", ""]
+    if c["train_args"]:
+        out += [f"Trained on `{c['train_args'].get('corpus')}` (split seed {c['train_args'].get('split_seed', 0)}).", ""]
+
+    out += ["## Data", "",
+            f"{d['source']}: {d['n_sentences']} sentences evaluated of {d['n_available']}, mean length "
+            f"{fmt(d['mean_length'], 1)} chars; {d['n_truncated']} longer than maxlen, {d['n_unk_tokens']} [UNK] tokens. "
+            f"{fmt(d['round_trip_exact_match'])} of the sentences survive the tokeniser's round trip unchanged "
+            "(the ceiling of exact match).", ""]
+
+    r = report["reconstruction"]
+    out += ["## Reconstruction", "", "Decoding the posterior mean; compared with the sentence, whitespace ignored.", "",
+            md_table(["decoding", "exact match", "char F1", "char BLEU", "edit distance"],
+                     [(name, r[name]["exact_match"], r[name]["char_f1"], r[name]["char_bleu"], r[name]["edit_distance"])
+                      for name in ("greedy", "beam")]), "",
+            md_table(["sentence", "greedy", f"beam {s['beam_size']}"], [(e["text"], e["greedy"], e["beam"]) for e in ex["reconstruction"]]), ""]
+
+    lk, lt = report["likelihood"], report["latent"]
+    out += ["## Likelihood and latent health", "",
+            md_table(["CE / token", "bits / char", f"IW NLL (K={s['iw_samples']})", "IW PPL", "IW bits / char", "-ELBO"],
+                     [(lk["ce"], lk["bits_per_char"], lk["iw_nll"], lk["iw_ppl"], lk["iw_bits_per_char"], lk["neg_elbo"])]), "",
+            f"IW over the first {s['iw_sentences']} sentences; NLL and -ELBO in nats per sentence." + (f" {lk['note']}." if lk.get("note") else ""), "",
+            md_table(["latent layer", "KL (nats)", "MI (nats, layer alone)", f"active units (of {config['z_dim']})"],
+                     [(f"layer {l}", k, at(lt["mi_per_layer"], j), at(lt["au_per_layer"], j))
+                      for j, (l, k) in enumerate(zip(config_latent_layers(config), lt["kl_per_layer"]))]
+                     + [("whole code", lt["kl"], lt["mi"], lt["au"])]), "",
+            f"MI is Optimus' estimate over the evaluated sentences (at most log N = {fmt(math.log(max(d['n_sentences'], 1)), 2)} nats); "
+            f"a unit is active when Var_x(E_q[z_d]) > {s['au_delta']:g}." + (f" {lt['note']}." if lt.get("note") else ""), ""]
+
+    p = report["prior"]
+    out += ["## Prior samples", "",
+            md_table(["samples", "distinct-1", "distinct-2", "self-BLEU", "novelty", "ended with [SEP]", "mean length", "data mean length"],
+                     [(p["n_samples"], p["distinct_1"], p["distinct_2"], p["self_bleu"], p["novelty"], p["ended_with_sep"],
+                       p["mean_length"], p["data_mean_length"])]), ""]
+    if p.get("note"):
+        out += [p["note"] + ".", ""]
+    if report["plots"].get("lengths"):
+        out += [f"![lengths]({report['plots']['lengths']})", ""]
+    out += [md_table(["sample"], [(x,) for x in ex["prior"]]), ""]
+
+    ctl = report["control"]
+    rows = ctl["per_layer"] + ctl["ranges"]
+    out += ["## Multi-scale control", "",
+            "For every sentence, the dims of one latent layer (or one --replace-dims range) are replaced by a prior "
+            "draw and the code is decoded greedily. High char F1 with the sentence: the rest of the code keeps its "
+            "content words (topic); a low F1 with a high change rate: that layer carried them. "
+            "`changed` counts outputs that differ from the unedited reconstruction.", "",
+            md_table(["edit", "dims", "char F1", "edit distance", "changed"],
+                     [("none (greedy reconstruction)", "", r["greedy"]["char_f1"], r["greedy"]["edit_distance"], 0.0)]
+                     + [(row["name"], row["dims"], row["char_f1"], row["edit_distance"], row["changed"]) for row in rows]), ""]
+    if report["plots"].get("control"):
+        out += [f"![control]({report['plots']['control']})", ""]
+    names = [row["name"] for row in rows]
+    out += [md_table(["sentence", "reconstruction", *names], [(e["text"], e["reconstruction"], *(e["edits"][n] for n in names))
+                                                              for e in ex["control"]]), ""]
+
+    it = report["interpolation"]
+    out += ["## Interpolation", "",
+            f"{it['n_paths']} paths of {it['steps']} steps between the codes of successive pairs of sentences (slerp per vMF layer); mean normalised "
+            f"edit distance between successive outputs: {fmt(it['step_edit_distance'])} (lower = smoother).", ""]
+    for e in ex["interpolation"][:2]:
+        out += [f"{e['a']} → {e['b']}", "",
+                md_table(["t", "output"], [(f"{i / (len(e['path']) - 1):.2f}", x) for i, x in enumerate(e["path"])]), ""]
+
+    out += ["## Training curves", ""]
+    tr = report["training"]
+    if tr is None:
+        out += ["No metrics.jsonl beside or above the checkpoint.", ""]
+    else:
+        out += [f"From `{tr['metrics_file']}`, last step {fmt(tr['last_step'])}.", ""]
+        if report["plots"].get("training_curves"):
+            out += [f"![training curves]({report['plots']['training_curves']})", ""]
+    if report["notes"]:
+        out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out))
+
+
+def clean_json(x):
+    """NaN/inf -> null (JSON has no NaN), tuples -> lists, recursively."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: clean_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean_json(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate a UniVAE checkpoint: report.json, report.md and plots in --out.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/default/last)")
+    p.add_argument("--data", default=None, help="sentence file, or CORPUS:SPLIT such as builtin:reviews:test "
+                   "(default: the test split of the checkpoint's training corpus, else builtin:reviews:test)")
+    p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/eval)")
+    p.add_argument("--max-sentences", type=int, default=500, help="evaluate the first N sentences of the set")
+    p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--iw-samples", type=int, default=100, help="importance samples per sentence (Optimus: 100)")
+    p.add_argument("--iw-sentences", type=int, default=100, help="sentences for the IW NLL (the first N; 0 = all evaluated)")
+    p.add_argument("--au-delta", type=float, default=0.01, help="active-unit threshold on Var_x(E_q[z_d]) (Burda et al.)")
+    p.add_argument("--n-samples", type=int, default=1000, help="prior samples")
+    p.add_argument("--temperature", type=float, default=None, help="prior samples: sample tokens at this temperature (default greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="prior samples: top-k sampling")
+    p.add_argument("--top-p", type=float, default=None, help="prior samples: nucleus sampling")
+    p.add_argument("--replace-dims", action="append", default=[], metavar="RANGES",
+                   help="extra control rows, e.g. 0:32 or 0:16,48:64 (repeatable)")
+    p.add_argument("--interp-paths", type=int, default=20, help="interpolation paths")
+    p.add_argument("--interp-steps", type=int, default=8, help="points per path, ends included")
+    p.add_argument("--n-examples", type=int, default=5, help="examples per section in report.md")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    args = p.parse_args(argv)
+    for name in ("max_sentences", "beam_size", "iw_samples", "n_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("iw_sentences", "interp_paths", "n_examples"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.interp_steps < 2:
+        p.error("--interp-steps must be at least 2")
+    return args
+
+
+def prepare(args):
+    """Load the checkpoint and the data and check the flags: every user error surfaces here, before any
+    decoding. Returns what run() needs."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    model = UniVAE.from_pretrained(args.checkpoint).to(device).eval()
+    c = model.config
+    train_args = read_train_args(args.checkpoint)
+    spec = args.data or (f"{train_args['corpus']}:test" if train_args and train_args.get("corpus") else "builtin:reviews:test")
+    texts_all, source, train_texts, notes = load_data(spec, c.maxlen, train_args)
+    ranges = [(f"layer {l}", l, f"{j * c.z_dim}:{(j + 1) * c.z_dim}") for j, l in enumerate(c.latent_layers)]
+    for dims in args.replace_dims:
+        parse_dims(dims, c.latent_dim)
+        ranges.append((f"dims {dims}", None, dims))
+    return dict(model=model, device=device, train_args=train_args, spec=spec, source=source, texts_all=texts_all,
+                train_texts=train_texts, notes=notes, ranges=ranges)
+
+
+def run(args, model, device, train_args, spec, source, texts_all, train_texts, notes, ranges):
+    """Every section; writes report.json, report.md and the plots in --out. Returns (report, out dir)."""
+    t0 = time.time()
+    c = model.config
+    texts = texts_all[:args.max_sentences]
+    ids, n_truncated, n_unk = encode_texts(model.tokenizer, texts, c.maxlen, warn=False)
+    decoding = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    out_dir = args.out or os.path.join(args.checkpoint, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    n_examples = args.n_examples
+
+    report = {
+        "checkpoint": {"path": args.checkpoint, "step": checkpoint_step(args.checkpoint), "config": c.to_dict(), "train_args": train_args},
+        "data": {
+            "spec": spec, "source": source, "n_sentences": len(texts), "n_available": len(texts_all),
+            "n_truncated": n_truncated, "n_unk_tokens": n_unk, "mean_length": M.mean(len(M.strip_ws(t)) for t in texts),
+            "round_trip_exact_match": M.mean(M.exact_match(detokenize(model.tokenizer, row.tolist()), t) for row, t in zip(ids, texts)),
+        },
+        "settings": {
+            "max_sentences": args.max_sentences, "beam_size": args.beam_size, "iw_samples": args.iw_samples,
+            "iw_sentences": min(args.iw_sentences or len(texts), len(texts)), "au_delta": args.au_delta, "n_samples": args.n_samples,
+            "prior_decoding": decoding or "greedy", "replace_dims": args.replace_dims, "interp_paths": args.interp_paths,
+            "interp_steps": args.interp_steps, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
+        },
+        "notes": notes,
+    }
+    examples = {}
+    with torch.no_grad(), warnings.catch_warnings():
+        # encode_texts warns about over-long sentences at every call; data.n_truncated counts them once
+        warnings.filterwarnings("ignore", message=r".*longer than maxlen.*truncated")
+        # each stochastic section gets its own seed, so one's draws do not depend on another's
+        torch.manual_seed(args.seed)
+        report["reconstruction"], examples["reconstruction"], greedy = reconstruction_section(
+            model, texts, args.beam_size, args.batch_size, n_examples)
+        torch.manual_seed(args.seed + 1)
+        report["likelihood"], report["latent"] = likelihood_and_latent_sections(
+            model, ids, texts, args.iw_samples, report["settings"]["iw_sentences"], args.batch_size, args.au_delta)
+        torch.manual_seed(args.seed + 2)
+        report["prior"], examples["prior"], samples = prior_section(
+            model, args.n_samples, texts, train_texts, dict(decoding, batch_size=args.batch_size), n_examples)
+        torch.manual_seed(args.seed + 3)
+        rows, examples["control"] = control_section(model, texts, greedy, ranges, args.batch_size, n_examples)
+        report["control"] = {"per_layer": [r for r in rows if r["layer"] is not None],
+                             "ranges": [r for r in rows if r["layer"] is None]}
+        torch.manual_seed(args.seed + 4)
+        report["interpolation"], paths = interpolation_section(model, texts, args.interp_paths, args.interp_steps)
+        examples["interpolation"] = paths[:n_examples]
+    report["training"], curves = training_section(args.checkpoint)
+
+    plots = {"control": "control.png", "lengths": "lengths.png", "training_curves": None}
+    plot_control(rows, report["reconstruction"]["greedy"]["char_f1"], os.path.join(out_dir, plots["control"]))
+    plot_lengths(texts, samples, c.maxlen, os.path.join(out_dir, plots["lengths"]))
+    if curves is not None and (curves[0] or curves[1]):
+        plots["training_curves"] = "training_curves.png"
+        plot_training_curves(*curves, os.path.join(out_dir, plots["training_curves"]))
+    report["plots"] = plots
+    report["examples"] = examples
+    report["seconds"] = time.time() - t0
+    report = clean_json(report)
+
+    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
+    write_markdown(report, os.path.join(out_dir, "report.md"))
+    return report, out_dir
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        context = prepare(args)
+    except (ValueError, FileNotFoundError) as e:  # bad checkpoint, corpus or --replace-dims; CorpusError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report, out_dir = run(args, **context)
+    print(md_table(["metric", "value"], headline_rows(report)))
+    print(f"\nwrote {os.path.join(out_dir, 'report.json')}, report.md and plots ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
