@@ -7,6 +7,11 @@
                                                                over the full code, several allowed
                                                                (0:16,48:64), negative ones as --replace-dims=-16:
     python sample.py --interpolate "A" "B" --steps 6           slerp per vMF layer, ends included
+                                                               (vq: linear, snapped to the nearest codes)
+    python sample.py --codes "12 7 301 5"                      --latent vq: decode one code per latent
+                                                               layer (--json --reconstruct shows codes);
+                                                               --replace-dims then counts code positions
+    python sample.py --n 5 --component 2                       --latent gmm: prior draws from component 2
     python sample.py --analogy "A" "B" "C" --n 3               z_C + z_B - z_A, then n-1 codes around it
     python sample.py --augment FILE --n K [--out FILE]         K variants per line from posterior-style
                                                                samples (--spread scales the noise), as
@@ -27,10 +32,11 @@ import warnings
 import torch
 
 from univae import generate
+from univae.config import ATTN_BACKENDS
 from univae.generate import Decoding
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "last")
-DEFAULT_N = {"prior": 10, "edit": 6, "analogy": 1, "augment": 4}
+DEFAULT_N = {"prior": 10, "edit": 6, "analogy": 1, "augment": 4, "codes": 1}
 _D = Decoding()
 
 
@@ -53,6 +59,10 @@ def build_parser():
     mode.add_argument("--interpolate", nargs=2, metavar=("A", "B"))
     mode.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="A is to B as C is to ?")
     mode.add_argument("--augment", metavar="FILE", help="variants of every line of FILE (- for stdin)")
+    mode.add_argument("--codes", metavar="CODES", help='--latent vq: decode these code indices, one per latent layer '
+                      '(lowest first), e.g. "12 7 301 5"')
+    p.add_argument("--component", type=int, metavar="C",
+                   help="--latent gmm: draw from mixture component C (prior samples, --replace-dims edits)")
     p.add_argument("--n", type=int, help=f"outputs per input (defaults: {DEFAULT_N})")
     p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:")
     p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
@@ -74,7 +84,7 @@ def build_parser():
     o.add_argument("--with-z", action="store_true", help="--json: add each output's code z (not for --augment)")
     o.add_argument("--strict", action="store_true", help="a text longer than maxlen is an error, not truncated")
     o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    o.add_argument("--attn", choices=("auto", "eager", "sdpa", "flex"), help="override the checkpoint's attention backend")
+    o.add_argument("--attn", choices=ATTN_BACKENDS, help="override the checkpoint's attention backend")
     return p
 
 
@@ -84,13 +94,24 @@ def check_args(args):
             "edit" if args.text is not None else
             "interpolate" if args.interpolate else
             "analogy" if args.analogy else
-            "augment" if args.augment is not None else "prior")
+            "augment" if args.augment is not None else
+            "codes" if args.codes is not None else "prior")
     if args.replace_dims is not None and mode != "edit":
         raise CLIError("--replace-dims goes with --text (the sentence to edit)")
     if mode == "edit" and args.replace_dims is None:
         raise CLIError("--text needs --replace-dims RANGES (e.g. 0:32) saying which latent dims to redraw")
     if args.out is not None and mode != "augment":
         raise CLIError("--out goes with --augment")
+    if args.component is not None and mode not in ("prior", "edit"):
+        raise CLIError("--component chooses the mixture component of prior draws: it goes with prior sampling "
+                       "or --text/--replace-dims")
+    if mode == "codes":
+        try:
+            args.code_ids = [int(x) for x in args.codes.replace(",", " ").split()]
+        except ValueError:
+            raise CLIError(f"--codes {args.codes!r}: expected integers separated by spaces, e.g. \"12 7 301 5\"") from None
+        if not args.code_ids:
+            raise CLIError("--codes is empty: give one code index per latent layer")
     if args.n is not None and mode not in DEFAULT_N:
         raise CLIError(f"--n does not apply to --{mode}" + (" (use --steps)" if mode == "interpolate" else ""))
     args.n = DEFAULT_N.get(mode, 1) if args.n is None else args.n
@@ -170,15 +191,32 @@ def check_lengths(model, texts, strict):
 def run(model, mode, args):
     """The mode's records: one dict per output line, {"mode", "input", "output", ...details}."""
     opts, n = args.decoding, args.n
+    c = model.config
     records = []
+    if args.component is not None:
+        if c.latent != "gmm":
+            raise CLIError(f"--component needs a --latent gmm checkpoint; this one's latent family is {c.latent}")
+        if not 0 <= args.component < c.mixture_components:
+            raise CLIError(f"--component {args.component}: the mixture has components 0..{c.mixture_components - 1}")
+    if mode == "codes":
+        if c.latent != "vq":
+            raise CLIError(f"--codes needs a --latent vq checkpoint; this one's latent family is {c.latent}")
+        if len(args.code_ids) != c.num_latent_layers:
+            raise CLIError(f"--codes has {len(args.code_ids)} codes, but the model has {c.num_latent_layers} latent "
+                           "layers: give one code per layer, lowest first")
+        bad = [x for x in args.code_ids if not 0 <= x < c.codebook_size]
+        if bad:
+            raise CLIError(f"--codes: {bad[0]} is not a code; codes are 0..{c.codebook_size - 1}")
 
     def add(z, **fields):
+        if c.latent == "vq":  # the code indices, which --codes takes back
+            fields["codes"] = model.z_to_codes(z[None])[0].tolist()
         if args.with_z:
             fields["z"] = z.tolist()
         records.append({"mode": mode, **fields})
 
     if mode == "prior":
-        out, z = generate.sample(model, n, return_z=True, **opts)
+        out, z = generate.sample(model, n, return_z=True, component=args.component, **opts)
         for i, s in enumerate(out):
             add(z[i], input=None, output=s, index=i)
     elif mode == "reconstruct":
@@ -190,12 +228,12 @@ def run(model, mode, args):
     elif mode == "edit":
         check_lengths(model, [args.text], args.strict)
         try:
-            _, ranges = generate.parse_dims(args.replace_dims, model.config.latent_dim)
+            _, ranges = generate.parse_dims(args.replace_dims, generate.edit_size(model))
         except ValueError as e:
             raise CLIError(f"--replace-dims: {e}") from None
-        k = model.config.z_dim
+        k = 1 if c.latent == "vq" else c.z_dim  # vq: the ranges are code positions, one per layer
         layers = sorted({d // k for a, b in ranges for d in range(a, b)})
-        out, z = generate.edit(model, args.text, args.replace_dims, n, return_z=True, **opts)
+        out, z = generate.edit(model, args.text, args.replace_dims, n, return_z=True, component=args.component, **opts)
         for i, s in enumerate(out):
             add(z[i], input=args.text, output=s, index=i, replace_dims=args.replace_dims,
                 dims=[list(r) for r in ranges], latent_layers=layers)
@@ -209,6 +247,11 @@ def run(model, mode, args):
         out, z = generate.analogy(model, *args.analogy, n=n, spread=args.spread, return_z=True, **opts)
         for i, s in enumerate(out):
             add(z[i], input=list(args.analogy), output=s, index=i)
+    elif mode == "codes":
+        z = model.codes_to_z([args.code_ids]).expand(n, -1)
+        out = generate.generate(model, z, **opts)
+        for i, s in enumerate(out):
+            add(z[i], input=args.codes, output=s, index=i)
     elif mode == "augment":
         texts = read_lines(args.augment)
         check_lengths(model, texts, args.strict)
@@ -241,8 +284,12 @@ def print_table(mode, records, args, model, out):
     elif mode == "edit":
         r0 = records[0]
         print(f"input: {r0['input']}", file=out)
-        print(f"replaced dims {r0['replace_dims']} of {model.config.latent_dim} "
-              f"(latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest)", file=out)
+        what = (f"code positions {r0['replace_dims']} of {model.config.num_latent_layers}" if model.config.latent == "vq"
+                else f"dims {r0['replace_dims']} of {model.config.latent_dim}")
+        print(f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest)", file=out)
+        _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
+    elif mode == "codes":
+        print(f"codes: {' '.join(map(str, records[0]['codes']))}", file=out)
         _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
     elif mode == "interpolate":
         _table(["alpha", "output"], [[f"{r['alpha']:.2f}", r["output"]] for r in records], out)

@@ -37,10 +37,20 @@ MODEL_FLAGS = {
     "maxlen": (int, "tokens per half, [CLS] and [SEP] included (reference: 32)"),
     "num_latent_layers": (int, "top layers that carry a latent (reference: 4)"),
     "z_dim": (int, "latent dims per latent layer (reference: 16)"),
-    "latent": (str, "latent family: vmf (fixed kappa, constant KL) or gaussian (learned variance, KL to N(0, I))"),
+    "latent": (str, "latent family: vmf (fixed kappa, constant KL), gaussian (learned variance, KL to N(0, I)), "
+                    "vq (a codebook per latent layer: discrete codes) or gmm (Gaussian-mixture prior, DEM-VAE)"),
     "kappa": (float, "vMF concentration (reference: 32)"),
+    "codebook_size": (int, "vq: codes per latent layer (default 512)"),
+    "vq_distance": (str, "vq: nearest code by l2 or cosine (default l2)"),
+    "vq_beta": (float, "vq: commitment loss weight (default 0.25)"),
+    "vq_decay": (float, "vq: EMA decay of the codebook (default 0.99)"),
+    "vq_dead_steps": (int, "vq: re-seed a code from the batch after this many training steps unused (default 100; 0: never)"),
+    "mixture_components": (int, "gmm: mixture components per latent layer (default 5)"),
     "attn": (str, "attention backend: auto, eager, sdpa, flex"),
 }
+# Model flags that mean something for one latent family only: given with another, they are an error.
+FAMILY_FLAGS = {"codebook_size": "vq", "vq_distance": "vq", "vq_beta": "vq", "vq_decay": "vq", "vq_dead_steps": "vq",
+                "mixture_components": "gmm"}
 # What --init-from uses for the VAE fields unless told otherwise: the reference script's settings.
 REFERENCE = dict(maxlen=32, num_latent_layers=4, z_dim=16, latent="vmf", kappa=32.0)
 DEFAULT_TIME_BUDGET = 450.0
@@ -115,6 +125,10 @@ def main(argv=None):
     except (TypeError, ValueError) as e:
         fail(str(e))
     model_overrides = {k: v for k, v in given.items() if k in MODEL_FLAGS}
+    latent = model_overrides.get("latent", "vmf")
+    for name, family in FAMILY_FLAGS.items():  # (a resumed run keeps its checkpoint's model fields anyway)
+        if name in model_overrides and latent != family and not resume_dir:
+            fail(f"--{name.replace('_', '-')} is for --latent {family}, not --latent {latent}")
 
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -194,6 +208,8 @@ def main(argv=None):
     log(f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
         f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
         + (f" kappa {c.kappa:g}" if c.latent == "vmf" else "")
+        + (f" codebook {c.codebook_size} ({c.vq_distance})" if c.latent == "vq" else "")
+        + (f" {c.mixture_components} components" if c.latent == "gmm" else "")
         + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated "
         f"({time.time() - t0:.1f}s)")
     model.to(device).train()
@@ -237,7 +253,7 @@ def main(argv=None):
 
     net = model
     if cfg.compile:
-        net = torch.compile(model)
+        net = torch.compile(model, dynamic=False)  # trim_length gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
@@ -300,7 +316,11 @@ def main(argv=None):
             record({"step": step, "split": "val", **metrics})
             log(f"step {step} val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
                 + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
-                + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else ""))
+                + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else "")
+                + (", codebook perplexity " + "/".join(f"{p:.1f}" for p in metrics["codebook"]["perplexity"])
+                   + ", used " + "/".join(f"{u:.2f}" for u in metrics["codebook"]["used_fraction"]) if "codebook" in metrics else "")
+                + (", component entropy " + "/".join(f"{h:.2f}" for h in metrics["mixture"]["usage_entropy"])
+                   + ", I(x;c) " + "/".join(f"{i:.2f}" for i in metrics["mixture"]["mi_c"]) if "mixture" in metrics else ""))
             warning = collapse_warning(metrics, c, cfg.au_delta)
             if warning:
                 log(warning)
@@ -393,9 +413,10 @@ def show(model, val_sentences, n=5):
     print("\nrandom samples from the prior:")
     for s in model.sample(n):
         print(f"  {s}")
-    k = model.config.z_dim
+    vq = model.config.latent == "vq"  # vq edits whole codes: --replace-dims counts code positions
+    k = 1 if vq else model.config.z_dim
     dims = f"0:{2 * k}" if model.config.num_latent_layers > 2 else f"0:{k}"
-    print(f"\nedit: replace latent dims {dims} (lowest latent layers) of \"{texts[0]}\":")
+    print(f"\nedit: replace {'code positions' if vq else 'latent dims'} {dims} (lowest latent layers) of \"{texts[0]}\":")
     for s in model.edit(texts[0], dims, n=3):
         print(f"  {s}")
     print(f"\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")

@@ -5,9 +5,9 @@
     flex   FlexAttention with a BlockMask, compiled once at module level
     split  UniVAE's two masks decomposed into plain attention calls that need no dense mask:
            source: bidirectional SDPA with key padding; target, lower layers: is_causal;
-           target, latent layers: keys [k_cls; k_tgt] with a lower-right causal alignment.
+           target, latent layers: queries [q_cls; q_tgt], keys [k_cls; k_tgt], is_causal, row 0 dropped.
            Only unmasked work is done, on the fused/flash kernels.
-    auto   flex on CUDA, sdpa elsewhere (`resolve`)
+    auto   flex on CUDA; on CPU eager for bf16 training, split otherwise (`resolve`, measured)
 
 eager and sdpa take a dense bool mask broadcastable to (B, H, Q, K); flex takes a BlockMask;
 split takes a `SplitLayout` (it only knows UniVAE's independent/uniae layouts).
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 BACKENDS = ("eager", "sdpa", "flex", "split")
@@ -43,7 +42,14 @@ torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
 def resolve(backend, device):
     """'auto' -> the backend to use on `device`; others pass through after a check."""
     if backend == "auto":
-        return "flex" if torch.device(device).type == "cuda" else "sdpa"
+        if torch.device(device).type == "cuda":
+            return "flex"
+        # CPU, measured with bench/attention.py and bench/train_step.py (README, "Performance"):
+        # under bf16 autocast with autograd, eager beats sdpa 1.1-1.7x (sdpa's CPU bf16 backward is
+        # slow); otherwise split is fastest and needs no mask at all.
+        bf16_training = (torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return "eager" if bf16_training else "split"
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     return backend
@@ -97,9 +103,12 @@ def _split_attend(q, k, v, layout, dropout_p):
     if T == 0:  # a source-only run (UniVAE.posterior_params)
         return src
     if layout.sees_cls:
-        # keys [cls; tgt_0..tgt_{T-1}]: query i sees keys 0..i+1, a causal mask aligned to the lower right
+        # keys [cls; tgt]: target query i sees keys 0..i+1. As a square causal call over queries
+        # [q_cls; q_tgt] (row 0's output dropped) this is plain is_causal: fused kernels, and unlike
+        # causal_lower_right (a tensor subclass) it traces under torch.compile and dispatch modes.
+        q_t = torch.cat([q[:, :, :1], q_t], dim=2)
         k_t, v_t = torch.cat([k[:, :, :1], k_t], dim=2), torch.cat([v[:, :, :1], v_t], dim=2)
-        tgt = F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=causal_lower_right(T, T + 1), dropout_p=dropout_p)
+        tgt = F.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True, dropout_p=dropout_p)[:, :, 1:]
     else:
         tgt = F.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True, dropout_p=dropout_p)
     return torch.cat([src, tgt], dim=2)
