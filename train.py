@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from univae import data as D
 from univae.checkpoint import read_config
-from univae.config import PRESETS, TrainConfig, preset
+from univae.config import PRESET_TRAINING, PRESETS, TrainConfig, preset
 from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
 from univae.objective import VAEObjective
@@ -53,7 +53,7 @@ FAMILY_FLAGS = {"codebook_size": "vq", "vq_distance": "vq", "vq_beta": "vq", "vq
                 "mixture_components": "gmm"}
 # What --init-from uses for the VAE fields unless told otherwise: the reference script's settings.
 REFERENCE = dict(maxlen=32, num_latent_layers=4, z_dim=16, latent="vmf", kappa=32.0)
-DEFAULT_TIME_BUDGET = 450.0
+DEFAULT_TIME_BUDGET = 480.0  # seconds of training when no stopping flag is given: the default run ends within 10 min
 BUCKET = 16  # length-sort within groups of 16 batches, then trim each batch (see trim_length)
 
 
@@ -116,7 +116,8 @@ def main(argv=None):
         except (FileNotFoundError, ValueError) as e:
             fail(f"--resume: {e}")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    merged = {**{k: v for k, v in saved_args.items() if k in train_fields},
+    recipe = {} if ("resume" in given or given.get("init_from")) else PRESET_TRAINING.get(given.get("preset", TrainConfig.preset), {})
+    merged = {**recipe, **{k: v for k, v in saved_args.items() if k in train_fields},
               **{k: v for k, v in given.items() if k in train_fields}}
     if not any(merged.get(k) for k in ("max_steps", "epochs", "time_budget")):
         merged["time_budget"] = DEFAULT_TIME_BUDGET

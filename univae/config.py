@@ -8,7 +8,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-LATENT_FAMILIES = ("vmf", "gaussian")
+LATENT_FAMILIES = ("vmf", "gaussian", "vq", "gmm")
+VQ_DISTANCES = ("l2", "cosine")
 ANNEAL_SCHEDULES = ("none", "linear", "cyclical")  # TrainConfig.kl_anneal
 KL_REDUCTIONS = ("per-token", "per-sentence")  # TrainConfig.kl_reduction
 ATTN_BACKENDS = ("auto", "eager", "sdpa", "flex", "split")
@@ -39,6 +40,12 @@ class UniVAEConfig:
     z_dim: int = 16  # latent dims per latent layer
     latent: str = "vmf"
     kappa: float = 32.0  # vMF concentration (fixed)
+    codebook_size: int = 512  # vq: codes per latent layer
+    vq_distance: str = "l2"  # vq: nearest code by "l2" or "cosine" (unit vectors)
+    vq_beta: float = 0.25  # vq: weight of the commitment loss (VQ-VAE's beta), part of UniVAEOutput.loss
+    vq_decay: float = 0.99  # vq: EMA decay of the codebook statistics
+    vq_dead_steps: int = 100  # vq: a code unused this many training steps in a row is re-seeded (0: never)
+    mixture_components: int = 5  # gmm: mixture components per latent layer
     attn: str = "auto"
     # derived in __post_init__ (not saved)
     latent_layers: list = field(init=False, repr=False)
@@ -72,6 +79,17 @@ class UniVAEConfig:
             raise ValueError(f"latent must be one of {LATENT_FAMILIES}, got {self.latent!r}")
         if self.latent == "vmf" and not self.kappa > 0:
             raise ValueError(f"kappa must be positive, got {self.kappa}")
+        if self.latent == "vq":
+            if self.codebook_size < 2:
+                raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+            if self.vq_distance not in VQ_DISTANCES:
+                raise ValueError(f"vq_distance must be one of {VQ_DISTANCES}, got {self.vq_distance!r}")
+            if not 0 < self.vq_decay < 1:
+                raise ValueError(f"vq_decay must be in (0, 1), got {self.vq_decay}")
+            if self.vq_beta < 0 or self.vq_dead_steps < 0:
+                raise ValueError(f"vq_beta and vq_dead_steps must not be negative, got {self.vq_beta}, {self.vq_dead_steps}")
+        if self.latent == "gmm" and self.mixture_components < 2:
+            raise ValueError(f"mixture_components must be at least 2, got {self.mixture_components}")
         if self.attn not in ATTN_BACKENDS:
             raise ValueError(f"attn must be one of {ATTN_BACKENDS}, got {self.attn!r}")
         L, n = self.num_hidden_layers, self.num_latent_layers
@@ -134,8 +152,8 @@ PRESETS = {
     ),
     # the CPU default, trained from scratch by `python train.py` (chosen by the sweep in README.md)
     "small": dict(
-        hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024, maxlen=32,
-        num_latent_layers=5, z_dim=32, kappa=64.0, max_position_embeddings=64,
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, maxlen=32,
+        num_latent_layers=3, z_dim=32, kappa=128.0, max_position_embeddings=64,
         # An 8-minute CPU run sees the data about once: no overfitting to fight, and CPU dropout
         # (bernoulli) cost a fifth of the step time in profiles.
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -145,6 +163,13 @@ PRESETS = {
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, maxlen=32,
         num_latent_layers=4, z_dim=16, kappa=32.0,
     ),
+}
+
+
+# Training settings measured together with a preset (README, "The small preset"): the defaults
+# of a from-scratch run of that preset, below any flag the user gives.
+PRESET_TRAINING = {
+    "small": dict(word_dropout=0.3),
 }
 
 
@@ -198,6 +223,12 @@ class TrainConfig:
     mdr_lr: float = field(default=0.01, metadata={"help": "MDR: multiplier step per nat of rate deficit per step"})
     word_dropout: float = field(default=0.0, metadata={"help": "replace each decoder target input token (not the first [CLS]) by [MASK] with this probability"})
     bow_weight: float = field(default=0.0, metadata={"help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off)"})
+    dispersion_weight: float = field(default=0.2, metadata={
+        "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
+                "keeps the mixture components apart; DEM-VAE's beta, 0.2 in its language-modelling runs)"})
+    mi_weight: float = field(default=1.0, metadata={
+        "help": "--latent gmm: weight of I(x; c) inside KL(q(c|x) || p(c)) (1 = the plain ELBO; 0 = DEM-VAE's "
+                "--use_mutual, which stops the ELBO from pushing q(c|x) towards independence of x)"})
     au_delta: float = field(default=0.01, metadata={"help": "a latent dim is active when Var over val sentences of E_q[z_d] exceeds this"})
 
     def __post_init__(self):
@@ -207,7 +238,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences",
-                     "kl_weight", "kl_anneal_steps", "free_bits", "target_rate", "mdr_lr", "bow_weight"):
+                     "kl_weight", "kl_anneal_steps", "free_bits", "target_rate", "mdr_lr", "bow_weight", "dispersion_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.kl_reduction not in KL_REDUCTIONS:
