@@ -260,7 +260,7 @@ def test_edit_keeps_untouched_dims_exactly(model, spec):
 def test_edit_gaussian_branch_is_plain_replacement(model):
     torch.manual_seed(10)
     z = 3 * torch.randn(16)
-    model.config.latent = "gaussian"  # the branch only; the family object stays vMF
+    model.family.space = "euclidean"  # the branch only (generate.py branches on the family's space); still vMF
     try:
         torch.manual_seed(0)
         edited = G.edit_z(model, z, "2:11", 4)
@@ -269,7 +269,7 @@ def test_edit_gaussian_branch_is_plain_replacement(model):
         mid = G.interpolate_z(model, z, -z, 3)[1]
         d = G.analogy_z(model, z, 2 * z, -z)
     finally:
-        model.config.latent = "vmf"
+        del model.family.space
     torch.testing.assert_close(edited[:, 2:11], prior[:, 2:11], rtol=0, atol=0)
     assert torch.equal(edited[:, :2], z[:2].expand(4, -1)) and torch.equal(edited[:, 11:], z[11:].expand(4, -1))
     torch.testing.assert_close(mid, torch.zeros(16))

@@ -29,7 +29,7 @@ def fake_out(kl_per_dim, ce=2.0, n_tokens=30, B=3, z=None, labels=None):
     """A UniVAEOutput stand-in carrying just what VAEObjective reads."""
     return SimpleNamespace(ce=torch.tensor(ce), kl=kl_per_dim.sum(), kl_per_dim=kl_per_dim,
                            n_tokens=torch.tensor(n_tokens), labels=torch.zeros(B, 4, dtype=torch.long) if labels is None else labels,
-                           z=z)
+                           z=z, commitment=None, kl_c=None, dispersion=None, mi_c=None)
 
 
 # ----------------------------------------------------------------------------- the Gaussian family

@@ -189,3 +189,77 @@ def test_bad_input_file(capsys, ckpt, tmp_path):
         f.write_bytes(content)
         code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f))
         assert code != 0 and message in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- vq codes, gmm components
+
+def _trained_checkpoint(tmp_path_factory, latent, steps=40, **overrides):
+    vocab = char_vocab(SENTENCES)
+    torch.manual_seed(0)
+    model = univae.UniVAE(univae.preset("debug", vocab_size=len(vocab), latent=latent, **overrides), build_tokenizer(vocab))
+    x, tt = join(encode_texts(model.tokenizer, SENTENCES, model.config.maxlen)[0])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(x, tt).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    directory = tmp_path_factory.mktemp(latent)
+    model.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def vq_ckpt(tmp_path_factory):
+    return _trained_checkpoint(tmp_path_factory, "vq", codebook_size=16, vq_dead_steps=5)
+
+
+@pytest.fixture(scope="session")
+def gmm_ckpt(tmp_path_factory):
+    return _trained_checkpoint(tmp_path_factory, "gmm", mixture_components=3)
+
+
+def test_vq_codes_decode_and_edit_by_code_position(capsys, vq_ckpt):
+    lines = run_json(capsys, vq_ckpt, "--reconstruct", *SENTENCES[:2])
+    codes = [r["codes"] for r in lines]
+    assert all(len(c) == 2 and all(0 <= x < 16 for x in c) for c in codes)
+    [decoded] = run_json(capsys, vq_ckpt, "--codes", " ".join(map(str, codes[0])))
+    assert decoded["mode"] == "codes" and decoded["output"] == lines[0]["output"] and decoded["codes"] == codes[0]
+    cached = run_json(capsys, vq_ckpt, "--codes", f"{codes[1][0]},{codes[1][1]}", "--n", "3", "--seed", "0", "--temperature", "1")
+    recompute = run_json(capsys, vq_ckpt, "--codes", f"{codes[1][0]} {codes[1][1]}", "--n", "3", "--seed", "0",
+                         "--temperature", "1", "--no-cache")
+    assert [(r["output"], r["codes"]) for r in cached] == [(r["output"], r["codes"]) for r in recompute]
+    edits = run_json(capsys, vq_ckpt, "--text", SENTENCES[0], "--replace-dims", "1", "--n", "4", "--seed", "0")
+    assert all(r["codes"][0] == codes[0][0] and r["latent_layers"] == [1] for r in edits)  # code 0 kept, 1 redrawn
+    path = run_json(capsys, vq_ckpt, "--interpolate", *SENTENCES[:2], "--steps", "4")
+    assert path[0]["codes"] == codes[0] and path[-1]["codes"] == codes[1]
+    code, out, _ = run(capsys, "--checkpoint", vq_ckpt, "--codes", "1 2")
+    assert code == 0 and out.startswith("codes: 1 2")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--codes", "1 2 3"], "2 latent layers"),
+    (["--codes", "1 16"], "not a code"),
+    (["--codes", "1 x"], "integers"),
+    (["--codes", " "], "empty"),
+    (["--text", "今天", "--replace-dims", "0:3"], "outside the code"),
+    (["--n", "2", "--component", "0"], "--latent gmm"),
+])
+def test_vq_bad_arguments(capsys, vq_ckpt, argv, message):
+    code, out, err = run(capsys, "--checkpoint", vq_ckpt, *argv)
+    assert code != 0 and out == "" and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_gmm_component_sampling(capsys, gmm_ckpt, ckpt):
+    a = run_json(capsys, gmm_ckpt, "--n", "3", "--seed", "0", "--component", "2", "--with-z")
+    model = univae.UniVAE.from_pretrained(gmm_ckpt)
+    torch.manual_seed(0)
+    z = model.sample_prior(3, component=2)
+    assert torch.allclose(torch.tensor([r["z"] for r in a]), z)
+    assert len(run_json(capsys, gmm_ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--component", "1", "--n", "2")) == 2
+    for checkpoint, argv, message in [(gmm_ckpt, ["--component", "3"], "components 0..2"),
+                                      (gmm_ckpt, ["--reconstruct", "今天", "--component", "0"], "prior sampling"),
+                                      (gmm_ckpt, ["--codes", "1 2"], "--latent vq"),
+                                      (ckpt, ["--component", "0"], "--latent gmm")]:
+        code, out, err = run(capsys, "--checkpoint", checkpoint, *argv)
+        assert code != 0 and out == "" and len(err.splitlines()) == 1 and message in err, err

@@ -182,3 +182,37 @@ def test_gaussian_with_every_remedy_resumes_exactly_and_logs_diagnostics(corpus,
     assert model.config.latent == "gaussian"
     # the KL remedies are refused where the KL is a constant
     assert "constant KL" in _error(base_args(corpus, tmp_path / "v", "--free-bits", "0.5"), capsys)
+
+
+@pytest.mark.parametrize("family", [
+    ["--latent", "vq", "--codebook-size", "16", "--vq-dead-steps", "3", "--word-dropout", "0.2"],
+    ["--latent", "gmm", "--mixture-components", "3", "--mi-weight", "0", "--free-bits", "0.05", "--kl-anneal", "linear"],
+])
+def test_vq_and_gmm_resume_exactly_and_log_usage(corpus, tmp_path, family, capsys):
+    """The codebooks, their EMA statistics and the mixture prior resume exactly (model.safetensors),
+    and eval rows carry codebook / component usage."""
+    val = tmp_path / "val.txt"
+    val.write_text("\n".join(SENTENCES[:12]) + "\n", encoding="utf-8")
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = [*family, "--val", str(val), "--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--log-every", "2"]
+    train.main(base_args(corpus, a, *args))
+    train.main(base_args(corpus, b, *args, "--resume", str(a / "step-4")))
+    wa, wb = load_file(a / "step-8" / "model.safetensors"), load_file(b / "step-8" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    rows = [json.loads(l) for l in open(a / "metrics.jsonl", encoding="utf-8")]
+    train_row = next(r for r in rows if "split" not in r)
+    val_row = [r for r in rows if r.get("split") == "val"][-1]
+    model = univae.UniVAE.from_pretrained(str(a / "last"))
+    if family[1] == "vq":
+        w4 = load_file(a / "step-4" / "model.safetensors")
+        assert not torch.equal(w4["family.codebook"], wa["family.codebook"]) and wa["family.restarts"].sum() > 0
+        assert "commitment" in train_row and len(val_row["codebook"]["perplexity"]) == 2
+        assert 0 < val_row["codebook"]["used_fraction"][0] <= 1
+        assert model.config.codebook_size == 16 and model.encode_codes(["今天天气很好"]).shape == (1, 2)
+    else:
+        assert {"dispersion", "mi_c", "kl_free_bits"} <= set(train_row)
+        assert len(val_row["mixture"]["usage_entropy"]) == 2 and "kl_per_dim" in val_row
+        assert model.family.prior_mean.shape == (2, 3, 8)
+    assert len(model.sample(2)) == 2
+    assert "for --latent vq" in _error(base_args(corpus, tmp_path / "x", "--codebook-size", "8"), capsys)
+    assert "--latent gmm" in _error(base_args(corpus, tmp_path / "y", "--latent", "gaussian", "--mi-weight", "0"), capsys)

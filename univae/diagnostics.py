@@ -7,7 +7,12 @@ see it from different sides, all computed from the posterior params of a held-ou
     kl_per_dim          E_x KL(q(z_d|x) || p(z_d)) per layer and dim (Gaussian; vMF's KL is one constant)
     active_units        dims whose E_q[z] varies over sentences: Var_x(E_q[z_d]) > delta (Burda et al. 2016)
     mutual_information  I(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) the aggregate posterior
-                        (1/N) sum_n q(z|x_n) over the same set (Optimus' calc_mi)
+                        (1/N) sum_n q(z|x_n) over the same set (Optimus' calc_mi); for VQ, whose
+                        encoder is deterministic, I(x; z) = H(z), the entropy of the codes picked
+
+and each family's own (family.usage_metrics): "codebook" for VQ (perplexity, used fraction,
+restarts per layer), "mixture" for gmm (component usage and its entropy, I(x; c), dispersion,
+spread of the component means).
 
 train.py logs them in every eval row (univae.training.evaluate) and prints `collapse_warning`.
 """
@@ -22,7 +27,7 @@ COLLAPSE_AU = 0.1  # fraction of a layer's dims: a layer with fewer active units
 
 def kl_per_dim(family, params_list):
     """(n_latent, z_dim) mean KL of each dim over the examples, or None where the KL does not split (vMF)."""
-    per_layer = [family.kl_per_dim(p) for p in params_list]
+    per_layer = [family.kl_per_dim(p, layer=j) for j, p in enumerate(params_list)]
     if any(k is None for k in per_layer):
         return None
     return torch.stack([k.mean(0) for k in per_layer])
@@ -41,7 +46,7 @@ def active_units(means, delta=0.01):
 
 def expected_codes(family, params_list):
     """(N, n_latent * z_dim) E_q[z] per example, lowest latent layer first (the input of active_units)."""
-    return torch.cat([family.expected_z(p) for p in params_list], dim=-1)
+    return torch.cat([family.expected_z(p, layer=j) for j, p in enumerate(params_list)], dim=-1)
 
 
 def mutual_information(family, params_list, seed=0, chunk=256):
@@ -56,10 +61,12 @@ def mutual_information(family, params_list, seed=0, chunk=256):
     deterministic and leaves the caller's random stream alone."""
     params_list = [p.float() for p in params_list]
     N = params_list[0].shape[0]
+    if family.space == "codebook":
+        return code_entropy(family, params_list)
     device = params_list[0].device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        zs = [family.sample(p) for p in params_list]
+        zs = [family.sample(p, layer=j) for j, p in enumerate(params_list)]
     per_layer = []  # (N, N) log q(z_m | x_n) of each layer, rows m, columns n
     for z, p in zip(zs, params_list):
         rows = [family.log_q(zc[:, None, :], p[None]) for zc in z.split(chunk)]  # (chunk, N) each
@@ -70,6 +77,19 @@ def mutual_information(family, params_list, seed=0, chunk=256):
         return (log_q.diagonal() - log_q_agg).mean().item()
 
     return estimate(sum(per_layer)), [estimate(lq) for lq in per_layer]
+
+
+def code_entropy(family, params_list):
+    """VQ's I(x; z) over N examples: z is a function of x, so I = H(z), here the plug-in entropy of
+    the codes picked (at most log N, like the estimator above) -> (whole code, [per layer])."""
+    codes = torch.stack([family.codes(p, layer=j) for j, p in enumerate(params_list)], dim=-1)  # (N, n)
+
+    def entropy(rows):
+        counts = torch.unique(rows, dim=0, return_counts=True)[1].double()
+        probs = counts / counts.sum()
+        return -(probs * probs.log()).sum().item()
+
+    return entropy(codes), [entropy(codes[:, j:j + 1]) for j in range(codes.shape[1])]
 
 
 @torch.no_grad()
@@ -99,16 +119,19 @@ def latent_metrics(family, params_list, au_delta=0.01):
     per_dim = kl_per_dim(family, params_list)
     if per_dim is not None:
         metrics["kl_per_dim"] = per_dim.tolist()
+    metrics.update(family.usage_metrics(params_list))
     return metrics
 
 
 def collapse_warning(metrics, config, au_delta=0.01):
     """One line naming what looks collapsed, the likely causes and the remedies, or None.
 
-    Checks each latent layer's KL (not for vMF, whose KL is fixed by kappa) and active units."""
+    Checks each latent layer's KL (not for vMF and VQ, whose KL is a constant) and active units;
+    for VQ the codebook perplexity, for gmm how much the component tells about the sentence."""
     problems = []
     vmf = config.latent == "vmf"
-    if not vmf and "kl_per_layer" in metrics:
+    constant_kl = config.latent in ("vmf", "vq")
+    if not constant_kl and "kl_per_layer" in metrics:
         low = [j for j, kl in enumerate(metrics["kl_per_layer"]) if kl < COLLAPSE_KL]
         if low:
             kls = ", ".join(f"{kl:.3f}" for kl in metrics["kl_per_layer"])
@@ -118,9 +141,26 @@ def collapse_warning(metrics, config, au_delta=0.01):
         if low:
             problems.append(f"active units {metrics['au']} of {config.latent_dim} (delta {au_delta:g}), "
                             f"layer(s) {low} with fewer than {COLLAPSE_AU:.0%} of {config.z_dim} dims")
+    if "codebook" in metrics:
+        perplexity = metrics["codebook"]["perplexity"]
+        low = [j for j, p in enumerate(perplexity) if p < 2]
+        if low:
+            problems.append(f"codebook perplexity [{', '.join(f'{p:.2f}' for p in perplexity)}], "
+                            f"layer(s) {low} use about one code")
+    if "mixture" in metrics:
+        mi_c = metrics["mixture"]["mi_c"]
+        low = [j for j, mi in enumerate(mi_c) if mi < COLLAPSE_KL]
+        if low:
+            problems.append(f"I(x; c) per layer [{', '.join(f'{mi:.3f}' for mi in mi_c)}] nats, layer(s) {low} "
+                            f"below {COLLAPSE_KL}: the mixture component says nothing about the sentence")
     if not problems:
         return None
-    if vmf:
+    if config.latent == "vq":
+        remedies = "a smaller --vq-dead-steps, --vq-distance cosine, --word-dropout 0.3, --bow-weight 1"
+    elif config.latent == "gmm":
+        remedies = ("--dispersion-weight 0.1, --mi-weight 0, --kl-anneal cyclical, --free-bits 0.5, "
+                    "--word-dropout 0.3, --bow-weight 1")
+    elif vmf:
         remedies = "--word-dropout 0.3, --bow-weight 1, or a larger --kappa (less noise in z)"
     else:
         remedies = "--kl-anneal cyclical, --free-bits 0.5, --word-dropout 0.3, --target-rate 10, --bow-weight 1"

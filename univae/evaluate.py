@@ -33,7 +33,9 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `latent.kl`, `.kl_per_layer` | KL(q(z\|x) \|\| p(z)) per sentence, total and per latent layer (lowest first) |
 | `latent.mi`, `.mi_per_layer` | mutual information I(x; z) over the evaluated sentences (univae.diagnostics, Optimus' estimator): whole code, and each layer alone |
 | `latent.au`, `.au_per_layer` | active units: dims with Var_x(E_q[z_d]) > `settings.au_delta` (Burda et al. 2016) |
-| `latent.kl_per_dim` | mean KL per layer and dim, (n_latent, z_dim); present only for families whose KL splits over dims (Gaussian, not vMF) |
+| `latent.kl_per_dim` | mean KL per layer and dim, (n_latent, z_dim); present only for families whose KL splits over dims (Gaussian; gmm: its z part; not vMF or VQ) |
+| `latent.codebook.perplexity`, `.used_fraction`, `.restarts` | vq only, per latent layer: exp(entropy) of the codes the sentences pick (at most min(N, K)), the fraction of the K codes picked at least once, dead-code restarts during training; `latent.mi` is then H(codes) |
+| `latent.mixture.usage`, `.usage_entropy`, `.mi_c`, `.dispersion`, `.mean_spread`, `.mean_std` | gmm only, per latent layer: component usage mean_x q(c\|x) and its entropy (nats, at most log K), I(x; c), DEM-VAE's dispersion, mean pairwise distance between component means and the components' root-mean variance |
 | `prior.n_samples` | sentences decoded from prior draws (--n-samples, decoding in `settings.prior_decoding`) |
 | `prior.distinct_1`, `.distinct_2` | distinct char uni/bigrams / all, over all samples |
 | `prior.self_bleu` | mean sentence BLEU of each sample against all others (lower = more diverse) |
@@ -41,9 +43,9 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `prior.ended_with_sep` | share of samples that produced [SEP] before reaching maxlen |
 | `prior.mean_length`, `.data_mean_length` | mean sample length vs the evaluated data's |
 | `control.per_layer` | one row per latent layer: that layer's dims replaced by a prior draw for every sentence; then greedy decoding |
-| `control.ranges` | the same for each --replace-dims range |
+| `control.ranges` | the same for each --replace-dims range (for vq the ranges are code positions, one per latent layer) |
 | each control row | `name`, `layer` (Transformer layer index, null for a range), `dims` ("start:stop", comma-separated for several ranges), `char_f1` and `edit_distance` vs the original sentence, `changed` (share whose output differs from the unedited greedy reconstruction) |
-| `interpolation.n_paths`, `.steps` | paths between the codes of successive pairs of sentences (slerp per vMF layer, linear otherwise), ends included |
+| `interpolation.n_paths`, `.steps` | paths between the codes of successive pairs of sentences (slerp per vMF layer, linear otherwise; vq: each point snapped to the nearest code), ends included |
 | `interpolation.step_edit_distance` | mean normalised edit distance between successive outputs on a path (0 = no change; lower = smoother) |
 | `training.metrics_file`, `.last_step`, `.last_val` | metrics.jsonl found beside or above the checkpoint, its last step and last val row; the section is null without one |
 | `plots.*` | PNG file names in --out (`control`, `lengths`, `training_curves`; a missing plot is null) |
@@ -66,7 +68,7 @@ from tqdm import tqdm
 from univae import data as D
 from univae import metrics as M
 from univae.diagnostics import latent_metrics
-from univae.generate import Decoding, decode_ids, edit_z, parse_dims
+from univae.generate import Decoding, decode_ids, edit_size, edit_z, layer_span, parse_dims
 from univae.model import UniVAE
 from univae.tokenizer import detokenize, encode_texts
 
@@ -142,16 +144,18 @@ def log_sphere_area(d):
     return math.log(2) + (d / 2) * math.log(math.pi) - math.lgamma(d / 2)
 
 
-DENSITY_FAMILIES = ("vmf", "gaussian")  # latent families whose prior density log_prior_density knows
+DENSITY_FAMILIES = ("vmf", "gaussian", "gmm")  # latent families whose prior density log_prior_density knows
 
 
-def log_prior_density(config, z):
+def log_prior_density(config, z, family=None, layer=None):
     """log p(z_l) per row for one latent layer's code (B, z_dim): vMF's prior is uniform on the
-    sphere, the Gaussian's N(0, I)."""
+    sphere, the Gaussian's N(0, I), gmm's the marginal mixture of latent layer `layer` (family.log_prior)."""
     if config.latent == "vmf":
         return z.new_full(z.shape[:-1], -log_sphere_area(z.shape[-1]))
     if config.latent == "gaussian":
         return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    if config.latent == "gmm":
+        return family.log_prior(z, layer)
     raise ValueError(f"no prior density for the {config.latent!r} family")
 
 
@@ -183,14 +187,16 @@ def importance_weighted(model, ids, n_samples):
     log p(x) ≈ logsumexp_k log w_k - log K,  log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x),
     z_k ~ q(z|x) (Optimus' estimator); p(z) and q(z|x) factor over latent layers, so their logs are
     sums over layers. The ELBO estimate is mean_k log w_k on the same samples: by Jensen never above
-    the log p(x) estimate, equal to it when K = 1."""
+    the log p(x) estimate, equal to it when K = 1. For gmm, z's prior is the marginal mixture (c summed
+    out), so this -ELBO is at most the training one, whose KL is that of the joint (z, c)."""
     B, K = ids.shape[0], n_samples
     family = model.family
     zs, log_prior_ratio = [], 0.0
-    for p in model.posterior_params(ids):
+    for j, p in enumerate(model.posterior_params(ids)):
         p = p.repeat_interleave(K, dim=0)  # (B*K, param_dim), rows b*K + k
-        z = family.sample(p)
-        log_prior_ratio = log_prior_ratio + log_prior_density(model.config, z).double() - family.log_q(z, p).double()
+        z = family.sample(p, layer=j)
+        log_p = log_prior_density(model.config, z, family, j)
+        log_prior_ratio = log_prior_ratio + log_p.double() - family.log_q(z, p).double()
         zs.append(z)
     tgt = trim(ids, model.config.pad_token_id).repeat_interleave(K, dim=0)
     ll, _ = sequence_log_likelihood(model, torch.cat(zs, dim=-1), tgt)
@@ -221,7 +227,7 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
     for chunk in progress(ids.split(batch_size), "likelihood (posterior mean)"):
         chunk = chunk.to(model.device)
         params = model.posterior_params(chunk)
-        mu = torch.cat([model.family.mean(p) for p in params], dim=-1)
+        mu = model.mean_code(params)
         ll, n = sequence_log_likelihood(model, mu, trim(chunk, pad))
         total_nats -= ll.sum().item()
         n_tokens += n.sum().item()
@@ -230,7 +236,7 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
     n_chars = sum(len(M.strip_ws(t)) + 1 for t in texts)  # +1: the closing [SEP] is predicted too (as training.evaluate)
     likelihood = {"ce": total_nats / max(n_tokens, 1), "bits_per_char": M.bits_per_char(total_nats, n_chars),
                   "iw_nll": None, "iw_ppl": None, "iw_bits_per_char": None, "neg_elbo": None}
-    kl_per_layer = [model.family.kl(p).mean().item() for p in params_list]
+    kl_per_layer = [model.family.kl(p, layer=j).mean().item() for j, p in enumerate(params_list)]
     latent = {"kl": sum(kl_per_layer), "kl_per_layer": kl_per_layer,
               "mi": None, "mi_per_layer": None, "au": None, "au_per_layer": None}
     if len(ids) >= 2:
@@ -293,7 +299,7 @@ def control_section(model, texts, reconstructions, ranges, batch_size, n_example
             z_edit = torch.cat([edit_z(model, zi, dims, 1) for zi in zb])
             outputs += model.generate(z_edit, batch_size=batch_size)
             bar.update(len(zb))
-        _, spans = parse_dims(dims, model.config.latent_dim)
+        _, spans = parse_dims(dims, edit_size(model))
         rows.append({
             "name": name, "layer": layer, "dims": ",".join(f"{a}:{b}" for a, b in spans),
             "char_f1": M.mean(M.char_f1(o, t) for o, t in zip(outputs, texts)),
@@ -450,6 +456,15 @@ def headline_rows(report):
          ", ".join(fmt(row["char_f1"]) for row in report["control"]["per_layer"])),
         ("interpolation: step edit distance", fmt(report["interpolation"]["step_edit_distance"])),
     ]
+    if lt.get("codebook"):
+        cb = lt["codebook"]
+        rows.append(("codebook (per layer): perplexity / used fraction",
+                     f"{', '.join(fmt(x, 1) for x in cb['perplexity'])} / {', '.join(fmt(x, 3) for x in cb['used_fraction'])}"))
+    if lt.get("mixture"):
+        mx = lt["mixture"]
+        rows.append(("mixture (per layer): component usage entropy / I(x; c) / mean spread",
+                     f"{', '.join(fmt(x, 2) for x in mx['usage_entropy'])} / {', '.join(fmt(x, 2) for x in mx['mi_c'])} / "
+                     f"{', '.join(fmt(x, 2) for x in mx['mean_spread'])}"))
     return rows
 
 
@@ -472,7 +487,10 @@ def write_markdown(report, path):
     out += ["## Checkpoint", "",
             f"Step {fmt(c['step'])}. {config['model_type']}, {config['num_hidden_layers']} layers x {config['hidden_size']}, "
             f"{config['num_latent_layers']} latent layers x {config['z_dim']} dims ({config['latent']}"
-            + (f", kappa {config['kappa']}" if config['latent'] == 'vmf' else "") + f"), maxlen {config['maxlen']}, "
+            + (f", kappa {config['kappa']}" if config['latent'] == 'vmf' else "")
+            + (f", {config['codebook_size']} codes per layer, {config['vq_distance']}" if config['latent'] == 'vq' else "")
+            + (f", {config['mixture_components']} components per layer" if config['latent'] == 'gmm' else "")
+            + f"), maxlen {config['maxlen']}, "
             f"vocab {config['vocab_size']}.", "",
             "<details><summary>config.json</summary>", "", "```json", json.dumps(config, indent=2, ensure_ascii=False), "```",
             "", "</details>", ""]
@@ -503,6 +521,22 @@ def write_markdown(report, path):
                      + [("whole code", lt["kl"], lt["mi"], lt["au"])]), "",
             f"MI is Optimus' estimate over the evaluated sentences (at most log N = {fmt(math.log(max(d['n_sentences'], 1)), 2)} nats); "
             f"a unit is active when Var_x(E_q[z_d]) > {s['au_delta']:g}." + (f" {lt['note']}." if lt.get("note") else ""), ""]
+    if lt.get("codebook"):
+        cb = lt["codebook"]
+        out += [md_table(["latent layer", "codebook perplexity", "codes used", "restarts in training"],
+                         [(f"layer {l}", cb["perplexity"][j], cb["used_fraction"][j], cb["restarts"][j])
+                          for j, l in enumerate(config_latent_layers(config))]), "",
+                f"Over the evaluated sentences, of {config['codebook_size']} codes per layer; the perplexity is at most "
+                f"min(N, K). VQ's encoder is deterministic: MI is the entropy of the codes picked.", ""]
+    if lt.get("mixture"):
+        mx = lt["mixture"]
+        out += [md_table(["latent layer", "component usage", "usage entropy", "I(x; c)", "dispersion", "mean spread", "mean std"],
+                         [(f"layer {l}", " ".join(f"{u:.2f}" for u in mx["usage"][j]), mx["usage_entropy"][j], mx["mi_c"][j],
+                           mx["dispersion"][j], mx["mean_spread"][j], mx["mean_std"][j])
+                          for j, l in enumerate(config_latent_layers(config))]), "",
+                f"Usage is mean_x q(c|x) over the evaluated sentences (entropy at most log K = "
+                f"{fmt(math.log(config['mixture_components']), 2)} nats); the spread is the mean pairwise distance between "
+                "component means, next to the components' root-mean variance.", ""]
 
     p = report["prior"]
     out += ["## Prior samples", "",
@@ -610,9 +644,9 @@ def prepare(args):
     train_args = read_train_args(args.checkpoint)
     spec = args.data or (f"{train_args['corpus']}:test" if train_args and train_args.get("corpus") else "builtin:reviews:test")
     texts_all, source, train_texts, notes = load_data(spec, c.maxlen, train_args)
-    ranges = [(f"layer {l}", l, f"{j * c.z_dim}:{(j + 1) * c.z_dim}") for j, l in enumerate(c.latent_layers)]
+    ranges = [(f"layer {l}", l, layer_span(model, j)) for j, l in enumerate(c.latent_layers)]
     for dims in args.replace_dims:
-        parse_dims(dims, c.latent_dim)
+        parse_dims(dims, edit_size(model))
         ranges.append((f"dims {dims}", None, dims))
     return dict(model=model, device=device, train_args=train_args, spec=spec, source=source, texts_all=texts_all,
                 train_texts=train_texts, notes=notes, ranges=ranges)

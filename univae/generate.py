@@ -327,13 +327,20 @@ def _texts(model, z, opts):
 
 # ----------------------------------------------------------------------------- latent-space operations
 
-def _is_vmf(model):
-    return model.config.latent == "vmf"
+def _space(model):
+    """Where the family's codes live (latents.py): "sphere" (vMF), "euclidean" (Gaussian, mixture)
+    or "codebook" (VQ); the latent arithmetic below branches on it."""
+    return model.family.space
 
 
 def _per_layer(model, z, fn):
-    """Apply fn to each latent layer's slice of z (..., latent_dim) and concatenate back."""
-    return torch.cat([fn(zl) for zl in model.split_z(z)], dim=-1)
+    """Apply fn(z_l, j) to each latent layer's slice of z (..., latent_dim) and concatenate back."""
+    return torch.cat([fn(zl, j) for j, zl in enumerate(model.split_z(z))], dim=-1)
+
+
+def _snap(model, z):
+    """VQ: each layer's slice of z replaced by its nearest code vector."""
+    return _per_layer(model, z, lambda zl, j: model.family.snap(zl, j).to(z.dtype))
 
 
 def slerp(a, b, t):
@@ -352,11 +359,16 @@ def slerp(a, b, t):
 
 
 def interpolate_z(model, za, zb, steps):
-    """`steps` codes from za to zb (D,), endpoints included: slerp per vMF layer, linear otherwise."""
+    """`steps` codes from za to zb (D,), endpoints included: slerp per vMF layer, linear otherwise.
+
+    VQ decodes only codebook vectors, so each point of the linear path is snapped to the nearest code
+    per layer: the path visits the codes between the ends (repeating one while it stays nearest)."""
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
     t = torch.linspace(0, 1, steps, device=za.device)[:, None]
-    if not _is_vmf(model):
+    if _space(model) == "codebook":
+        return _snap(model, torch.lerp(za[None], zb[None], t))
+    if _space(model) != "sphere":
         return torch.lerp(za[None], zb[None], t)
     return torch.cat([slerp(a, b, t) for a, b in zip(model.split_z(za), model.split_z(zb))], dim=-1)
 
@@ -364,9 +376,12 @@ def interpolate_z(model, za, zb, steps):
 def analogy_z(model, za, zb, zc):
     """z_c + z_b - z_a ("a is to b as c is to ?"), put back on each vMF layer's sphere.
 
-    A vMF layer where the sum nearly cancels has no direction; it keeps z_c's."""
+    A vMF layer where the sum nearly cancels has no direction; it keeps z_c's. VQ: snapped to the
+    nearest code per layer."""
     d = zc + zb - za
-    if not _is_vmf(model):
+    if _space(model) == "codebook":
+        return _snap(model, d)
+    if _space(model) != "sphere":
         return d
     return torch.cat([
         torch.where(dl.norm(dim=-1, keepdim=True) > 1e-6, F.normalize(dl, dim=-1), cl)
@@ -426,17 +441,37 @@ def parse_dims(spec, size):
     return torch.tensor(dims, dtype=torch.long), ranges
 
 
-def edit_z(model, z, dims, n):
-    """n copies of z (D,) with `dims` replaced by the same dims of fresh prior draws.
+def edit_size(model):
+    """What --replace-dims ranges index: the latent_dim dims of z, or for VQ the n_latent code
+    positions (one per latent layer; a code is replaced whole)."""
+    c = model.config
+    return c.num_latent_layers if _space(model) == "codebook" else c.latent_dim
+
+
+def layer_span(model, j):
+    """The --replace-dims range that covers latent layer j (0 = lowest)."""
+    if _space(model) == "codebook":
+        return f"{j}:{j + 1}"
+    k = model.config.z_dim
+    return f"{j * k}:{(j + 1) * k}"
+
+
+def edit_z(model, z, dims, n, component=None):
+    """n copies of z (D,) with `dims` replaced by the same dims of fresh prior draws (gmm: from
+    mixture `component` if given).
 
     Untouched dims keep their exact values. A vMF layer that is only partly replaced has its
     replaced part rescaled so the layer stays on its sphere: |kept|^2 + |replaced|^2 = 1, the
-    replaced part's direction taken from the prior draw (uniform on its sub-sphere)."""
-    index, _ = parse_dims(dims, model.config.latent_dim)
+    replaced part's direction taken from the prior draw (uniform on its sub-sphere). For VQ `dims`
+    are code positions (edit_size): each one's code becomes a uniformly drawn code."""
+    index, _ = parse_dims(dims, edit_size(model))
+    if _space(model) == "codebook":  # code positions -> the z dims of those layers
+        k = model.config.z_dim
+        index = (index[:, None] * k + torch.arange(k)).flatten()
     index = index.to(z.device)
     out = z.reshape(1, -1).expand(n, -1).clone()
-    out[:, index] = model.sample_prior(n, z.device)[:, index].to(out.dtype)
-    if _is_vmf(model):
+    out[:, index] = model.sample_prior(n, z.device, component=component)[:, index].to(out.dtype)
+    if _space(model) == "sphere":
         k = model.config.z_dim
         for j in range(model.config.num_latent_layers):
             part = index[(index >= j * k) & (index < (j + 1) * k)]
@@ -453,17 +488,31 @@ def perturb_z(model, z, n, spread, params=None):
     """n codes around each row of z (B, D) -> (B*n, D), rows grouped per input, drawn like posterior samples.
 
     vMF: per layer, a sample s ~ vMF(z_l, kappa) of the model's own posterior, then slerp(z_l, s,
-    spread): spread 1 is the posterior itself, 0 is z, 2 doubles each sample's angle. Otherwise
-    (e.g. Gaussian), z + spread * (sample(params) - mean(params)) with the posterior params of z."""
+    spread): spread 1 is the posterior itself, 0 is z, 2 doubles each sample's angle. VQ, whose
+    posterior is a point mass: per layer, a code drawn with probability ∝ exp(-d(z_l, e_k) / spread),
+    d the family's squared distance (spread 0: z's own code). Otherwise (e.g. Gaussian, mixture),
+    z + spread * (sample(params) - mean(params)) with the posterior params of z."""
     z = z.repeat_interleave(n, dim=0)
-    if _is_vmf(model):
+    if _space(model) == "sphere":
         t = torch.tensor([float(spread)], device=z.device)
-        return _per_layer(model, z, lambda zl: slerp(zl, model.family.sample(zl), t)[0])
+        return _per_layer(model, z, lambda zl, j: slerp(zl, model.family.sample(zl), t)[0])
+    if _space(model) == "codebook":
+        return _per_layer(model, z, lambda zl, j: _draw_codes(model.family, zl, j, spread).to(z.dtype))
     if params is None:
         raise ValueError("perturbing a non-vMF code needs its posterior params")
     params = [p.repeat_interleave(n, dim=0) for p in params]
-    noise = torch.cat([model.family.sample(p) - model.family.mean(p) for p in params], dim=-1)
+    noise = torch.cat([model.family.sample(p, layer=j) - model.family.mean(p, layer=j) for j, p in enumerate(params)], dim=-1)
     return z + spread * noise
+
+
+def _draw_codes(family, z, layer, spread):
+    """VQ: per row of z (B, z_dim), a code vector drawn from softmax(-d(z, e_k) / spread)."""
+    d = family.distances(family.project(z), layer)  # (B, K)
+    if spread == 0:
+        codes = d.argmin(-1)
+    else:
+        codes = torch.multinomial(torch.softmax(-d / spread, dim=-1), 1)[:, 0]
+    return family.vectors(layer)[codes]
 
 
 def _check_texts(texts):
@@ -484,7 +533,7 @@ def posterior(model, texts):
     texts = _check_texts(texts)
     ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen)
     params = model.posterior_params(ids.to(model.device))
-    return torch.cat([model.family.mean(p) for p in params], dim=-1), params
+    return model.mean_code(params), params
 
 
 # ----------------------------------------------------------------------------- the API (UniVAE's methods call these)
@@ -505,25 +554,26 @@ def reconstruct(model, texts, return_z=False, **decoding):
     return (out, z) if return_z else out
 
 
-def sample(model, n, return_z=False, **decoding):
-    """n sentences decoded from prior draws."""
+def sample(model, n, return_z=False, component=None, **decoding):
+    """n sentences decoded from prior draws (gmm: from mixture `component` if given)."""
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     with _inference(model, opts.seed):
-        z = model.sample_prior(n)
+        z = model.sample_prior(n, component=component)
         out = _texts(model, z, opts)
     return (out, z) if return_z else out
 
 
-def edit(model, text, dims, n, return_z=False, **decoding):
-    """n variants of `text` with the latent `dims` (see parse_dims) redrawn from the prior."""
+def edit(model, text, dims, n, return_z=False, component=None, **decoding):
+    """n variants of `text` with the latent `dims` (see parse_dims; VQ: code positions) redrawn from
+    the prior (gmm: from mixture `component` if given)."""
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     with _inference(model, opts.seed):
         z, _ = posterior(model, [text])
-        z = edit_z(model, z[0], dims, n)
+        z = edit_z(model, z[0], dims, n, component=component)
         out = _texts(model, z, opts)
     return (out, z) if return_z else out
 

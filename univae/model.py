@@ -208,7 +208,12 @@ class UniVAEOutput:
     mu: torch.Tensor  # (B, n_latent * z_dim) posterior mean code
     n_tokens: torch.Tensor  # number of target tokens the CE averages over
     labels: torch.Tensor = None  # (B, m-1) the tokens logits[:, :-1] predict, -100 on padding (never word-dropped)
-    kl_per_dim: torch.Tensor = None  # (n_latent, z_dim) batch mean of each dim's KL; None for vMF or a forced z
+    kl_per_dim: torch.Tensor = None  # (n_latent, z_dim) batch mean of each dim's KL; None for vMF, VQ or a forced z
+    # family terms (family.batch_terms), batch means summed over latent layers; None for other families or a forced z
+    commitment: torch.Tensor = None  # vq: |h - sg(e_c)|^2 / z_dim; loss includes vq_beta * commitment
+    kl_c: torch.Tensor = None  # gmm: KL(q(c|x) || p(c)), the part of kl that kl_per_dim (the z part) leaves out
+    dispersion: torch.Tensor = None  # gmm: DEM-VAE's dispersion, inside kl (see latents.GaussianMixture)
+    mi_c: torch.Tensor = None  # gmm: I(x; c) within the batch, inside kl_c
 
 
 class UniVAE(nn.Module):
@@ -223,6 +228,12 @@ class UniVAE(nn.Module):
         self.up = nn.ModuleList(nn.Linear(config.z_dim, d) for _ in range(n))
         for m in [*self.down, *self.up]:
             self.transformer._init_weights(m)
+        # up(z) replaces a LayerNorm'ed hidden state, whose elements have unit variance. BERT's 0.02
+        # init would make the latent a near-zero [CLS] key/value that the target can barely attend to
+        # and the encoder barely gets gradient through; start it at the scale of the states it replaces.
+        code_sq_norm = 1.0 if self.family.space == "sphere" else config.z_dim  # E|z|^2 under the prior
+        for m in self.up:
+            nn.init.normal_(m.weight, std=code_sq_norm ** -0.5)
         # layer index -> index of its latent (only latent layers appear)
         self.latent_index = {l: j for j, l in enumerate(config.latent_layers)}
 
@@ -265,7 +276,7 @@ class UniVAE(nn.Module):
                 if z is None:
                     p = self.down[j](h[:, 0])
                     params.append(p)
-                    zs.append(self.family.sample(p) if sample else self.family.mean(p))
+                    zs.append(self.family.sample(p, layer=j) if sample else self.family.mean(p, layer=j))
                 h = torch.cat([self.up[j](zs[j].to(h.dtype))[:, None], h[:, 1:]], dim=1)
             h = layer(h, mask, backend, rope)
         return h, zs, params
@@ -311,23 +322,27 @@ class UniVAE(nn.Module):
         # sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not NaN
         ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                              reduction="sum") / n_tokens.clamp_min(1)
-        kl_per_dim = None
+        kl_per_dim, terms = None, {}
         if params:
-            kl_per_layer = torch.stack([self.family.kl(p).float() for p in params], dim=-1)  # (B, n)
-            mu = torch.cat([self.family.mean(p) for p in params], dim=-1)
+            kl_per_layer = torch.stack([self.family.kl(p, layer=j).float() for j, p in enumerate(params)], dim=-1)  # (B, n)
+            # VQ's posterior is its code: z itself (mean() would read a codebook sample() just updated)
+            mu = torch.cat(zs, dim=-1) if self.family.space == "codebook" else self.mean_code(params)
             if not self.family.kl_is_constant:
-                kl_per_dim = torch.stack([self.family.kl_per_dim(p).mean(0) for p in params])  # (n, z_dim)
+                kl_per_dim = torch.stack([self.family.kl_per_dim(p, layer=j).mean(0) for j, p in enumerate(params)])  # (n, z_dim)
+            terms = self.family.batch_terms(params, zs)
         else:
             kl_per_layer = logits.new_zeros(B, c.num_latent_layers, dtype=torch.float32)
             mu = torch.cat(zs, dim=-1)
         kl = kl_per_layer.sum(-1).mean()
         if self.family.kl_is_constant:
-            loss = ce  # vMF with fixed kappa: the KL is a constant, reported but not optimised
+            loss = ce  # vMF with fixed kappa, VQ: the KL is a constant, reported but not optimised
         else:  # -ELBO per target token: (sum of token CEs + sum of sentence KLs) / n_tokens
             loss = ce + kl / (n_tokens / B)
+        if "commitment" in terms:
+            loss = loss + c.vq_beta * terms["commitment"]
         return UniVAEOutput(
             loss=loss, ce=ce, kl=kl, kl_per_layer=kl_per_layer.mean(0), logits=logits,
-            z=torch.cat(zs, dim=-1), mu=mu, n_tokens=n_tokens, labels=labels, kl_per_dim=kl_per_dim,
+            z=torch.cat(zs, dim=-1), mu=mu, n_tokens=n_tokens, labels=labels, kl_per_dim=kl_per_dim, **terms,
         )
 
     def mask_token_id(self):
@@ -361,14 +376,18 @@ class UniVAE(nn.Module):
             if j is not None:
                 p = self.down[j](h[:, 0])
                 params.append(p)
-                h = torch.cat([self.up[j](self.family.mean(p))[:, None], h[:, 1:]], dim=1)
+                h = torch.cat([self.up[j](self.family.mean(p, layer=j).to(h.dtype))[:, None], h[:, 1:]], dim=1)
             if l == c.latent_layers[-1]:
                 break
             h = layer(h, mask, backend, rope)
         return params
 
+    def mean_code(self, params_list):
+        """Per-layer posterior params -> the posterior mean code (B, n_latent*z_dim)."""
+        return torch.cat([self.family.mean(p, layer=j) for j, p in enumerate(params_list)], dim=-1)
+
     def encode_ids(self, src_ids):
-        return torch.cat([self.family.mean(p) for p in self.posterior_params(src_ids)], dim=-1)
+        return self.mean_code(self.posterior_params(src_ids))
 
     @torch.no_grad()
     def encode(self, texts, batch_size=256):
@@ -404,10 +423,63 @@ class UniVAE(nn.Module):
         h, _, _ = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z)
         return self.transformer.logits(h[:, 1:])
 
-    def sample_prior(self, n, device=None):
-        """n codes from the prior, (n, n_latent*z_dim)."""
+    def sample_prior(self, n, device=None, component=None):
+        """n codes from the prior, (n, n_latent*z_dim). component (gmm only): the mixture component
+        every layer draws from, or one per latent layer (a list); default: drawn from p(c)."""
         device = device or self.device
-        return torch.cat([self.family.prior(n, device) for _ in range(self.config.num_latent_layers)], dim=-1)
+        n_latent = self.config.num_latent_layers
+        if component is None:
+            return torch.cat([self.family.prior(n, device, layer=j) for j in range(n_latent)], dim=-1)
+        if self.config.latent != "gmm":
+            raise ValueError(f"a mixture component needs --latent gmm; this model's latent is {self.config.latent}")
+        per_layer = [component] * n_latent if isinstance(component, int) else list(component)
+        if len(per_layer) != n_latent:
+            raise ValueError(f"give one component, or one per latent layer ({n_latent}), got {len(per_layer)}")
+        return torch.cat([self.family.prior(n, device, layer=j, component=cj) for j, cj in enumerate(per_layer)], dim=-1)
+
+    # ------------------------------------------------------------------ discrete views (vq codes, gmm components)
+
+    def _need(self, latent):
+        if self.config.latent != latent:
+            raise ValueError(f"this needs --latent {latent}; the model's latent family is {self.config.latent}")
+
+    @torch.no_grad()
+    def encode_codes(self, texts, batch_size=256):
+        """vq: sentences -> their code indices, LongTensor (N, n_latent), lowest latent layer first."""
+        self._need("vq")
+        return self.z_to_codes(self.encode(texts, batch_size))
+
+    def z_to_codes(self, z):
+        """vq: codes (N, n_latent*z_dim) -> the index of the nearest code per layer, (N, n_latent)."""
+        self._need("vq")
+        z = z.to(self.device)
+        return torch.stack([self.family.codes(zl, layer=j) for j, zl in enumerate(self.split_z(z))], dim=-1).cpu()
+
+    def codes_to_z(self, codes):
+        """vq: code indices (N, n_latent) -> z (N, n_latent*z_dim), the code vectors the decoder reads."""
+        self._need("vq")
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        n, K = self.config.num_latent_layers, self.config.codebook_size
+        if codes.dim() != 2 or codes.shape[1] != n:
+            raise ValueError(f"codes must have shape (N, {n}): one code per latent layer, got {tuple(codes.shape)}")
+        if codes.numel() and not (0 <= int(codes.min()) and int(codes.max()) < K):
+            raise ValueError(f"codes must be in [0, {K - 1}] (codebook size {K})")
+        codes = codes.to(self.device)
+        return torch.cat([self.family.vectors(j)[codes[:, j]] for j in range(n)], dim=-1)
+
+    def decode_codes(self, codes, **decoding):
+        """vq: code indices (N, n_latent) -> N sentences (decoding options as generate)."""
+        return self.generate(self.codes_to_z(codes), **decoding)
+
+    @torch.no_grad()
+    def encode_components(self, texts):
+        """gmm: sentences -> argmax_c q(c|x) per latent layer, LongTensor (N, n_latent)."""
+        from univae.tokenizer import encode_texts
+
+        self._need("gmm")
+        ids, _, _ = encode_texts(self.tokenizer, texts, self.config.maxlen)
+        params = self.posterior_params(ids.to(self.device))
+        return torch.stack([self.family.component_log_probs(p).argmax(-1) for p in params], dim=-1).cpu()
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -440,19 +512,19 @@ class UniVAE(nn.Module):
         return generate.reconstruct(self, texts, **decoding)
 
     def sample(self, n, **decoding):
-        """n sentences from prior draws."""
+        """n sentences from prior draws (gmm: component=c draws every layer from mixture component c)."""
         from univae import generate
 
         return generate.sample(self, n, **decoding)
 
     def edit(self, text, dims, n, **decoding):
-        """n variants of text with latent dims ("0:32", "0:16,48:64", "-16:") redrawn from the prior."""
+        """n variants of text with latent dims ("0:32", "0:16,48:64", "-16:"; vq: code positions) redrawn from the prior."""
         from univae import generate
 
         return generate.edit(self, text, dims, n, **decoding)
 
     def interpolate(self, a, b, steps, **decoding):
-        """steps sentences from a to b, ends included (slerp per vMF layer, linear otherwise)."""
+        """steps sentences from a to b, ends included (slerp per vMF layer, linear otherwise; vq: snapped to codes)."""
         from univae import generate
 
         return generate.interpolate(self, a, b, steps, **decoding)

@@ -3,6 +3,7 @@
 UniVAE.forward returns the raw terms; this turns them into the loss:
 
     loss = ce + (beta_t * rate + multiplier * (target_rate - kl)) / tokens + bow_weight * bow
+              (+ vq_beta * commitment for --latent vq)
 
     ce          mean cross-entropy per real target token (UniVAEOutput.ce)
     kl          KL(q(z|x) || p(z)) per sentence, summed over dims and latent layers, batch mean
@@ -16,9 +17,15 @@ UniVAE.forward returns the raw terms; this turns them into the loss:
     bow         mean over latent layers of the bag-of-words NLL per real target token, predicted
                 from that layer's z alone (a multi-task loss that makes every z_l carry the words)
 
-For fixed-kappa vMF the KL is a constant: loss = ce (+ bow_weight * bow) and the KL flags are an
-error. The BoW heads and the multiplier live here, not in the model: they exist only for training,
-so checkpoints and the model's config stay free of them; train.py saves `state_dict()` in the
+--latent gmm (DEM-VAE, latents.GaussianMixture): kl = kl_c + z part, and two parts of it are
+reweighed, rate -= (1 - dispersion_weight) * dispersion + (1 - mi_weight) * mi_c; both weights 1
+give the plain ELBO. With --free-bits the floor applies to the z part's dims and kl_c is added whole.
+--latent vq: the KL is the constant log K per layer; the commitment term pulls the encoder's
+vector towards its code (vq_beta is a model field, UniVAEConfig, so that UniVAEOutput.loss has it).
+
+For fixed-kappa vMF and VQ the KL is a constant: loss = ce (+ commitment) (+ bow_weight * bow) and
+the KL flags are an error, as are the gmm weights for any other family. The BoW heads and the
+multiplier live here, not in the model: they exist only for training, so checkpoints and the model's config stay free of them; train.py saves `state_dict()` in the
 training state and adds `parameters()` to the optimiser.
 """
 import torch
@@ -26,7 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from univae.config import ANNEAL_SCHEDULES
+from univae.config import ANNEAL_SCHEDULES, TrainConfig
 
 
 def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, ratio_increase=0.25):
@@ -67,9 +74,16 @@ class VAEObjective(nn.Module):
                 ("--kl-weight", cfg.kl_weight != 1.0), ("--kl-anneal", cfg.kl_anneal != "none"),
                 ("--free-bits", cfg.free_bits > 0), ("--target-rate", cfg.target_rate > 0)) if on]
             if useless:
+                why = "with fixed kappa" if c.latent == "vmf" else "(log K per layer)"
                 raise ValueError(
-                    f"{', '.join(useless)} act on the KL, but --latent {c.latent} with fixed kappa has a constant KL; "
+                    f"{', '.join(useless)} act on the KL, but --latent {c.latent} {why} has a constant KL; "
                     "use --latent gaussian, or --word-dropout / --bow-weight, which work with any latent")
+        self.mixture = c.latent == "gmm"
+        self.dispersion_weight, self.mi_weight = cfg.dispersion_weight, cfg.mi_weight
+        if not self.mixture and (cfg.dispersion_weight != TrainConfig.dispersion_weight or cfg.mi_weight != TrainConfig.mi_weight):
+            raise ValueError(f"--dispersion-weight and --mi-weight act on the mixture prior of --latent gmm, "
+                             f"not on --latent {c.latent}")
+        self.vq_beta = c.vq_beta
         if self.target_rate > 0:
             self.register_buffer("mdr_multiplier", torch.zeros(()))
         if self.bow_weight > 0:
@@ -98,12 +112,20 @@ class VAEObjective(nn.Module):
         -> (loss, logs), logs holding tensors or floats (call .item() only when logging)."""
         logs = {"ce": out.ce, "kl": out.kl}
         loss = out.ce
+        if out.commitment is not None:  # vq
+            loss = loss + self.vq_beta * out.commitment
+            logs["commitment"] = out.commitment
         if not self.kl_constant:
             beta = self.kl_weight * kl_anneal_weight(step, **self.anneal)
             rate = out.kl
             if self.free_bits > 0:
                 rate = out.kl_per_dim.clamp_min(self.free_bits).sum()  # no gradient below the floor
+                if out.kl_c is not None:  # gmm: KL(q(c|x) || p(c)) has no dims to floor
+                    rate = rate + out.kl_c
                 logs["kl_free_bits"] = rate
+            if self.mixture and out.dispersion is not None:
+                rate = rate - (1 - self.dispersion_weight) * out.dispersion - (1 - self.mi_weight) * out.mi_c
+                logs["dispersion"], logs["mi_c"] = out.dispersion, out.mi_c
             penalty = beta * rate
             if self.target_rate > 0:
                 penalty = penalty + self.mdr_multiplier * (self.target_rate - out.kl)

@@ -35,10 +35,11 @@ def lr_at(step, progress, peak, warmup):
 
 
 def param_groups(model, weight_decay):
-    """AdamW groups: decay matrices, not biases, LayerNorm weights or the latent heads' biases."""
+    """AdamW groups: decay matrices, not biases, LayerNorm weights or the latent heads' biases, nor the
+    latent family's prior (gmm's component means: decay would pull the components together)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        (decay if p.dim() >= 2 and not name.startswith("family.") else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
