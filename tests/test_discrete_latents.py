@@ -250,7 +250,9 @@ def test_mixture_elbo_terms_match_a_monte_carlo_estimate():
         agg = (q_bar * (q_bar * 3).log()).sum()
         torch.testing.assert_close(family.kl_c(batch).mean(), agg + terms["mi_c"])
         torch.testing.assert_close(terms["kl_c"], family.kl_c(batch).mean())
-        torch.testing.assert_close(terms["dispersion"], family.dispersion(batch, 0).mean())
+        torch.testing.assert_close(terms["dispersion"].sum(-1), torch.stack([family.dispersion(batch, j).mean() for j in (0, 1)]))
+        # per dim, the dispersion is part of the z part's KL: KL_d = KL(q_d || p_{eta_bar}, d) + dispersion_d
+        assert bool((family.dispersion_per_dim(batch, 1) <= family.kl_per_dim(batch, 1) + 1e-5).all())
 
 
 def test_mixture_prior_and_components():
@@ -280,11 +282,12 @@ def test_mixture_model_and_objective(tmp_path):
     loss, logs = VAEObjective(TrainConfig(dispersion_weight=1.0, mi_weight=1.0), model)(out, step=0)
     torch.testing.assert_close(loss, out.loss)  # both weights 1: the plain ELBO
     loss, logs = VAEObjective(TrainConfig(mi_weight=0.0), model)(out, step=0)  # DEM-VAE, --use_mutual
-    torch.testing.assert_close(loss, out.ce + (out.kl - 0.8 * out.dispersion - out.mi_c) / tokens)
+    torch.testing.assert_close(loss, out.ce + (out.kl - 0.8 * out.dispersion.sum() - out.mi_c) / tokens)
     assert {"dispersion", "mi_c"} <= set(logs)
     loss, logs = VAEObjective(TrainConfig(free_bits=1.0), model)(out, step=0)
-    rate = out.kl_per_dim.clamp_min(1.0).sum() + out.kl_c - 0.8 * out.dispersion
+    rate = (out.kl_per_dim - 0.8 * out.dispersion).clamp_min(1.0).sum() + out.kl_c  # the floor after the reweighing
     torch.testing.assert_close(loss, out.ce + rate / tokens)
+    assert out.dispersion.shape == (2, 8) and bool((out.dispersion <= out.kl_per_dim + 1e-5).all())
     # no weight decay on the prior; the checkpoint keeps it
     from univae.training import param_groups
     decayed = {id(p) for p in param_groups(model, 0.1)[0]["params"]}

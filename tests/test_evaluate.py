@@ -26,16 +26,6 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: a second thread only adds synchronisation, and on a loaded 2-core machine it made
-    the end-to-end run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """OUT/step-3 (weights, train_args.json), OUT/last -> step-3, OUT/metrics.jsonl, and the corpus file."""

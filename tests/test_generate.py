@@ -18,15 +18,6 @@ from univae.tokenizer import build_tokenizer, detokenize
 DENSE_BACKENDS = [b for b in BACKENDS if b != "flex"]  # flex: test_flex_backend, kept minimal (compiles)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation, which on a loaded 2-core machine costs 100x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(hf_dirs, kind, attn):
     torch.manual_seed(0)
     m = univae.UniVAE.from_pretrained(str(hf_dirs[kind]), maxlen=12, z_dim=8, attn=attn).eval()

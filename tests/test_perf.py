@@ -24,15 +24,6 @@ from univae.config import preset
 from univae.model import UniVAE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation (see test_generate.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(attn, **overrides):
     torch.manual_seed(0)
     return UniVAE(preset("debug", attn=attn, **overrides))

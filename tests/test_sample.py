@@ -17,14 +17,6 @@ import sample  # noqa: E402  (the CLI at the repo root)
 SENTENCES = ["牙龈出血要吃什么药？", "今天天气很好", "我喜欢iphone手机", "这是一个测试句子。", "他在家里看书"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: see test_generate.py
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory):
     """A debug-preset model overfitted on SENTENCES for 80 steps (~1 s), so that z matters and
@@ -34,14 +26,11 @@ def ckpt(tmp_path_factory):
     model = univae.UniVAE(univae.preset("debug", vocab_size=len(vocab)), build_tokenizer(vocab))
     x, tt = join(encode_texts(model.tokenizer, SENTENCES, model.config.maxlen)[0])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     for _ in range(80):
         loss = model(x, tt).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-    torch.set_num_threads(n_threads)
     directory = tmp_path_factory.mktemp("ckpt")
     model.save_pretrained(directory)
     return str(directory)
