@@ -385,6 +385,10 @@ class GaussianMixture(Gaussian):
 
     def dispersion(self, params, layer):
         """DEM-VAE's dispersion of the components under q(c|x), per example (see the class docstring)."""
+        return self.dispersion_per_dim(params, layer).sum(-1)
+
+    def dispersion_per_dim(self, params, layer):
+        """The dispersion per dim (..., z_dim): the part of kl_per_dim that pulls the components together."""
         q = self.component_log_probs(params).exp()[..., None]  # (..., K, 1)
         m, s = self.prior_mean[layer].float(), self.prior_logvar[layer].float()
         precision = torch.exp(-s)  # (K, z_dim); sums over K by broadcasting, not matmuls autocast would make bf16
@@ -392,7 +396,7 @@ class GaussianMixture(Gaussian):
         m_bar = (q * precision * m).sum(-2) / P
         spread = (q * precision * (m - m_bar[..., None, :]) ** 2).sum(-2)
         jensen = (torch.log(P) + (q * s).sum(-2)).clamp_min(0)  # log sum q l - sum q log l >= 0; clamp rounding
-        return 0.5 * (spread + jensen).sum(-1)
+        return 0.5 * (spread + jensen)
 
     def prior(self, n, device=None, layer=None, component=None):
         """c ~ p(c) (or the given component), then z ~ N(m_c, diag(exp(s_c))); no gradient."""
@@ -419,9 +423,10 @@ class GaussianMixture(Gaussian):
         return -(log_q_mean.exp() * log_q_mean).sum() + (log_q.exp() * log_q).sum(-1).mean()
 
     def batch_terms(self, params_list, zs):
-        """Batch means summed over layers: kl_c, dispersion, and mi_c = I(x; c) within the batch."""
+        """Batch means: kl_c and mi_c = I(x; c) within the batch, summed over layers; the dispersion per
+        layer and dim, (n_latent, z_dim) like kl_per_dim (free bits floor the z part after reweighing it)."""
         kl_c = sum(self.kl_c(p).mean() for p in params_list)
-        dispersion = sum(self.dispersion(p, j).mean() for j, p in enumerate(params_list))
+        dispersion = torch.stack([self.dispersion_per_dim(p, j).mean(0) for j, p in enumerate(params_list)])
         mi_c = sum(self.component_mi(p) for p in params_list)
         return {"kl_c": kl_c, "dispersion": dispersion, "mi_c": mi_c}
 

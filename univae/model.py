@@ -212,7 +212,7 @@ class UniVAEOutput:
     # family terms (family.batch_terms), batch means summed over latent layers; None for other families or a forced z
     commitment: torch.Tensor = None  # vq: |h - sg(e_c)|^2 / z_dim; loss includes vq_beta * commitment
     kl_c: torch.Tensor = None  # gmm: KL(q(c|x) || p(c)), the part of kl that kl_per_dim (the z part) leaves out
-    dispersion: torch.Tensor = None  # gmm: DEM-VAE's dispersion, inside kl (see latents.GaussianMixture)
+    dispersion: torch.Tensor = None  # gmm: (n_latent, z_dim) DEM-VAE's dispersion, inside kl_per_dim (latents.GaussianMixture)
     mi_c: torch.Tensor = None  # gmm: I(x; c) within the batch, inside kl_c
 
 

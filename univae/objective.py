@@ -19,7 +19,10 @@ UniVAE.forward returns the raw terms; this turns them into the loss:
 
 --latent gmm (DEM-VAE, latents.GaussianMixture): kl = kl_c + z part, and two parts of it are
 reweighed, rate -= (1 - dispersion_weight) * dispersion + (1 - mi_weight) * mi_c; both weights 1
-give the plain ELBO. With --free-bits the floor applies to the z part's dims and kl_c is added whole.
+give the plain ELBO. With --free-bits the floor applies per dim to the reweighed z part,
+kl_per_dim - (1 - dispersion_weight) * dispersion (flooring the KL alone would leave the dispersion
+bonus unopposed below the floor, and the components would drift apart without limit), and kl_c
+(reweighed) is added whole.
 --latent vq: the KL is the constant log K per layer; the commitment term pulls the encoder's
 vector towards its code (vq_beta is a model field, UniVAEConfig, so that UniVAEOutput.loss has it).
 
@@ -118,14 +121,17 @@ class VAEObjective(nn.Module):
         if not self.kl_constant:
             beta = self.kl_weight * kl_anneal_weight(step, **self.anneal)
             rate = out.kl
-            if self.free_bits > 0:
+            if self.mixture:  # DEM-VAE's weights on the dispersion and I(x; c), both inside the KL
+                z_part = out.kl_per_dim - (1 - self.dispersion_weight) * out.dispersion  # (n_latent, z_dim)
+                if self.free_bits > 0:
+                    z_part = z_part.clamp_min(self.free_bits)
+                rate = z_part.sum() + out.kl_c - (1 - self.mi_weight) * out.mi_c
+                logs["dispersion"], logs["mi_c"] = out.dispersion.sum(), out.mi_c
+                if self.free_bits > 0:
+                    logs["kl_free_bits"] = rate
+            elif self.free_bits > 0:
                 rate = out.kl_per_dim.clamp_min(self.free_bits).sum()  # no gradient below the floor
-                if out.kl_c is not None:  # gmm: KL(q(c|x) || p(c)) has no dims to floor
-                    rate = rate + out.kl_c
                 logs["kl_free_bits"] = rate
-            if self.mixture and out.dispersion is not None:
-                rate = rate - (1 - self.dispersion_weight) * out.dispersion - (1 - self.mi_weight) * out.mi_c
-                logs["dispersion"], logs["mi_c"] = out.dispersion, out.mi_c
             penalty = beta * rate
             if self.target_rate > 0:
                 penalty = penalty + self.mdr_multiplier * (self.target_rate - out.kl)
