@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from univae import data as D
 from univae.checkpoint import read_config
-from univae.config import PRESET_TRAINING, PRESETS, TrainConfig, preset
+from univae.config import PRESET_TRAINING, PRESETS, TrainConfig, from_hf_config, preset
 from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
 from univae.objective import VAEObjective
@@ -51,8 +51,6 @@ MODEL_FLAGS = {
 # Model flags that mean something for one latent family only: given with another, they are an error.
 FAMILY_FLAGS = {"codebook_size": "vq", "vq_distance": "vq", "vq_beta": "vq", "vq_decay": "vq", "vq_dead_steps": "vq",
                 "mixture_components": "gmm"}
-# What --init-from uses for the VAE fields unless told otherwise: the reference script's settings.
-REFERENCE = dict(maxlen=32, num_latent_layers=4, z_dim=16, latent="vmf", kappa=32.0)
 DEFAULT_TIME_BUDGET = 480.0  # seconds of training when no stopping flag is given: the default run ends within 10 min
 BUCKET = 16  # length-sort within groups of 16 batches, then trim each batch (see trim_length)
 
@@ -144,23 +142,20 @@ def main(argv=None):
     if cfg.preset not in PRESETS:
         fail(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
 
-    # the config, before any data work, so that bad flags fail fast
+    # the config, before any data work, so that bad flags fail fast. With --init-from the VAE
+    # fields default to UniVAEConfig's, which are the reference script's settings (from_hf_config).
     try:
         if resume_dir:
-            base = read_config(resume_dir)["univae"]
-            base_cfg = None
+            maxlen = read_config(resume_dir)["univae"]["maxlen"]
         elif cfg.init_from:
             raw = read_config(cfg.init_from)
             if "univae" in raw:
                 fail(f"--init-from {cfg.init_from} is a univae checkpoint; use --resume to continue training it")
-            base_cfg = {**{k: v for k, v in REFERENCE.items()}, **model_overrides}
-            base_cfg["num_latent_layers"] = model_overrides.get(
-                "num_latent_layers", min(REFERENCE["num_latent_layers"], raw.get("num_hidden_layers", 12) - 1))
+            maxlen = from_hf_config(raw, **model_overrides).maxlen
         else:
-            base_cfg = preset(cfg.preset, **model_overrides).to_dict()
+            maxlen = preset(cfg.preset, **model_overrides).maxlen
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    maxlen = (base["maxlen"] if resume_dir else base_cfg["maxlen"])
 
     out = cfg.out
     resuming_in_place = bool(resume_dir) and os.path.realpath(out) == os.path.dirname(os.path.realpath(resume_dir))
@@ -192,7 +187,7 @@ def main(argv=None):
         if resume_dir:
             model = UniVAE.from_pretrained(resume_dir, **{k: v for k, v in model_overrides.items() if k == "attn"})
         elif cfg.init_from:
-            model = UniVAE.from_pretrained(cfg.init_from, **base_cfg)
+            model = UniVAE.from_pretrained(cfg.init_from, **model_overrides)
         else:
             vocab = char_vocab(splits["train"], min_count=cfg.min_char_count)
             tokenizer = build_tokenizer(vocab)
@@ -205,7 +200,6 @@ def main(argv=None):
     tok = model.tokenizer
     train_ids, n_trunc, n_unk = encode_texts(tok, splits["train"], c.maxlen, warn=False)
     val_ids, _, n_unk_val = encode_texts(tok, splits["val"], c.maxlen, warn=False)
-    n_train_tokens = int((train_ids != c.pad_token_id).sum())
     log(f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
         f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
         + (f" kappa {c.kappa:g}" if c.latent == "vmf" else "")
