@@ -19,8 +19,10 @@
 
 Decoding is greedy unless told otherwise: --beam-size K (length penalty --length-penalty, GNMT's
 alpha), or sampling with --temperature / --top-k / --top-p (or --do-sample); --no-repeat-ngram N;
---seed makes every draw reproducible. --json prints one JSON object per output line on stdout and
-nothing else; warnings go to stderr. Errors are one line on stderr and a non-zero exit.
+--seed makes every draw reproducible; --compile runs the one-token step through torch.compile
+(CUDA graphs on CUDA; one compile per batch shape, seconds each). --json prints one JSON
+object per output line on stdout and nothing else; warnings go to stderr. Errors are one line on
+stderr and a non-zero exit.
 """
 import argparse
 import json
@@ -79,6 +81,8 @@ def build_parser():
     g.add_argument("--seed", type=int, default=_D.seed)
     g.add_argument("--batch-size", type=int, default=_D.batch_size)
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow reference)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the one-token decoding step (CUDA graphs on "
+                   "CUDA); compiles once per batch shape")
     o = p.add_argument_group("output and runtime")
     o.add_argument("--json", action="store_true", help="one JSON object per output line on stdout, nothing else")
     o.add_argument("--with-z", action="store_true", help="--json: add each output's code z (not for --augment)")
@@ -130,7 +134,7 @@ def check_args(args):
         args.decoding = dict(
             beam_size=args.beam_size, length_penalty=args.length_penalty, do_sample=True if args.do_sample else None,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, no_repeat_ngram=args.no_repeat_ngram,
-            seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache,
+            seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache, compile_step=args.compile,
         )
         Decoding(**args.decoding)
     except ValueError as e:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 import univae
 from univae import generate as G
@@ -96,6 +97,58 @@ def test_flex_backend(hf_dirs):
             prefix = torch.cat([prefix, steps[-1].argmax(-1, keepdim=True)], dim=1)
         teacher = m.decode_logits(z, prefix)[:, :-1]
     torch.testing.assert_close(torch.stack(steps, 1), teacher, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- compiled step
+
+@pytest.fixture
+def fresh_dynamo():
+    """An empty dynamo cache, so the test sees its own compiles; Inductor compiles in-process
+    (no worker pool on a shared machine)."""
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._inductor.config.patch(compile_threads=1):
+        yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kind", ["bert", "roformer"])
+def test_compiled_step_equals_eager_without_recompiling(hf_dirs, kind, fresh_dynamo):
+    """compile_step: the same logits as the eager cached decoder at every step, from one graph
+    compiled at the first step and reused at every later t and by a new decoder of the same batch size.
+    One row: with N = 1 a view of the prefix looks contiguous whatever its strides, so a step that
+    passed one would recompile at every t."""
+    m = _model(hf_dirs, kind, "sdpa")
+    torch.manual_seed(14)
+    z = m.sample_prior(1)
+    with torch.no_grad():
+        eager, compiled = G.CachedDecoder(m, z), G.CachedDecoder(m, z, compile_step=True)
+        prefix = torch.full((1, 1), m.tokenizer.token_to_id("[CLS]"))
+        for t in range(5):
+            with torch._dynamo.config.patch(error_on_recompile=t > 0):
+                got = compiled(prefix)
+            want = eager(prefix)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=f"step {t}")
+            prefix = torch.cat([prefix, want.argmax(-1, keepdim=True)], dim=1)
+        other = m.sample_prior(1)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            got = G.CachedDecoder(m, other, compile_step=True)(prefix[:, :1])
+        torch.testing.assert_close(got, G.CachedDecoder(m, other)(prefix[:, :1]), atol=1e-5, rtol=0)
+    assert counters["stats"]["unique_graphs"] == 1  # one graph: no graph break, no recompile
+
+
+def test_generate_compiled_equals_eager(hf_dirs, fresh_dynamo):
+    """Greedy and beam search (whose reorder rewrites the cache in place) give the same text with
+    compile_step; beam search's 1 input x 3 beams reuses greedy's 3-row graph. RoFormer only: the
+    step test covers both backbones, and each compile costs seconds."""
+    model = _model(hf_dirs, "roformer", "sdpa")
+    torch.manual_seed(15)
+    z = model.sample_prior(3)
+    assert model.generate(z, compile_step=True) == model.generate(z)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert model.generate(z[:1], beam_size=3, compile_step=True) == model.generate(z[:1], beam_size=3)
+    with pytest.raises(ValueError, match="cached decoder"):
+        G.Decoding(compile_step=True, use_cache=False)
 
 
 # ----------------------------------------------------------------------------- strategies

@@ -21,6 +21,7 @@ Both decoders have one interface, so every strategy runs on either:
 import contextlib
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +33,24 @@ from univae.tokenizer import CLS, MASK, PAD, SEP, detokenize, encode_texts
 # ----------------------------------------------------------------------------- decoders
 
 class KVCache:
-    """Preallocated keys/values (N, H, S, D) indexed by slot (gpt-fast's KVCache)."""
+    """Preallocated keys/values (N, H, S, D) indexed by slot (gpt-fast's KVCache).
+
+    Written and reordered in place: the buffers keep their addresses for the decoder's lifetime,
+    which a compiled step under CUDA graphs needs (it replays reads and writes at fixed addresses)."""
 
     def __init__(self, N, H, S, D, dtype, device):
         self.k = torch.zeros(N, H, S, D, dtype=dtype, device=device)
         self.v = torch.zeros(N, H, S, D, dtype=dtype, device=device)
 
     def update(self, slots, k, v):
-        """Write k, v (N, H, n, D) at `slots` (n indices, or a slice: a plain strided copy); return
-        the full buffers to attend over."""
-        self.k[:, :, slots] = k
-        self.v[:, :, slots] = v
+        """Write k, v (N, H, n, D) at `slots` (LongTensor of n indices); return the full buffers to attend over."""
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
         return self.k, self.v
 
     def reorder(self, rows):
-        self.k, self.v = self.k[rows], self.v[rows]
+        self.k.copy_(self.k[rows])
+        self.v.copy_(self.v[rows])
 
 
 class CachedDecoder:
@@ -60,9 +64,15 @@ class CachedDecoder:
     dense mask row. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
     so a BlockMask could skip nothing, and building one per step (or compiling flex for q_len = 1)
     would cost more than the step; 'split' has no joined layout to split here.
+
+    compile_step: run the one-token step through torch.compile (CUDA: mode="reduce-overhead", i.e.
+    CUDA graphs; CPU: Inductor). The step takes t as a tensor and gathers everything that depends
+    on it (position, rotary rows, mask row, cache slot) by index, and the cache is updated in place,
+    so every step has the same shapes, strides and buffers: one graph for all t, compiled on the
+    first call (per batch shape N), never recompiled from one step to the next.
     """
 
-    def __init__(self, model, z):
+    def __init__(self, model, z, compile_step=False):
         c, tr = model.config, model.transformer
         N, S = z.shape[0], c.maxlen + 1  # slot 0 + maxlen target positions
         device, dtype = z.device, tr.embed.word.weight.dtype
@@ -73,26 +83,48 @@ class CachedDecoder:
         lower = masks.materialize(masks.independent(1), S, S, device=device)[:, None]  # (1, 1, S, S)
         upper = masks.materialize(masks.uniae(1), S, S, device=device)[:, None]
         self.masks = [upper if l in model.latent_index else lower for l in range(len(tr.layers))]
-        self.positions = c.maxlen + torch.arange(c.maxlen, device=device)  # target t at maxlen + t
+        self.steps = torch.arange(c.maxlen, device=device)  # step t's index as a tensor: self.steps[t:t + 1]
+        self.positions = c.maxlen + self.steps  # target t at maxlen + t
         self.rope = tr.rope(self.positions)  # None for BERT, else (cos, sin) each (maxlen, D)
         rope0 = tr.rope(torch.zeros(1, dtype=torch.long, device=device))
         zs = model.split_z(z)
         for l, j in model.latent_index.items():
             cls = model.up[j](zs[j].to(dtype))[:, None]  # (N, 1, d): the [CLS] input that z_j replaces
             k, v = tr.layers[l].project_kv(cls, rope0)
-            self.caches[l].update(slice(0, 1), k, v)
+            self.caches[l].update(self.steps[:1], k, v)  # slot 0
+        self.compiled = compile_step
+        self.step = self._step
+        if compile_step:
+            for cache in self.caches:  # CUDA graphs may mutate an input only if its address is fixed
+                torch._dynamo.mark_static_address(cache.k)
+                torch._dynamo.mark_static_address(cache.v)
+            if device.type == "cuda":
+                self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
+            else:
+                self.step = torch.compile(self._step, dynamic=False)
 
     def __call__(self, prefix):
         t = prefix.shape[1] - 1
         assert t == self.t, f"the cached decoder takes one new token per call (expected prefix length {self.t + 1})"
-        tr = self.model.transformer
-        tok = prefix[:, -1:]  # (N, 1)
-        h = tr.embed(tok, torch.ones_like(tok), self.positions[t:t + 1])
-        rope = None if self.rope is None else (self.rope[0][t:t + 1], self.rope[1][t:t + 1])
-        slot = slice(t + 1, t + 2)  # target t lives in cache slot t + 1
-        for layer, mask, cache in zip(tr.layers, self.masks, self.caches):
-            h = layer(h, mask[:, :, t + 1:t + 2], self.backend, rope, cache=(cache, slot))  # mask (1, 1, 1, S)
+        # (N, 1) with the same strides at every t: a compiled step guards on strides, and the view
+        # prefix[:, -1:] has stride t + 1 (.contiguous() would keep it when N = 1)
+        tok = prefix[:, -1:].clone(memory_format=torch.contiguous_format)
+        logits = self.step(tok, self.steps[t:t + 1])
         self.t += 1
+        # a CUDA graph's output buffer is overwritten by the next replay, and callers edit logits in place
+        return logits.clone() if self.compiled else logits
+
+    def _step(self, tok, t):
+        """tok (N, 1) the newest target token, t (1,) its index -> logits (N, V) for token t + 1.
+
+        t is a tensor, never a Python int, and only indexes (index_select, index_copy_): a Python
+        slice at t would make t a constant of a compiled graph, recompiled at every step."""
+        tr = self.model.transformer
+        slot = t + 1  # target t lives in cache slot t + 1
+        h = tr.embed(tok, torch.ones_like(tok), self.positions.index_select(0, t))
+        rope = None if self.rope is None else tuple(r.index_select(0, t) for r in self.rope)  # (1, D) each
+        for layer, mask, cache in zip(tr.layers, self.masks, self.caches):
+            h = layer(h, mask.index_select(2, slot), self.backend, rope, cache=(cache, slot))  # mask (1, 1, 1, S)
         return tr.logits(h[:, -1])
 
     def reorder(self, rows):
@@ -141,6 +173,7 @@ class Decoding:
     seed: int | None = None  # seeds every draw of the call (prior, noise, tokens) without touching the global RNG
     batch_size: int = 256
     use_cache: bool = True  # False: RecomputeDecoder, the slow reference path
+    compile_step: bool = False  # torch.compile the cached decoder's one-token step (CachedDecoder); meant for CUDA graphs
 
     def __post_init__(self):
         if not (isinstance(self.beam_size, int) and self.beam_size >= 1):
@@ -157,6 +190,8 @@ class Decoding:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if self.sampling and self.beam_size > 1:
             raise ValueError("beam search does not sample: use --beam-size 1 with --temperature/--top-k/--top-p")
+        if self.compile_step and not self.use_cache:
+            raise ValueError("compiling the decoding step needs the cached decoder: --compile does not go with --no-cache")
 
     @property
     def sampling(self):
@@ -292,7 +327,7 @@ def decode_ids(model, z, opts):
     if z.dim() != 2 or z.shape[1] != c.latent_dim:
         raise ValueError(f"z must have shape (N, {c.latent_dim}), got {tuple(z.shape)}")
     special = _special(model.tokenizer)
-    make = CachedDecoder if opts.use_cache else RecomputeDecoder
+    make = partial(CachedDecoder, compile_step=opts.compile_step) if opts.use_cache else RecomputeDecoder
     out = []
     for zb in z.to(model.device).split(opts.batch_size):
         N, K = zb.shape[0], opts.beam_size

@@ -496,7 +496,7 @@ class UniVAE(nn.Module):
 
     # --- generation API (univae/generate.py) ------------------------------------------
     # Thin wrappers. **decoding are univae.generate.Decoding's fields (beam_size, length_penalty,
-    # do_sample, temperature, top_k, top_p, no_repeat_ngram, seed, batch_size); greedy by default.
+    # do_sample, temperature, top_k, top_p, no_repeat_ngram, seed, batch_size, compile_step); greedy by default.
     # Each returns a list of str (at most maxlen - 1 tokens each); return_z=True also returns the codes.
 
     def generate(self, z, use_cache=True, **decoding):
