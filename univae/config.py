@@ -152,8 +152,8 @@ PRESETS = {
     ),
     # the CPU default, trained from scratch by `python train.py` (chosen by the sweep in README.md)
     "small": dict(
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, maxlen=32,
-        num_latent_layers=3, z_dim=32, kappa=128.0, max_position_embeddings=64,
+        hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, maxlen=32,
+        num_latent_layers=3, z_dim=64, kappa=256.0, max_position_embeddings=64,
         # An 8-minute CPU run sees the data about once: no overfitting to fight, and CPU dropout
         # (bernoulli) cost a fifth of the step time in profiles.
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -169,7 +169,7 @@ PRESETS = {
 # Training settings measured together with a preset (README, "The small preset"): the defaults
 # of a from-scratch run of that preset, below any flag the user gives.
 PRESET_TRAINING = {
-    "small": dict(word_dropout=0.3),
+    "small": dict(lr=3e-3, word_dropout=0.2),
 }
 
 
@@ -191,7 +191,7 @@ class TrainConfig:
     init_from: str = field(default="", metadata={"help": "local HF BERT/RoFormer directory to fine-tune"})
     preset: str = field(default="small", metadata={"help": f"model size when training from scratch: {', '.join(PRESETS)}"})
     batch_size: int = field(default=64, metadata={"help": "sentences per step and process"})
-    lr: float = field(default=0.0, metadata={"help": "peak learning rate (default 1e-3 from scratch, 2e-5 with --init-from)"})
+    lr: float = field(default=0.0, metadata={"help": "peak learning rate (default: the preset's recipe from scratch, small 3e-3, else 1e-3; 2e-5 with --init-from)"})
     warmup: int = field(default=200, metadata={"help": "linear warmup steps"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorms)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
