@@ -216,3 +216,23 @@ def test_vq_and_gmm_resume_exactly_and_log_usage(corpus, tmp_path, family, capsy
     assert len(model.sample(2)) == 2
     assert "for --latent vq" in _error(base_args(corpus, tmp_path / "x", "--codebook-size", "8"), capsys)
     assert "--latent gmm" in _error(base_args(corpus, tmp_path / "y", "--latent", "gaussian", "--mi-weight", "0"), capsys)
+
+
+def _loss_curve(out):
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl", encoding="utf-8")]
+    return torch.tensor([r["loss"] for r in rows if "split" not in r])
+
+
+@pytest.mark.parametrize("precision, rtol", [("fp32", 1e-3), ("bf16", 0.05)])
+def test_every_cpu_backend_trains_the_same_loss_curve(corpus, tmp_path, precision, rtol):
+    """A training run with each backend that can train on CPU (flex cannot: no CPU backward) gives
+    eager's loss curve: to float round-off in fp32, within bf16 noise under bf16 autocast."""
+    curves = {}
+    for attn in ("eager", "sdpa", "split"):
+        out = tmp_path / attn
+        train.main(base_args(corpus, out, "--max-steps", "30", "--log-every", "1", "--attn", attn, "--precision", precision))
+        curves[attn] = _loss_curve(out)
+    eager = curves["eager"]
+    assert len(eager) == 30 and eager[-5:].mean() < eager[:5].mean() - 0.2  # a real curve: it learned
+    for attn in ("sdpa", "split"):
+        torch.testing.assert_close(curves[attn], eager, rtol=rtol, atol=0, msg=f"{attn} vs eager, {precision}")
