@@ -151,6 +151,30 @@ def test_generate_compiled_equals_eager(hf_dirs, fresh_dynamo):
         G.Decoding(compile_step=True, use_cache=False)
 
 
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_batches_reuse_one_cached_decoder(hf_dirs, monkeypatch, beam_size):
+    """decode_ids builds one CachedDecoder and resets it in place for every later batch of the same
+    size (a CUDA graph then replays in the same buffers); a smaller last batch gets its own. The
+    text is what one fresh decoder per sentence gives."""
+    model = _model(hf_dirs, "bert", "sdpa")
+    torch.manual_seed(16)
+    z = model.sample_prior(7)
+    built = []
+
+    class Counting(G.CachedDecoder):
+        def __init__(self, *a, **k):
+            built.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(G, "CachedDecoder", Counting)
+    batched = model.generate(z, batch_size=3, beam_size=beam_size)
+    assert len(built) == 2  # rows 0-2 and 3-5 share one decoder; row 6 is a batch of one
+    assert batched == [model.generate(z[i:i + 1], beam_size=beam_size)[0] for i in range(7)]
+    decoder = G.CachedDecoder(model, z[:3])
+    with pytest.raises(ValueError, match="3 rows"):
+        decoder.reset(z[:2])
+
+
 # ----------------------------------------------------------------------------- strategies
 
 SPECIAL = {"cls": 2, "sep": 3, "pad": 0, "banned": [0, 2]}

@@ -69,7 +69,9 @@ class CachedDecoder:
     CUDA graphs; CPU: Inductor). The step takes t as a tensor and gathers everything that depends
     on it (position, rotary rows, mask row, cache slot) by index, and the cache is updated in place,
     so every step has the same shapes, strides and buffers: one graph for all t, compiled on the
-    first call (per batch shape N), never recompiled from one step to the next.
+    first call (per batch shape N), never recompiled from one step to the next. `reset(z)` starts
+    the next batch of the same size in the same buffers (decode_ids does), so under CUDA graphs a
+    new batch replays the recorded graph instead of recording another.
     """
 
     def __init__(self, model, z, compile_step=False):
@@ -86,12 +88,8 @@ class CachedDecoder:
         self.steps = torch.arange(c.maxlen, device=device)  # step t's index as a tensor: self.steps[t:t + 1]
         self.positions = c.maxlen + self.steps  # target t at maxlen + t
         self.rope = tr.rope(self.positions)  # None for BERT, else (cos, sin) each (maxlen, D)
-        rope0 = tr.rope(torch.zeros(1, dtype=torch.long, device=device))
-        zs = model.split_z(z)
-        for l, j in model.latent_index.items():
-            cls = model.up[j](zs[j].to(dtype))[:, None]  # (N, 1, d): the [CLS] input that z_j replaces
-            k, v = tr.layers[l].project_kv(cls, rope0)
-            self.caches[l].update(self.steps[:1], k, v)  # slot 0
+        self.rope0 = tr.rope(torch.zeros(1, dtype=torch.long, device=device))
+        self.reset(z)
         self.compiled = compile_step
         self.step = self._step
         if compile_step:
@@ -102,6 +100,26 @@ class CachedDecoder:
                 self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
             else:
                 self.step = torch.compile(self._step, dynamic=False)
+
+    @property
+    def rows(self):
+        return self.caches[0].k.shape[0]
+
+    def reset(self, z):
+        """Start over from new codes z (same number of rows), in the same buffers: a compiled step's
+        CUDA graph replays for the next batch instead of being recorded again."""
+        if z.shape[0] != self.rows:
+            raise ValueError(f"reset needs {self.rows} rows of z, got {z.shape[0]}")
+        tr = self.model.transformer
+        for cache in self.caches:
+            cache.k.zero_()
+            cache.v.zero_()
+        zs = self.model.split_z(z)
+        for l, j in self.model.latent_index.items():
+            cls = self.model.up[j](zs[j].to(self.caches[l].k.dtype))[:, None]  # (N, 1, d): the [CLS] input that z_j replaces
+            k, v = tr.layers[l].project_kv(cls, self.rope0)
+            self.caches[l].update(self.steps[:1], k, v)  # slot 0
+        self.t = 0
 
     def __call__(self, prefix):
         t = prefix.shape[1] - 1
@@ -328,14 +346,18 @@ def decode_ids(model, z, opts):
         raise ValueError(f"z must have shape (N, {c.latent_dim}), got {tuple(z.shape)}")
     special = _special(model.tokenizer)
     make = partial(CachedDecoder, compile_step=opts.compile_step) if opts.use_cache else RecomputeDecoder
-    out = []
+    out, decoder = [], None
     for zb in z.to(model.device).split(opts.batch_size):
         N, K = zb.shape[0], opts.beam_size
+        rows = zb.repeat_interleave(K, dim=0) if K > 1 else zb
+        if opts.use_cache and decoder is not None and decoder.rows == rows.shape[0]:
+            decoder.reset(rows)  # one set of cache buffers for every full batch
+        else:
+            decoder = make(model, rows)
         if K > 1:
-            decoder = make(model, zb.repeat_interleave(K, dim=0))
             out += beam_search(decoder, N, K, c.maxlen, special, opts, zb.device)
         else:
-            prefix = greedy_or_sample(make(model, zb), N, c.maxlen, special, opts, zb.device)
+            prefix = greedy_or_sample(decoder, N, c.maxlen, special, opts, zb.device)
             out += [row[1:] for row in prefix.tolist()]
     return [_strip(ids, special["sep"], special["pad"]) for ids in out]
 
