@@ -56,8 +56,8 @@ class KVCache:
 class CachedDecoder:
     """z (N, latent_dim) -> next-token logits, one new token per call, O(maxlen) work per token.
 
-    Slot 0 of each latent layer's cache holds project_kv(up_j(z_j)) at position 0, written once
-    here. In lower layers slot 0 stays zero: the independent mask hides it from every target query
+    Slot 0 of each latent layer's cache holds project_kv(up_j(z_j)) at position 0, written by
+    reset(z). In lower layers slot 0 stays zero: the independent mask hides it from every target query
     (zeros, not garbage, because the dense backends still multiply masked keys).
 
     Attention backend: eager runs as eager; every other backend runs its steps with sdpa on the
@@ -106,8 +106,7 @@ class CachedDecoder:
         return self.caches[0].k.shape[0]
 
     def reset(self, z):
-        """Start over from new codes z (same number of rows), in the same buffers: a compiled step's
-        CUDA graph replays for the next batch instead of being recorded again."""
+        """Start over from new codes z (same number of rows), in the same buffers."""
         if z.shape[0] != self.rows:
             raise ValueError(f"reset needs {self.rows} rows of z, got {z.shape[0]}")
         tr = self.model.transformer
@@ -124,9 +123,10 @@ class CachedDecoder:
     def __call__(self, prefix):
         t = prefix.shape[1] - 1
         assert t == self.t, f"the cached decoder takes one new token per call (expected prefix length {self.t + 1})"
-        # (N, 1) with the same strides at every t: a compiled step guards on strides, and the view
-        # prefix[:, -1:] has stride t + 1 (.contiguous() would keep it when N = 1)
-        tok = prefix[:, -1:].clone(memory_format=torch.contiguous_format)
+        tok = prefix[:, -1:]  # (N, 1)
+        if self.compiled:  # the same strides at every t: a compiled step guards on strides, and the
+            # view has stride t + 1 (.contiguous() would keep it when N = 1)
+            tok = tok.clone(memory_format=torch.contiguous_format)
         logits = self.step(tok, self.steps[t:t + 1])
         self.t += 1
         # a CUDA graph's output buffer is overwritten by the next replay, and callers edit logits in place
