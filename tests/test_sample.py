@@ -17,22 +17,38 @@ import sample  # noqa: E402  (the CLI at the repo root)
 SENTENCES = ["牙龈出血要吃什么药？", "今天天气很好", "我喜欢iphone手机", "这是一个测试句子。", "他在家里看书"]
 
 
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory):
-    """A debug-preset model overfitted on SENTENCES for 80 steps (~1 s), so that z matters and
-    reconstructions are real sentences; untrained, every code decodes to the same string."""
-    vocab = char_vocab(SENTENCES)
-    torch.manual_seed(0)
-    model = univae.UniVAE(univae.preset("debug", vocab_size=len(vocab)), build_tokenizer(vocab))
-    x, tt = join(encode_texts(model.tokenizer, SENTENCES, model.config.maxlen)[0])
+def _train_until_reconstructed(model, texts, max_steps=1000, check_every=20):
+    """Overfit `model` on `texts` until greedy decoding reconstructs every one exactly: the state the
+    tests below rely on, verified rather than assumed. Where a fixed number of steps lands differs
+    between CPU kinds (bf16/AMX vs AVX-512 float paths), so train to the state, not for a count. The
+    decoder reads the posterior mean (sample=False), which converges in ~100 steps for any seed; with
+    fixed-kappa samples some seeds never separate the sentences in 1000."""
+    x, tt = join(encode_texts(model.tokenizer, texts, model.config.maxlen)[0])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(80):
-        loss = model(x, tt).loss
+    for step in range(1, max_steps + 1):
+        loss = model(x, tt, sample=False).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step % check_every == 0:
+            model.eval()
+            done = model.reconstruct(texts) == texts
+            model.train()
+            if done:
+                return step
+    raise AssertionError(f"the fixture model did not learn to reconstruct {texts} in {max_steps} steps")
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """A debug-preset model overfitted on SENTENCES until every one reconstructs exactly (~100 steps,
+    under a second), so that z matters; untrained, every code decodes to the same string."""
+    vocab = char_vocab(SENTENCES)
+    torch.manual_seed(0)
+    model = univae.UniVAE(univae.preset("debug", vocab_size=len(vocab)), build_tokenizer(vocab))
+    _train_until_reconstructed(model, SENTENCES)
     directory = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(directory)
+    model.eval().save_pretrained(directory)
     return str(directory)
 
 
@@ -70,12 +86,11 @@ def test_cached_and_recompute_agree(capsys, ckpt):
 def test_reconstruct_args_file_and_stdin(capsys, ckpt, tmp_path, monkeypatch):
     lines = run_json(capsys, ckpt, "--reconstruct", *SENTENCES[:3])
     assert [(r["mode"], r["input"]) for r in lines] == [("reconstruct", s) for s in SENTENCES[:3]]
-    assert sum(r["output"] == r["input"] for r in lines) >= 2  # overfitted; detokenised without stray spaces
-    lines = lines[:2]
+    assert [r["output"] for r in lines] == SENTENCES[:3]  # the fixture's verified state; no stray spaces
     f = tmp_path / "in.txt"
     f.write_text("\n".join(SENTENCES[:3]) + "\n\n", encoding="utf-8")
     from_file = run_json(capsys, ckpt, "--input", str(f))
-    assert [r["input"] for r in from_file] == SENTENCES[:3] and from_file[:2] == lines
+    assert from_file == lines
     import io
     monkeypatch.setattr(sys, "stdin", io.StringIO(SENTENCES[0] + "\n"))
     assert run_json(capsys, ckpt, "--input", "-") == lines[:1]
