@@ -513,7 +513,7 @@ def layer_span(model, j):
     return f"{j * k}:{(j + 1) * k}"
 
 
-def edit_z(model, z, dims, n, component=None):
+def edit_z(model, z, dims, n, component=None, prior="auto"):
     """n copies of z (D,) with `dims` replaced by the same dims of fresh prior draws (gmm: from
     mixture `component` if given).
 
@@ -527,7 +527,7 @@ def edit_z(model, z, dims, n, component=None):
         index = (index[:, None] * k + torch.arange(k)).flatten()
     index = index.to(z.device)
     out = z.reshape(1, -1).expand(n, -1).clone()
-    out[:, index] = model.sample_prior(n, z.device, component=component)[:, index].to(out.dtype)
+    out[:, index] = model.sample_prior(n, z.device, component=component, prior=prior)[:, index].to(out.dtype)
     if _space(model) == "sphere":
         k = model.config.z_dim
         for j in range(model.config.num_latent_layers):
@@ -611,18 +611,19 @@ def reconstruct(model, texts, return_z=False, **decoding):
     return (out, z) if return_z else out
 
 
-def sample(model, n, return_z=False, component=None, **decoding):
-    """n sentences decoded from prior draws (gmm: from mixture `component` if given)."""
+def sample(model, n, return_z=False, component=None, prior="auto", **decoding):
+    """n sentences decoded from prior draws (model.sample_prior: `prior` auto, fitted or uniform;
+    gmm: from mixture `component` if given)."""
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     with _inference(model, opts.seed):
-        z = model.sample_prior(n, component=component)
+        z = model.sample_prior(n, component=component, prior=prior)
         out = _texts(model, z, opts)
     return (out, z) if return_z else out
 
 
-def edit(model, text, dims, n, return_z=False, component=None, **decoding):
+def edit(model, text, dims, n, return_z=False, component=None, prior="auto", **decoding):
     """n variants of `text` with the latent `dims` (see parse_dims; VQ: code positions) redrawn from
     the prior (gmm: from mixture `component` if given)."""
     opts = Decoding(**decoding)
@@ -630,7 +631,7 @@ def edit(model, text, dims, n, return_z=False, component=None, **decoding):
         raise ValueError(f"n must be at least 1, got {n}")
     with _inference(model, opts.seed):
         z, _ = posterior(model, [text])
-        z = edit_z(model, z[0], dims, n, component=component)
+        z = edit_z(model, z[0], dims, n, component=component, prior=prior)
         out = _texts(model, z, opts)
     return (out, z) if return_z else out
 

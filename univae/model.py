@@ -236,6 +236,9 @@ class UniVAE(nn.Module):
             nn.init.normal_(m.weight, std=code_sq_norm ** -0.5)
         # layer index -> index of its latent (only latent layers appear)
         self.latent_index = {l: j for j, l in enumerate(config.latent_layers)}
+        # A density fitted to the training set's posterior codes (univae.prior), saved beside the
+        # weights; sampling and edits draw from it when present (DESIGN.md, "Sampling and editing").
+        self.fitted_prior = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -423,11 +426,20 @@ class UniVAE(nn.Module):
         h, _, _ = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z)
         return self.transformer.logits(h[:, 1:])
 
-    def sample_prior(self, n, device=None, component=None):
-        """n codes from the prior, (n, n_latent*z_dim). component (gmm only): the mixture component
-        every layer draws from, or one per latent layer (a list); default: drawn from p(c)."""
+    def sample_prior(self, n, device=None, component=None, prior="auto"):
+        """n codes from the prior, (n, n_latent*z_dim). prior: "fitted" (the density fitted to the
+        training codes, univae.prior), "uniform" (the training prior: uniform on each vMF sphere,
+        N(0, I), uniform codes, the gmm's own mixture) or "auto" (fitted when the model has one).
+        component (gmm only, training prior): the mixture component every layer draws from, or one
+        per latent layer (a list); default: drawn from p(c)."""
         device = device or self.device
         n_latent = self.config.num_latent_layers
+        if prior not in ("auto", "fitted", "uniform"):
+            raise ValueError(f"prior must be auto, fitted or uniform, got {prior!r}")
+        if prior == "fitted" and self.fitted_prior is None:
+            raise ValueError("this checkpoint has no fitted prior (python -m univae.prior --checkpoint DIR fits one)")
+        if prior != "uniform" and self.fitted_prior is not None and component is None:
+            return self.fitted_prior.sample(n).to(device)
         if component is None:
             return torch.cat([self.family.prior(n, device, layer=j) for j in range(n_latent)], dim=-1)
         if self.config.latent != "gmm":
