@@ -166,11 +166,14 @@ def load_model(args):
     path = args.checkpoint
     if not os.path.exists(path):
         raise CLIError(f"no checkpoint at {path}: train one with `python train.py` (or pass --checkpoint DIR)")
+    from univae.checkpoint import read_config
+
     try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            is_univae = "univae" in json.load(f)
-    except (OSError, ValueError, TypeError):
+        is_univae = "univae" in read_config(path)
+    except FileNotFoundError:
         is_univae = False
+    except ValueError as e:  # truncated or corrupt config.json, named
+        raise CLIError(f"cannot load checkpoint: {e}") from None
     if not is_univae:
         raise CLIError(f"{path} is not a univae checkpoint (no config.json with a \"univae\" section)")
     try:

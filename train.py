@@ -6,7 +6,10 @@
     torchrun --nproc-per-node 2 train.py ...          # DistributedDataParallel, one data shard per rank
 
 Flags come from univae.config (TrainConfig, and UniVAEConfig for the VAE fields), so a flag and a
-field never disagree.
+field never disagree. One run per --out at a time (OUT/.lock holds its pid); --keep-last N keeps
+the newest N step-N checkpoints. The steps, in order: settle the settings (a pure function), load
+the data, build the model, objective and optimiser, then Trainer.fit runs the loop and show()
+prints a few reconstructions, samples and an edit.
 """
 import argparse
 import contextlib
@@ -14,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -30,7 +32,8 @@ from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
 from univae.objective import VAEObjective
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
-from univae.training import evaluate, load_training_state, lr_at, param_groups, save_checkpoint
+from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate,
+                             load_training_state, lr_at, param_groups, prune_checkpoints, save_checkpoint)
 
 # VAE fields a user may set on top of a preset or an --init-from checkpoint (UniVAEConfig names).
 MODEL_FLAGS = {
@@ -55,11 +58,20 @@ DEFAULT_TIME_BUDGET = 480.0  # seconds of training when no stopping flag is give
 BUCKET = 16  # length-sort within groups of 16 batches, then trim each batch (see trim_length)
 
 
+class SettingsError(ValueError):
+    """A bad flag or combination of flags: printed as one line, exit status 2."""
+
+
+def fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def trim_length(longest, maxlen, multiple=8):
     """Half length for a batch whose longest sentence has `longest` tokens: rounded up to a
     multiple of 8 so that torch.compile sees at most maxlen/8 shapes. Exact: the model keeps
     target positions at maxlen + t (UniVAE.forward)."""
-    return min(maxlen, -(-longest // multiple) * multiple)  # seconds; used when no stopping flag is given (the default run must end in 10 min)
+    return min(maxlen, -(-longest // multiple) * multiple)
 
 
 def parse_args(argv):
@@ -80,9 +92,71 @@ def parse_args(argv):
     return given, not argv
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+# ---------------------------------------------------------------------------------------------- settings
+
+def resume_dir_of(given):
+    """The checkpoint --resume names (OUT/last for the bare flag), or None without --resume."""
+    if "resume" not in given:
+        return None
+    return os.path.join(given.get("out", TrainConfig.out), "last") if given["resume"] == "last" else given["resume"]
+
+
+def settle(given, saved_args=None):
+    """The run's settings from the flags the user gave and, when resuming, the checkpoint's saved
+    train_args: (TrainConfig, model_overrides). Pure: reads no file, touches nothing.
+
+    Precedence, lowest first: TrainConfig's defaults, the preset's measured recipe (from scratch
+    only), the resumed run's own arguments, the flags. Without a stopping flag the run gets the
+    default time budget. Raises SettingsError naming the flag."""
+    resuming = "resume" in given
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    recipe = {} if (resuming or given.get("init_from")) else PRESET_TRAINING.get(given.get("preset", TrainConfig.preset), {})
+    merged = {**recipe, **{k: v for k, v in (saved_args or {}).items() if k in train_fields},
+              **{k: v for k, v in given.items() if k in train_fields}}
+    if not any(merged.get(k) for k in ("max_steps", "epochs", "time_budget")):
+        merged["time_budget"] = DEFAULT_TIME_BUDGET
+    try:
+        cfg = TrainConfig(**merged)
+    except (TypeError, ValueError) as e:
+        raise SettingsError(str(e)) from None
+    model_overrides = {k: v for k, v in given.items() if k in MODEL_FLAGS}
+    latent = model_overrides.get("latent", "vmf")
+    for name, family in FAMILY_FLAGS.items():  # (a resumed run keeps its checkpoint's model fields anyway)
+        if name in model_overrides and latent != family and not resuming:
+            raise SettingsError(f"--{name.replace('_', '-')} is for --latent {family}, not --latent {latent}")
+    if cfg.precision == "fp16" and cfg.device == "cpu":
+        raise SettingsError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    if cfg.init_from and "preset" in given:
+        raise SettingsError(f"--preset {given['preset']} contradicts --init-from {cfg.init_from}: "
+                            "the checkpoint fixes the architecture")
+    if cfg.preset not in PRESETS:
+        raise SettingsError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    return cfg, model_overrides
+
+
+def pick_device(cfg, local_rank):
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SettingsError(f"--device {cfg.device}: CUDA is not available on this machine")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise SettingsError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return device
+
+
+def model_maxlen(cfg, model_overrides, resume_dir):
+    """maxlen of the model this run will train, before any data work (so bad flags fail fast).
+    With --init-from the VAE fields default to UniVAEConfig's, the reference script's settings."""
+    if resume_dir:
+        return read_config(resume_dir)["univae"]["maxlen"]
+    if cfg.init_from:
+        raw = read_config(cfg.init_from)
+        if "univae" in raw:
+            raise SettingsError(f"--init-from {cfg.init_from} is a univae checkpoint; use --resume to continue training it")
+        return from_hf_config(raw, **model_overrides).maxlen
+    return preset(cfg.preset, **model_overrides).maxlen
 
 
 def setup_distributed():
@@ -94,6 +168,301 @@ def setup_distributed():
     return rank, world, local
 
 
+# ---------------------------------------------------------------------------------------------- building
+
+def load_data(cfg, maxlen, log):
+    """The corpus, cut to maxlen - 2 characters per piece, as train / val / test splits."""
+    sentences, stats = D.load_sentences(cfg.corpus, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
+    if cfg.val:
+        val_sentences, _ = D.load_sentences(cfg.val, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
+        splits = D.split(sentences, seed=cfg.split_seed, val_fraction=0.0)
+        splits["val"] = val_sentences
+    else:
+        splits = D.split(sentences, seed=cfg.split_seed)
+    log(f"corpus {cfg.corpus}: {stats['lines']} lines, {stats['sentences']} sentences "
+        f"({stats['duplicates']} duplicates dropped, {stats['skipped']} bad lines skipped) -> "
+        f"train {len(splits['train'])} / val {len(splits['val'])} / test {len(splits['test'])}")
+    for message in stats["problems"]:
+        log(f"  skipped {message}")
+    return splits
+
+
+def build_model(cfg, model_overrides, resume_dir, train_sentences):
+    """Resumed, fine-tuned from a HF checkpoint, or a fresh preset with the corpus's characters as vocab."""
+    if resume_dir:
+        return UniVAE.from_pretrained(resume_dir, **{k: v for k, v in model_overrides.items() if k == "attn"})
+    if cfg.init_from:
+        return UniVAE.from_pretrained(cfg.init_from, **model_overrides)
+    vocab = char_vocab(train_sentences, min_count=cfg.min_char_count)
+    tokenizer = build_tokenizer(vocab)
+    tokenizer.do_lower_case = True
+    return UniVAE(preset(cfg.preset, **{**model_overrides, "vocab_size": len(vocab)}), tokenizer)
+
+
+def describe(model, n_unk, n_unk_val, n_trunc):
+    c = model.config
+    return (f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+            f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
+            + (f" kappa {c.kappa:g}" if c.latent == "vmf" else "")
+            + (f" codebook {c.codebook_size} ({c.vq_distance})" if c.latent == "vq" else "")
+            + (f" {c.mixture_components} components" if c.latent == "gmm" else "")
+            + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated")
+
+
+def describe_eval(metrics, c):
+    return (f"val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
+            + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
+            + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else "")
+            + (", codebook perplexity " + "/".join(f"{p:.1f}" for p in metrics["codebook"]["perplexity"])
+               + ", used " + "/".join(f"{u:.2f}" for u in metrics["codebook"]["used_fraction"]) if "codebook" in metrics else "")
+            + (", component entropy " + "/".join(f"{h:.2f}" for h in metrics["mixture"]["usage_entropy"])
+               + ", I(x;c) " + "/".join(f"{i:.2f}" for i in metrics["mixture"]["mi_c"]) if "mixture" in metrics else ""))
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """One run's moving parts and its loop: `train_step`, `evaluate`, `save`, `fit`.
+
+    State that a resume must restore (optimiser, data position, RNG, step, elapsed time, objective,
+    skipped-step count) goes through `training_state` / `load_state`; everything else is rebuilt."""
+
+    def __init__(self, cfg, model, objective, optimizer, batches, splits, val_ids, out, device, rank=0, world=1,
+                 lr=1e-3, run_args=None):
+        self.cfg, self.model, self.objective, self.optimizer, self.batches = cfg, model, objective, optimizer, batches
+        self.splits, self.val_ids, self.out, self.device, self.rank, self.world = splits, val_ids, out, device, rank, world
+        self.master = rank == 0
+        self.lr, self.run_args = lr, run_args or {}
+        self.extra_params = list(objective.parameters())  # the BoW heads, if any: trained with the model
+        net = model
+        if cfg.compile:  # trim_length gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
+            net = torch.compile(model, dynamic=False)
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = net
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.step, self.elapsed, self.skipped, self.bad_in_a_row = 0, 0.0, 0, 0
+        self.max_steps = cfg.max_steps or math.inf
+        if cfg.epochs:
+            self.max_steps = min(self.max_steps, math.ceil(cfg.epochs * batches.steps_per_epoch))
+        self.budget = cfg.time_budget or math.inf
+        self.stop_signal = []
+        self.metrics_file = self.writer = None
+
+    def log(self, *a):
+        if self.master:
+            print(*a, flush=True)
+
+    # -------------------------------------------------------------- state
+
+    def training_state(self):
+        rng = torch.get_rng_state()
+        if self.world > 1:  # every rank's dropout/latent stream, so a resumed DDP run continues exactly
+            gathered = [torch.empty_like(rng) for _ in range(self.world)]
+            dist.all_gather(gathered, rng)
+            rng = torch.stack(gathered)
+        s = {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped,
+             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(), "rng": {"cpu": rng}}
+        if self.objective.state_dict():  # BoW heads, MDR multiplier
+            s["objective"] = self.objective.state_dict()
+        if self.device.type == "cuda":
+            s["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return s
+
+    def load_state(self, state):
+        try:  # a run resumed with other --bow-weight / --target-rate has other optimiser groups and state
+            self.objective.load_state_dict(state.get("objective", {}))
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            raise SettingsError(f"--resume: the checkpoint was trained with another --bow-weight or --target-rate "
+                                f"({str(e).splitlines()[0]}); resume with the flags it was trained with") from None
+        self.batches.load_state_dict(state["data"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.skipped = int(state.get("skipped_steps", 0))
+        cpu = state["rng"]["cpu"]
+        torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    # -------------------------------------------------------------- one step, evaluation, saving
+
+    def train_step(self, progress):
+        """One optimiser step on the next batch -> (logs, real tokens seen). A step whose loss or
+        gradient is not finite changes no weight and no optimiser state: it is skipped and counted."""
+        c, cfg = self.model.config, self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, progress, self.lr, cfg.warmup)
+        src = self.batches.next_batch()
+        real = src.ne(c.pad_token_id)  # on the CPU copy: no device sync
+        tokens = int(real.sum()) * 2 * self.world
+        src = src[:, :trim_length(int(real.sum(1).max()), c.maxlen)].to(self.device, non_blocking=True)
+        input_ids, token_type_ids = D.join(src)
+        with self.autocast:
+            out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout)
+            loss, logs = self.objective(out, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.world > 1:  # DDP averages the model's gradients; the objective's BoW heads are outside it
+            for p in self.extra_params:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+        self.scaler.unscale_(self.optimizer)
+        params = [*self.model.parameters(), *self.extra_params]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+        finite = torch.isfinite(loss) & (torch.isfinite(grad_norm) | self.scaler.is_enabled())  # fp16: the scaler skips inf grads itself
+        if self.world > 1:  # every rank skips the same steps
+            finite = finite.float()
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite):  # one host sync per step: the price of never applying a NaN
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.objective.update_multiplier(out.kl)
+            self.bad_in_a_row = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.bad_in_a_row += 1
+            self.log(f"step {self.step + 1}: non-finite loss or gradient (loss {loss.detach().item():.4g}), step skipped "
+                     f"({self.bad_in_a_row} in a row, {self.skipped} in all)")
+            if self.bad_in_a_row >= cfg.max_bad_steps:
+                last = os.path.realpath(os.path.join(self.out, "last"))
+                raise TrainingError(
+                    f"{self.bad_in_a_row} non-finite steps in a row at step {self.step + 1}; stopped without saving "
+                    + (f"({self.out}/last is still {os.path.basename(last)}). " if os.path.exists(last) else ". ")
+                    + "Lower --lr, keep --grad-clip on, or try --precision fp32")
+        self.step += 1
+        return logs, tokens
+
+    def evaluate(self):
+        if self.master:
+            metrics, _ = evaluate(self.model, self.val_ids, self.splits["val"], self.cfg.eval_sentences,
+                                  autocast=self.autocast, au_delta=self.cfg.au_delta)
+            self.record({"step": self.step, "split": "val", **metrics})
+            self.log(f"step {self.step} " + describe_eval(metrics, self.model.config))
+            warning = collapse_warning(metrics, self.model.config, self.cfg.au_delta)
+            if warning:
+                self.log(warning)
+        if self.world > 1:
+            dist.barrier()
+
+    def save(self):
+        """step-N, then `last` -> step-N, then prune to --keep-last. Weights that are not finite are
+        never written; a failed write leaves `last` at the previous complete checkpoint."""
+        if not all_finite(self.model):
+            raise TrainingError(f"the weights at step {self.step} are not finite; not saved "
+                                  f"({self.out}/last is unchanged)")
+        state = self.training_state()
+        if self.master:
+            path = save_checkpoint(self.out, self.step, self.model, state, self.run_args)
+            self.log(f"saved {path}")
+            for gone in prune_checkpoints(self.out, self.cfg.keep_last):
+                self.log(f"removed {gone} (--keep-last {self.cfg.keep_last})")
+        if self.world > 1:
+            dist.barrier()
+
+    def record(self, row):
+        if not self.master:
+            return
+        self.metrics_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.metrics_file.flush()
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.writer.add_scalar(f"{row.get('split', 'train')}/{k}", v, row["step"])
+
+    # -------------------------------------------------------------- the loop
+
+    def should_stop(self):
+        stop = self.elapsed >= self.budget or bool(self.stop_signal)
+        if self.world > 1:  # every rank stops at the same step
+            flag = torch.tensor(float(stop))
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def progress(self):
+        """Fraction of the run done, by steps or time, whichever is further (the lr schedule's clock)."""
+        return max(self.step / self.max_steps if self.max_steps < math.inf else 0.0,
+                   self.elapsed / self.budget if self.budget < math.inf else 0.0)
+
+    def fit(self):
+        """Train until max steps, the time budget or a signal; then save and evaluate once more.
+        Returns why it stopped."""
+        cfg = self.cfg
+        elapsed_before, t_start = self.elapsed, time.time()
+        progress = Progress(self, enabled=self.master)
+        limits = ([f"{self.budget:.0f}s"] if self.budget < math.inf else []) + (
+            [f"{self.max_steps} steps"] if self.max_steps < math.inf else [])
+        self.log(f"training on {self.device} ({cfg.precision}, attn {self.model.backend(self.device)})"
+                 + (f" for at most {' / '.join(limits)}" if limits else ""))
+        while self.step < self.max_steps:
+            self.elapsed = elapsed_before + time.time() - t_start
+            if self.should_stop():
+                break
+            logs, tokens = self.train_step(self.progress())
+            progress.update(tokens)
+            if self.step % cfg.log_every == 0:
+                row = {"step": self.step, **{k: float(v) for k, v in logs.items()},
+                       "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": progress.tokens_per_s()}
+                if self.skipped:
+                    row["skipped_steps"] = self.skipped
+                self.record(row)
+                progress.show(row)
+            if self.step % cfg.eval_every == 0:
+                self.evaluate()
+            if self.step % cfg.save_every == 0:
+                self.save()
+        progress.close()
+        self.elapsed = elapsed_before + time.time() - t_start
+        why = "signal" if self.stop_signal else ("time budget" if self.elapsed >= self.budget else "max steps")
+        self.log(f"stopped at step {self.step} ({why}, {self.elapsed:.0f}s of training"
+                 + (f", {self.skipped} non-finite steps skipped" if self.skipped else "") + ")")
+        self.save()
+        if self.step % cfg.eval_every or self.step == 0:
+            self.evaluate()
+        return why
+
+
+class Progress:
+    """On a terminal a tqdm bar; elsewhere (a log file, CI) one plain line per --log-every row."""
+
+    def __init__(self, trainer, enabled):
+        self.trainer, self.enabled = trainer, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        total = None if trainer.max_steps == math.inf else trainer.max_steps
+        self.bar = tqdm(total=total, initial=trainer.step, desc="train", dynamic_ncols=True, file=sys.stderr) if self.tty else None
+        self.tokens, self.t = 0, time.time()
+
+    def update(self, tokens):
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def tokens_per_s(self):
+        """Real tokens per second since the last row (and restart the count)."""
+        now = time.time()
+        rate = self.tokens / max(now - self.t, 1e-9)
+        self.tokens, self.t = 0, now
+        return rate
+
+    def show(self, row):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['kl']:.1f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        elif self.enabled:
+            t = self.trainer
+            total = "" if t.max_steps == math.inf else f"/{t.max_steps}"
+            print(f"step {row['step']}{total}  loss {row['loss']:.3f}  ce {row['ce']:.3f}  kl {row['kl']:.1f}  "
+                  f"lr {row['lr']:.2e}  {row['tokens_per_s']:.0f} tok/s  {t.elapsed:.0f}s", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- main
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     given, default_run = parse_args(argv)
@@ -101,300 +470,101 @@ def main(argv=None):
     master = rank == 0
     log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
 
-    # ------------------------------------------------------------------ settle every setting before touching --out
-    resume_dir = None
-    saved_args = {}
-    if "resume" in given:
-        out = given.get("out", TrainConfig.out)
-        resume_dir = os.path.join(out, "last") if given["resume"] == "last" else given["resume"]
-        if not os.path.isdir(resume_dir):
-            fail(f"--resume: no checkpoint at {resume_dir} (nothing to resume)")
-        try:
-            state, saved_args = load_training_state(resume_dir)
-        except (FileNotFoundError, ValueError) as e:
-            fail(f"--resume: {e}")
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    recipe = {} if ("resume" in given or given.get("init_from")) else PRESET_TRAINING.get(given.get("preset", TrainConfig.preset), {})
-    merged = {**recipe, **{k: v for k, v in saved_args.items() if k in train_fields},
-              **{k: v for k, v in given.items() if k in train_fields}}
-    if not any(merged.get(k) for k in ("max_steps", "epochs", "time_budget")):
-        merged["time_budget"] = DEFAULT_TIME_BUDGET
+    # settle every setting, and fail on a bad one, before touching --out
+    resume_dir, state, saved_args = resume_dir_of(given), None, {}
+    out = given.get("out", TrainConfig.out)
+    lock = RunLock(out)
     try:
-        cfg = TrainConfig(**merged)
-    except (TypeError, ValueError) as e:
-        fail(str(e))
-    model_overrides = {k: v for k, v in given.items() if k in MODEL_FLAGS}
-    latent = model_overrides.get("latent", "vmf")
-    for name, family in FAMILY_FLAGS.items():  # (a resumed run keeps its checkpoint's model fields anyway)
-        if name in model_overrides and latent != family and not resume_dir:
-            fail(f"--{name.replace('_', '-')} is for --latent {family}, not --latent {latent}")
-
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            fail(f"--device {cfg.device}: CUDA is not available on this machine")
-    if cfg.precision == "fp16" and device.type != "cuda":
-        fail("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    if cfg.init_from and "preset" in given:
-        fail(f"--preset {given['preset']} contradicts --init-from {cfg.init_from}: the checkpoint fixes the architecture")
-    if cfg.preset not in PRESETS:
-        fail(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
-
-    # the config, before any data work, so that bad flags fail fast. With --init-from the VAE
-    # fields default to UniVAEConfig's, which are the reference script's settings (from_hf_config).
-    try:
+        if master:
+            lock.check()  # a live run on this --out: refuse at once, before reading or writing anything
         if resume_dir:
-            maxlen = read_config(resume_dir)["univae"]["maxlen"]
-        elif cfg.init_from:
-            raw = read_config(cfg.init_from)
-            if "univae" in raw:
-                fail(f"--init-from {cfg.init_from} is a univae checkpoint; use --resume to continue training it")
-            maxlen = from_hf_config(raw, **model_overrides).maxlen
-        else:
-            maxlen = preset(cfg.preset, **model_overrides).maxlen
-    except (FileNotFoundError, ValueError) as e:
+            if not os.path.isdir(resume_dir):
+                raise SettingsError(f"--resume: no checkpoint at {resume_dir} (nothing to resume)")
+            try:
+                state, saved_args = load_training_state(resume_dir)
+            except (FileNotFoundError, ValueError) as e:
+                raise SettingsError(f"--resume: {e}") from None
+        cfg, model_overrides = settle(given, saved_args)
+        device = pick_device(cfg, local_rank)
+        maxlen = model_maxlen(cfg, model_overrides, resume_dir)
+    except (RunLocked, FileNotFoundError, ValueError) as e:  # SettingsError is a ValueError
         fail(str(e))
-
-    out = cfg.out
     resuming_in_place = bool(resume_dir) and os.path.realpath(out) == os.path.dirname(os.path.realpath(resume_dir))
-    replace_out = master and not resuming_in_place and os.path.isdir(out) and bool(os.listdir(out))
+    replace_out = master and not resuming_in_place and os.path.isdir(out) and bool(RunLock.contents(out))
     if replace_out and not (cfg.overwrite or default_run):
         fail(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
 
-    # ------------------------------------------------------------------ data
+    # data, model, objective, optimiser
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     try:
-        sentences, stats = D.load_sentences(cfg.corpus, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
-        if cfg.val:
-            val_sentences, _ = D.load_sentences(cfg.val, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
-            splits = D.split(sentences, seed=cfg.split_seed, val_fraction=0.0)
-            splits["val"] = val_sentences
-        else:
-            splits = D.split(sentences, seed=cfg.split_seed)
-    except ValueError as e:  # CorpusError is a ValueError
-        fail(str(e))
-    log(f"corpus {cfg.corpus}: {stats['lines']} lines, {stats['sentences']} sentences "
-        f"({stats['duplicates']} duplicates dropped, {stats['skipped']} bad lines skipped) -> "
-        f"train {len(splits['train'])} / val {len(splits['val'])} / test {len(splits['test'])}")
-    for message in stats["problems"]:
-        log(f"  skipped {message}")
-
-    # ------------------------------------------------------------------ model and tokenizer
-    try:
-        if resume_dir:
-            model = UniVAE.from_pretrained(resume_dir, **{k: v for k, v in model_overrides.items() if k == "attn"})
-        elif cfg.init_from:
-            model = UniVAE.from_pretrained(cfg.init_from, **model_overrides)
-        else:
-            vocab = char_vocab(splits["train"], min_count=cfg.min_char_count)
-            tokenizer = build_tokenizer(vocab)
-            tokenizer.do_lower_case = True
-            config = preset(cfg.preset, **{**model_overrides, "vocab_size": len(vocab)})
-            model = UniVAE(config, tokenizer)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    c = model.config
-    tok = model.tokenizer
-    train_ids, n_trunc, n_unk = encode_texts(tok, splits["train"], c.maxlen, warn=False)
-    val_ids, _, n_unk_val = encode_texts(tok, splits["val"], c.maxlen, warn=False)
-    log(f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-        f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
-        + (f" kappa {c.kappa:g}" if c.latent == "vmf" else "")
-        + (f" codebook {c.codebook_size} ({c.vq_distance})" if c.latent == "vq" else "")
-        + (f" {c.mixture_components} components" if c.latent == "gmm" else "")
-        + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated "
-        f"({time.time() - t0:.1f}s)")
-    model.to(device).train()
-    try:  # the loss: KL weight and schedule, free bits, MDR, BoW heads (univae/objective.py)
-        objective = VAEObjective(cfg, model).to(device)
+        splits = load_data(cfg, maxlen, log)
+        model = build_model(cfg, model_overrides, resume_dir, splits["train"])
+        objective = VAEObjective(cfg, model)  # KL weight and schedule, free bits, MDR, BoW heads
         if cfg.word_dropout:
             model.mask_token_id()
-    except ValueError as e:
+    except (FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
         fail(str(e))
-    extra_params = list(objective.parameters())  # the BoW heads, if any: trained with the model
-
-    # ------------------------------------------------------------------ optimiser, batches, state
+    tok, c = model.tokenizer, model.config
+    train_ids, n_trunc, n_unk = encode_texts(tok, splits["train"], c.maxlen, warn=False)
+    val_ids, _, n_unk_val = encode_texts(tok, splits["val"], c.maxlen, warn=False)
+    log(describe(model, n_unk, n_unk_val, n_trunc) + f" ({time.time() - t0:.1f}s)")
+    model.to(device).train()
+    objective.to(device)
     lr = cfg.lr or (2e-5 if cfg.init_from else 1e-3)
-    groups = param_groups(model, cfg.weight_decay) + (param_groups(objective, cfg.weight_decay) if extra_params else [])
+    groups = param_groups(model, cfg.weight_decay) + (param_groups(objective, cfg.weight_decay) if list(objective.parameters()) else [])
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
     batches = D.Batches(train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=BUCKET,
                         pad_id=c.pad_token_id)
-    step, elapsed_before = 0, 0.0
-    if resume_dir:
-        try:  # a run resumed with other --bow-weight / --target-rate has other optimiser groups and state
-            objective.load_state_dict(state.get("objective", {}))
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError) as e:
-            fail(f"--resume: the checkpoint was trained with another --bow-weight or --target-rate "
-                 f"({str(e).splitlines()[0]}); resume with the flags it was trained with")
-        batches.load_state_dict(state["data"])
-        step, elapsed_before = int(state["step"]), float(state["elapsed"])
-        torch.set_rng_state(state["rng"]["cpu"][rank] if state["rng"]["cpu"].dim() > 1 else state["rng"]["cpu"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        log(f"resumed from {resume_dir} at step {step}")
-    max_steps = cfg.max_steps or math.inf
-    if cfg.epochs:
-        max_steps = min(max_steps, math.ceil(cfg.epochs * batches.steps_per_epoch))
+    run_args = {**dataclasses.asdict(cfg), "lr": lr, "resume": None, "world_size": world}
+    trainer = Trainer(cfg, model, objective, optimizer, batches, splits, val_ids, out, device, rank, world, lr, run_args)
+    if state is not None:
+        try:
+            trainer.load_state(state)
+        except SettingsError as e:
+            fail(str(e))
+        log(f"resumed from {resume_dir} at step {trainer.step}")
+
+    # from here on --out is ours
     if master:
+        try:
+            lock.acquire()
+        except RunLocked as e:
+            fail(str(e))
+        if lock.stale_pid:
+            log(f"{out}/.lock was left by pid {lock.stale_pid}, which is no longer running: taken over")
         if replace_out:
             log(f"replacing {out}/" + (" (the default run always starts afresh)" if default_run else ""))
-            shutil.rmtree(out)
-        os.makedirs(out, exist_ok=True)
-    run_args = {**dataclasses.asdict(cfg), "lr": lr, "resume": None, "world_size": world}
-
-    net = model
-    if cfg.compile:
-        net = torch.compile(model, dynamic=False)  # trim_length gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-
-    stop_signal = []
+            clear_out_dir(out)
+        trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            trainer.writer = SummaryWriter(os.path.join(out, "tensorboard"))
+        except ImportError:
+            pass
 
     def on_signal(signum, frame):
-        stop_signal.append(signum)
+        trainer.stop_signal.append(signum)
         signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-
-    def training_state():
-        rng = torch.get_rng_state()
-        if world > 1:  # every rank's dropout/latent stream, so a resumed DDP run continues exactly
-            gathered = [torch.empty_like(rng) for _ in range(world)]
-            dist.all_gather(gathered, rng)
-            rng = torch.stack(gathered)
-        s = {"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(), "data": batches.state_dict(),
-             "rng": {"cpu": rng}}
-        if objective.state_dict():  # BoW heads, MDR multiplier
-            s["objective"] = objective.state_dict()
-        if device.type == "cuda":
-            s["rng"]["cuda"] = torch.cuda.get_rng_state(device)
-        return s
-
-    def save():
-        state = training_state()
+    try:
+        trainer.fit()
+    except TrainingError as e:  # disk full, an I/O error, non-finite weights or steps: one line, `last` intact
+        fail(str(e), code=1)
+    finally:
+        for f in (trainer.metrics_file, trainer.writer):
+            if f is not None:
+                f.close()
         if master:
-            path = save_checkpoint(out, step, model, state, run_args)
-            log(f"saved {path}")
-        if world > 1:
-            dist.barrier()
-
-    metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8") if master else None
-    writer = None
-    if master:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(os.path.join(out, "tensorboard"))
-        except ImportError:
-            pass
-
-    def record(row):
-        if master:
-            metrics_file.write(json.dumps(row, ensure_ascii=False) + "\n")
-            metrics_file.flush()
-            if writer is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "step":
-                        writer.add_scalar(f"{row.get('split', 'train')}/{k}", v, row["step"])
-
-    def run_eval():
-        if master:
-            metrics, pairs = evaluate(model, val_ids, splits["val"], cfg.eval_sentences, autocast=autocast,
-                                      au_delta=cfg.au_delta)
-            record({"step": step, "split": "val", **metrics})
-            log(f"step {step} val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
-                + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
-                + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else "")
-                + (", codebook perplexity " + "/".join(f"{p:.1f}" for p in metrics["codebook"]["perplexity"])
-                   + ", used " + "/".join(f"{u:.2f}" for u in metrics["codebook"]["used_fraction"]) if "codebook" in metrics else "")
-                + (", component entropy " + "/".join(f"{h:.2f}" for h in metrics["mixture"]["usage_entropy"])
-                   + ", I(x;c) " + "/".join(f"{i:.2f}" for i in metrics["mixture"]["mi_c"]) if "mixture" in metrics else ""))
-            warning = collapse_warning(metrics, c, cfg.au_delta)
-            if warning:
-                log(warning)
-        if world > 1:
-            dist.barrier()
-
-    # ------------------------------------------------------------------ the loop
-    budget = cfg.time_budget or math.inf
-    t_start = time.time()
-    elapsed = elapsed_before
-    bar = tqdm(total=None if max_steps == math.inf else max_steps, initial=step, disable=not master,
-               desc="train", dynamic_ncols=True, file=sys.stderr)
-    tokens_since, t_log = 0, time.time()
-    log(f"training on {device} ({cfg.precision}, attn {model.backend(device)}) "
-        + (f"for at most {budget:.0f}s" if budget < math.inf else "") + (f" / {max_steps} steps" if max_steps < math.inf else ""))
-    while step < max_steps:
-        elapsed = elapsed_before + time.time() - t_start
-        stop = elapsed >= budget or bool(stop_signal)
-        if world > 1:  # every rank stops at the same step
-            flag = torch.tensor(float(stop))
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        if stop:
-            break
-        progress = max(step / max_steps if max_steps < math.inf else 0.0, elapsed / budget if budget < math.inf else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, progress, lr, cfg.warmup)
-        src = batches.next_batch()
-        real = src.ne(c.pad_token_id)  # on the CPU copy: no device sync
-        tokens_since += int(real.sum()) * 2 * world
-        src = src[:, :trim_length(int(real.sum(1).max()), c.maxlen)].to(device, non_blocking=True)
-        input_ids, token_type_ids = D.join(src)
-        with autocast:
-            out_ = net(input_ids, token_type_ids, word_dropout=cfg.word_dropout)
-            loss, logs = objective(out_, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if world > 1:  # DDP averages the model's gradients; the objective's BoW heads are outside it
-            for p_ in extra_params:
-                dist.all_reduce(p_.grad)
-                p_.grad /= world
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([*model.parameters(), *extra_params], cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        objective.update_multiplier(out_.kl)
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            now = time.time()
-            row = {"step": step, **{k: float(v) for k, v in logs.items()},
-                   "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_since / (now - t_log)}
-            record(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['kl']:.1f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            tokens_since, t_log = 0, now
-        if step % cfg.eval_every == 0:
-            run_eval()
-        if step % cfg.save_every == 0:
-            save()
-    bar.close()
-    elapsed = elapsed_before + time.time() - t_start
-    why = "signal" if stop_signal else ("time budget" if elapsed >= budget else "max steps")
-    log(f"stopped at step {step} ({why}, {elapsed:.0f}s of training)")
-
-    # ------------------------------------------------------------------ final eval, save, show
-    save()
-    if step % cfg.eval_every or step == 0:
-        run_eval()
-    if master and not stop_signal:
+            lock.release()
+    if master and not trainer.stop_signal:
         show(model, splits["val"])
-    if metrics_file:
-        metrics_file.close()
-    if writer is not None:
-        writer.close()
     if world > 1:
         dist.destroy_process_group()
-    if stop_signal:
-        sys.exit(128 + stop_signal[0])
+    if trainer.stop_signal:
+        sys.exit(128 + trainer.stop_signal[0])
 
 
 @torch.no_grad()

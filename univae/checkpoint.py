@@ -75,7 +75,7 @@ def read_hf_weights(directory):
     """model.safetensors or pytorch_model.bin (loaded with weights_only=True) -> state dict."""
     st, bin_ = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
     if os.path.exists(st):
-        return load_file(st)
+        return read_safetensors(st)
     if os.path.exists(bin_):
         return torch.load(bin_, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
@@ -144,9 +144,22 @@ def read_config(directory):
         raise FileNotFoundError(f"{directory}: no config.json")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # truncated, or not text at all
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def read_safetensors(path):
+    """A safetensors file -> state dict; a truncated or corrupt file is a ValueError naming it."""
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError/ValueError) on bad bytes
+        raise ValueError(f"{path}: truncated or corrupt ({str(e).splitlines()[0][:120]})") from None
 
 
 def _check_vocab(config, tokenizer, directory):
@@ -182,7 +195,10 @@ def load_univae(path, **overrides):
         if clash:
             k, v = next(iter(clash.items()))
             raise ValueError(f"{path}: the checkpoint fixes {k}={saved[k]!r}; cannot override it with {v!r}")
-        config = UniVAEConfig.from_dict(saved, **overrides)
+        try:
+            config = UniVAEConfig.from_dict(saved, **overrides)
+        except (TypeError, AttributeError) as e:  # a hand-edited or damaged config.json: wrong types
+            raise ValueError(f"{os.path.join(path, 'config.json')}: bad univae config ({e})") from None
         if tokenizer is None:
             raise FileNotFoundError(f"{path}: no vocab.txt")
         _check_vocab(config, tokenizer, path)
@@ -191,7 +207,7 @@ def load_univae(path, **overrides):
         if not os.path.exists(weights):
             raise FileNotFoundError(f"{path}: no model.safetensors")
         try:
-            model.load_state_dict(load_file(weights))
+            model.load_state_dict(read_safetensors(weights))
         except RuntimeError as e:
             raise ValueError(f"{path}: weights do not match config.json: {str(e).splitlines()[1].strip()}") from None
         return model

@@ -203,6 +203,11 @@ class TrainConfig:
     save_every: int = field(default=1000, metadata={"help": "steps between step-N checkpoints"})
     eval_sentences: int = field(default=200, metadata={"help": "val sentences reconstructed greedily at each eval"})
     out: str = field(default="runs/default", metadata={"help": "output directory"})
+    keep_last: int = field(default=3, metadata={
+        "help": "keep only the newest N step-N checkpoints in --out, besides last (0: keep all). A base-size "
+                "fine-tune writes ~600 MB per checkpoint, optimiser state included"})
+    max_bad_steps: int = field(default=5, metadata={
+        "help": "stop with an error after this many non-finite steps in a row (each one is skipped: no update)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --out"})
     seed: int = field(default=0, metadata={"help": "seed for init, dropout, latent sampling and batch order"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
@@ -234,10 +239,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        for name in ("batch_size", "log_every", "eval_every", "save_every", "kl_cycles"):
+        for name in ("batch_size", "log_every", "eval_every", "save_every", "kl_cycles", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences",
+        for name in ("keep_last", "lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences",
                      "kl_weight", "kl_anneal_steps", "free_bits", "target_rate", "mdr_lr", "bow_weight", "dispersion_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
