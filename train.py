@@ -29,6 +29,7 @@ from univae import data as D
 from univae.checkpoint import read_config
 from univae.config import PRESET_TRAINING, PRESETS, TrainConfig, from_hf_config, preset
 from univae.diagnostics import collapse_warning
+from univae.mlm import mask_tokens, mlm_loss
 from univae.model import UniVAE
 from univae.objective import VAEObjective
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
@@ -244,6 +245,7 @@ class Trainer:
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step, self.elapsed, self.skipped, self.bad_in_a_row = 0, 0.0, 0, 0
+        self.vae_start = None if cfg.mlm_fraction else 0  # the step the VAE phase began at
         self.max_steps = cfg.max_steps or math.inf
         if cfg.epochs:
             self.max_steps = min(self.max_steps, math.ceil(cfg.epochs * batches.steps_per_epoch))
@@ -263,7 +265,7 @@ class Trainer:
             gathered = [torch.empty_like(rng) for _ in range(self.world)]
             dist.all_gather(gathered, rng)
             rng = torch.stack(gathered)
-        s = {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped,
+        s = {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped, "vae_start": self.vae_start,
              "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(), "rng": {"cpu": rng}}
         if self.objective.state_dict():  # BoW heads, MDR multiplier
             s["objective"] = self.objective.state_dict()
@@ -281,6 +283,7 @@ class Trainer:
         self.batches.load_state_dict(state["data"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.skipped = int(state.get("skipped_steps", 0))
+        self.vae_start = state.get("vae_start", 0)
         cpu = state["rng"]["cpu"]
         torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
         if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -288,26 +291,46 @@ class Trainer:
 
     # -------------------------------------------------------------- one step, evaluation, saving
 
+    def phase(self, progress):
+        """"mlm" for the first --mlm-fraction of the run (univae/mlm.py), then "vae". Each phase has
+        its own warmup and cosine decay: (phase, step within it, progress within it)."""
+        f = self.cfg.mlm_fraction
+        if progress < f:
+            return "mlm", self.step, progress / f
+        if self.vae_start is None:
+            self.vae_start = self.step
+        return "vae", self.step - self.vae_start, (progress - f) / (1 - f)
+
     def train_step(self, progress):
         """One optimiser step on the next batch -> (logs, real tokens seen). A step whose loss or
         gradient is not finite changes no weight and no optimiser state: it is skipped and counted."""
         c, cfg = self.model.config, self.cfg
+        phase, phase_step, phase_progress = self.phase(progress)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, progress, self.lr, cfg.warmup)
+            group["lr"] = lr_at(phase_step, phase_progress, self.lr, cfg.warmup)
         src = self.batches.next_batch()
         real = src.ne(c.pad_token_id)  # on the CPU copy: no device sync
-        tokens = int(real.sum()) * 2 * self.world
+        tokens = int(real.sum()) * (2 if phase == "vae" else 1) * self.world
         src = src[:, :trim_length(int(real.sum(1).max()), c.maxlen)].to(self.device, non_blocking=True)
-        input_ids, token_type_ids = D.join(src)
+        out = None
         with self.autocast:
-            out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout)
-            loss, logs = self.objective(out, self.step)
+            if phase == "mlm":  # the plain bidirectional Transformer, outside DDP: gradients averaged below
+                tok = self.model.tokenizer
+                inputs, labels = mask_tokens(src, self.model.mask_token_id(), c.vocab_size,
+                                             [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
+                loss, _ = mlm_loss(self.model.transformer, inputs, labels, c.pad_token_id, target_slot=self.step % 2 == 1)
+                logs = {"loss": loss.detach(), "mlm_ce": loss.detach()}
+            else:
+                input_ids, token_type_ids = D.join(src)
+                out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout)
+                loss, logs = self.objective(out, phase_step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.world > 1:  # DDP averages the model's gradients; the objective's BoW heads are outside it
-            for p in self.extra_params:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        if self.world > 1:  # DDP averages the model's gradients; the BoW heads (and MLM steps) are outside it
+            for p in (self.extra_params if phase == "vae" else self.model.parameters()):
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
         self.scaler.unscale_(self.optimizer)
         params = [*self.model.parameters(), *self.extra_params]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
@@ -318,7 +341,8 @@ class Trainer:
         if bool(finite):  # one host sync per step: the price of never applying a NaN
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.objective.update_multiplier(out.kl)
+            if out is not None:
+                self.objective.update_multiplier(out.kl)
             self.bad_in_a_row = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
@@ -449,12 +473,14 @@ class Progress:
 
     def show(self, row):
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['kl']:.1f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", **({"kl": f"{row['kl']:.1f}"} if "kl" in row else {}),
+                                 tok_s=f"{row['tokens_per_s']:.0f}")
         elif self.enabled:
             t = self.trainer
             total = "" if t.max_steps == math.inf else f"/{t.max_steps}"
-            print(f"step {row['step']}{total}  loss {row['loss']:.3f}  ce {row['ce']:.3f}  kl {row['kl']:.1f}  "
-                  f"lr {row['lr']:.2e}  {row['tokens_per_s']:.0f} tok/s  {t.elapsed:.0f}s", flush=True)
+            terms = "".join(f"  {k} {row[k]:.{p}f}" for k, p in (("ce", 3), ("kl", 1), ("mlm_ce", 3)) if k in row)
+            print(f"step {row['step']}{total}  loss {row['loss']:.3f}{terms}  lr {row['lr']:.2e}  "
+                  f"{row['tokens_per_s']:.0f} tok/s  {t.elapsed:.0f}s", flush=True)
 
     def close(self):
         if self.bar is not None:
@@ -501,7 +527,7 @@ def main(argv=None):
         splits = load_data(cfg, maxlen, log)
         model = build_model(cfg, model_overrides, resume_dir, splits["train"])
         objective = VAEObjective(cfg, model)  # KL weight and schedule, free bits, MDR, BoW heads
-        if cfg.word_dropout:
+        if cfg.word_dropout or cfg.mlm_fraction:  # both write [MASK]: a vocab without one fails here
             model.mask_token_id()
     except (FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
         fail(str(e))

@@ -213,6 +213,9 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
     precision: str = field(default="bf16", metadata={"help": "fp32, bf16 (autocast, CPU and CUDA) or fp16 (CUDA)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    mlm_fraction: float = field(default=0.0, metadata={
+        "help": "spend this fraction of the run (by steps or time budget) on a BERT-style masked-LM phase of the "
+                "shared Transformer before the VAE phase (univae/mlm.py); each phase has its own warmup and decay"})
     # the VAE objective and the remedies for posterior collapse (univae/objective.py has the formula)
     kl_weight: float = field(default=1.0, metadata={"help": "beta, the weight of the KL term (non-vMF latents)"})
     kl_reduction: str = field(default="per-token", metadata={
@@ -257,6 +260,8 @@ class TrainConfig:
         if not (0 <= self.kl_ratio_zero < 1 and 0 < self.kl_ratio_increase <= 1 - self.kl_ratio_zero):
             raise ValueError(f"--kl-ratio-zero {self.kl_ratio_zero} and --kl-ratio-increase {self.kl_ratio_increase} must "
                              "satisfy 0 <= zero < 1 and 0 < increase <= 1 - zero (one cycle: zero, ramp, hold)")
+        if not 0 <= self.mlm_fraction < 1:
+            raise ValueError(f"--mlm-fraction must be in [0, 1), got {self.mlm_fraction}")
         if not 0 <= self.word_dropout < 1:
             raise ValueError(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
         if not self.au_delta > 0:

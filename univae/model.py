@@ -163,10 +163,12 @@ class Transformer(nn.Module):
     def logits(self, h):
         return self.head(h, self.embed.word.weight)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        """Plain bidirectional encoder. attention_mask: (B, S) with 1 for real tokens, 0 for padding."""
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, positions=None):
+        """Plain bidirectional encoder. attention_mask: (B, S) with 1 for real tokens, 0 for padding;
+        positions (S,): default 0..S-1 (the masked-LM phase also trains the target slot, maxlen + t)."""
         B, S = input_ids.shape
-        positions = torch.arange(S, device=input_ids.device)
+        if positions is None:
+            positions = torch.arange(S, device=input_ids.device)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         backend = resolve(self.config.attn, input_ids.device)

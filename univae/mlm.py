@@ -1,0 +1,46 @@
+"""A masked-LM phase for the shared Transformer before the VAE phase (train.py --mlm-fraction).
+
+UniVAE assumes a pretrained BERT: the same layers read the source bidirectionally and decode the
+target causally, and the latent bottleneck only has to learn what to pass. Trained from scratch
+in a few minutes, the bottleneck is learned while the layers are still learning the language.
+A short BERT-style masked-LM phase first (Devlin et al. 2019: 15% of the real tokens are chosen;
+of those 80% become [MASK], 10% a random token, 10% stay) gives the shared layers the language.
+
+Each step puts its sentences where UniVAE will later see them, alternating between the source slot
+(positions 0.., segment 0) and the target slot (positions maxlen.., segment 1), so both halves'
+position and segment embeddings are trained. Attention is bidirectional over the real tokens.
+"""
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def mask_tokens(ids, mask_id, vocab_size, special_ids, rate=0.15):
+    """ids (B, T) -> (inputs, labels): BERT's corruption of a `rate` share of the non-special tokens.
+    labels hold the original id where a token was chosen and IGNORE elsewhere. Uses the global RNG."""
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    for s in special_ids:
+        maskable &= ids.ne(s)
+    chosen = maskable & (torch.rand(ids.shape, device=ids.device) < rate)
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
+    roll = torch.rand(ids.shape, device=ids.device)
+    inputs = torch.where(chosen & (roll < 0.8), torch.full_like(ids, mask_id), ids)
+    random_ids = torch.randint(vocab_size, ids.shape, device=ids.device)
+    inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
+    return inputs, labels
+
+
+def mlm_loss(transformer, inputs, labels, pad_id, target_slot=False):
+    """Mean CE over the chosen tokens of a bidirectional pass -> (loss, n_chosen). target_slot puts
+    the sentence at positions maxlen + t with segment 1 (where UniVAE's target half sits)."""
+    B, T = inputs.shape
+    offset = transformer.config.maxlen if target_slot else 0
+    positions = torch.arange(offset, offset + T, device=inputs.device)
+    token_type_ids = torch.full_like(inputs, int(target_slot))
+    h = transformer(inputs, token_type_ids, attention_mask=inputs.ne(pad_id), positions=positions)
+    chosen = labels.ne(IGNORE)
+    logits = transformer.logits(h[chosen])  # only the chosen rows: the vocab projection is the big matmul
+    n = chosen.sum()
+    loss = F.cross_entropy(logits.float(), labels[chosen], reduction="sum") / n.clamp_min(1)
+    return loss, n
