@@ -36,8 +36,17 @@ from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate,
                              load_training_state, lr_at, param_groups, prune_checkpoints, save_checkpoint)
 
+# Architecture fields a from-scratch run may set on top of its preset (UniVAEConfig names); a
+# checkpoint (--init-from, --resume) fixes them.
+ARCH_FLAGS = {
+    "hidden_size": (int, "from scratch: width of the Transformer (small: 192)"),
+    "num_hidden_layers": (int, "from scratch: number of Transformer layers (small: 4)"),
+    "num_attention_heads": (int, "from scratch: attention heads per layer (small: 3)"),
+    "intermediate_size": (int, "from scratch: FFN width (small: 768)"),
+}
 # VAE fields a user may set on top of a preset or an --init-from checkpoint (UniVAEConfig names).
 MODEL_FLAGS = {
+    **ARCH_FLAGS,
     "maxlen": (int, "tokens per half, [CLS] and [SEP] included (reference: 32)"),
     "num_latent_layers": (int, "top layers that carry a latent (reference: 4)"),
     "z_dim": (int, "latent dims per latent layer (reference: 16)"),
@@ -132,6 +141,10 @@ def settle(given, saved_args=None):
                             "the checkpoint fixes the architecture")
     if cfg.preset not in PRESETS:
         raise SettingsError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    arch = [k for k in ARCH_FLAGS if k in given]
+    if arch and (resuming or cfg.init_from):
+        raise SettingsError(f"--{arch[0].replace('_', '-')} is for runs from scratch: "
+                            f"{'the resumed' if resuming else 'the --init-from'} checkpoint fixes the architecture")
     return cfg, model_overrides
 
 

@@ -66,10 +66,15 @@ def test_settle_layers_defaults_recipe_saved_args_and_flags(tmp_path, monkeypatc
     cfg, overrides = train.settle({"resume": "last", "batch_size": 8, "z_dim": 4}, saved)
     assert (cfg.lr, cfg.max_steps, cfg.batch_size, cfg.time_budget) == (5e-4, 40, 8, 0)  # the flag wins over saved
     assert overrides == {"z_dim": 4}
+    cfg, overrides = train.settle({"hidden_size": 96, "num_hidden_layers": 5, "num_latent_layers": 2})
+    assert overrides == {"hidden_size": 96, "num_hidden_layers": 5, "num_latent_layers": 2}
+    assert train.preset(cfg.preset, **overrides).num_hidden_layers == 5
     for given, message in [({"codebook_size": 8}, "for --latent vq"), ({"preset": "huge"}, "unknown --preset"),
                            ({"init_from": "x", "preset": "small"}, "contradicts --init-from"),
                            ({"batch_size": 0}, "--batch-size"), ({"keep_last": -1}, "--keep-last"),
-                           ({"max_bad_steps": 0}, "--max-bad-steps"), ({"precision": "fp16", "device": "cpu"}, "CUDA")]:
+                           ({"max_bad_steps": 0}, "--max-bad-steps"), ({"precision": "fp16", "device": "cpu"}, "CUDA"),
+                           ({"init_from": "x", "hidden_size": 64}, "from scratch"),
+                           ({"resume": "last", "num_hidden_layers": 6}, "from scratch")]:
         with pytest.raises(train.SettingsError, match=message.replace("-", r"\-")):
             train.settle(given)
     assert os.listdir(tmp_path) == []  # pure: nothing read or written

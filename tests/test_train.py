@@ -236,3 +236,11 @@ def test_every_cpu_backend_trains_the_same_loss_curve(corpus, tmp_path, precisio
     assert len(eager) == 30 and eager[-5:].mean() < eager[:5].mean() - 0.2  # a real curve: it learned
     for attn in ("sdpa", "split"):
         torch.testing.assert_close(curves[attn], eager, rtol=rtol, atol=0, msg=f"{attn} vs eager, {precision}")
+
+
+def test_architecture_flags_build_that_model_from_scratch(corpus, tmp_path):
+    out = tmp_path / "arch"
+    train.main(base_args(corpus, out, "--max-steps", "1", "--hidden-size", "48", "--num-hidden-layers", "5",
+                         "--num-attention-heads", "3", "--intermediate-size", "40", "--num-latent-layers", "3"))
+    c = univae.UniVAE.from_pretrained(str(out / "last")).config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.latent_layers) == (48, 5, 3, 40, [2, 3, 4])
