@@ -432,7 +432,9 @@ class Trainer:
         progress = Progress(self, enabled=self.master)
         limits = ([f"{self.budget:.0f}s"] if self.budget < math.inf else []) + (
             [f"{self.max_steps} steps"] if self.max_steps < math.inf else [])
-        self.log(f"training on {self.device} ({cfg.precision}, attn {self.model.backend(self.device)})"
+        with self.autocast:  # `auto` picks by autocast and grad mode (univae/attention.py): ask as the step does
+            backend = self.model.backend(self.device)
+        self.log(f"training on {self.device} ({cfg.precision}, attn {backend})"
                  + (f" for at most {' / '.join(limits)}" if limits else ""))
         while self.step < self.max_steps:
             self.elapsed = elapsed_before + time.time() - t_start
