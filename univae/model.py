@@ -428,7 +428,7 @@ class UniVAE(nn.Module):
 
     def sample_prior(self, n, device=None, component=None, prior="auto"):
         """n codes from the prior, (n, n_latent*z_dim). prior: "fitted" (the density fitted to the
-        training codes, univae.prior), "uniform" (the training prior: uniform on each vMF sphere,
+        training codes, univae.prior; vMF draws put back on each layer's sphere), "uniform" (the training prior: uniform on each vMF sphere,
         N(0, I), uniform codes, the gmm's own mixture) or "auto" (fitted when the model has one).
         component (gmm only, training prior): the mixture component every layer draws from, or one
         per latent layer (a list); default: drawn from p(c)."""
