@@ -3,9 +3,13 @@
     python sample.py --n 10                                    random sentences from the prior
     python sample.py --reconstruct "句子" ...                    or --input FILE (one per line, - for stdin)
     python sample.py --text "牙龈出血要吃什么药？" --replace-dims 0:32 --n 6
-                                                               redraw latent dims from the prior; ranges
-                                                               over the full code, several allowed
+                                                               redraw latent dims, keep the others exactly;
+                                                               ranges over the full code, several allowed
                                                                (0:16,48:64), negative ones as --replace-dims=-16:
+    python sample.py --replace-dims 0:32                       the same for the first 5 sentences of the
+                                                               test split of the checkpoint's own corpus
+                                                               (train_args.json; reloaded as univae.evaluate
+                                                               does); --input FILE edits every line of FILE
     python sample.py --interpolate "A" "B" --steps 6           slerp per vMF layer, ends included
                                                                (vq: linear, snapped to the nearest codes)
     python sample.py --codes "12 7 301 5"                      --latent vq: decode one code per latent
@@ -16,6 +20,13 @@
     python sample.py --augment FILE --n K [--out FILE]         K variants per line from posterior-style
                                                                samples (--spread scales the noise), as
                                                                JSONL {"input", "outputs"}
+
+Prior draws and --replace-dims edits come from the checkpoint's fitted prior when it has one
+(prior.safetensors: a Gaussian mixture fitted to the training sentences' posterior codes; an edit
+redraws the chosen dims from its conditional given the kept ones; `python -m univae.prior
+--checkpoint DIR` fits one), else from the training prior (uniform on each vMF sphere, N(0, I),
+uniform vq codes, the gmm's own mixture). --prior fitted|uniform chooses; --component always draws
+from the training prior's mixture.
 
 Decoding is greedy unless told otherwise: --beam-size K (length penalty --length-penalty, GNMT's
 alpha), or sampling with --temperature / --top-k / --top-p (or --do-sample); --no-repeat-ngram N;
@@ -39,6 +50,7 @@ from univae.generate import Decoding
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "last")
 DEFAULT_N = {"prior": 10, "edit": 6, "analogy": 1, "augment": 4, "codes": 1}
+HELD_OUT_EDITS = 5  # --replace-dims alone: this many held-out sentences of the checkpoint's corpus
 _D = Decoding()
 
 
@@ -56,7 +68,8 @@ def build_parser():
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="DIR", help="a univae checkpoint directory")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reconstruct", nargs="+", metavar="TEXT", help="decode these sentences' codes")
-    mode.add_argument("--input", metavar="FILE", help="reconstruct every line of FILE (- for stdin)")
+    mode.add_argument("--input", metavar="FILE", help="reconstruct every line of FILE (- for stdin); with "
+                      "--replace-dims, edit every line")
     mode.add_argument("--text", help="the sentence to edit with --replace-dims")
     mode.add_argument("--interpolate", nargs=2, metavar=("A", "B"))
     mode.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="A is to B as C is to ?")
@@ -65,8 +78,12 @@ def build_parser():
                       '(lowest first), e.g. "12 7 301 5"')
     p.add_argument("--component", type=int, metavar="C",
                    help="--latent gmm: draw from mixture component C (prior samples, --replace-dims edits)")
+    p.add_argument("--prior", choices=("auto", "fitted", "uniform"),
+                   help="what prior draws and --replace-dims edits come from: the checkpoint's fitted prior, the "
+                   "training prior, or auto (default: fitted when the checkpoint has one)")
     p.add_argument("--n", type=int, help=f"outputs per input (defaults: {DEFAULT_N})")
-    p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:")
+    p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
+                   f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus")
     p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
     p.add_argument("--spread", type=float, default=1.0, help="noise scale for --augment and --analogy (1 = the posterior)")
     p.add_argument("--out", metavar="FILE", help="--augment: write the JSONL here instead of stdout")
@@ -100,15 +117,23 @@ def check_args(args):
             "analogy" if args.analogy else
             "augment" if args.augment is not None else
             "codes" if args.codes is not None else "prior")
+    if args.replace_dims is not None and (mode == "prior" or args.input is not None):
+        mode = "edit"  # alone: held-out sentences of the checkpoint's corpus; with --input: every line of FILE
     if args.replace_dims is not None and mode != "edit":
-        raise CLIError("--replace-dims goes with --text (the sentence to edit)")
+        raise CLIError("--replace-dims goes with --text, --input, or alone (held-out sentences of the checkpoint's "
+                       "corpus)")
     if mode == "edit" and args.replace_dims is None:
         raise CLIError("--text needs --replace-dims RANGES (e.g. 0:32) saying which latent dims to redraw")
     if args.out is not None and mode != "augment":
         raise CLIError("--out goes with --augment")
     if args.component is not None and mode not in ("prior", "edit"):
         raise CLIError("--component chooses the mixture component of prior draws: it goes with prior sampling "
-                       "or --text/--replace-dims")
+                       "or --replace-dims")
+    if args.prior is not None and mode not in ("prior", "edit"):
+        raise CLIError("--prior chooses what prior draws come from: it goes with prior sampling or --replace-dims")
+    if args.prior == "fitted" and args.component is not None:
+        raise CLIError("--component draws from the training prior's own mixture: it does not go with --prior fitted")
+    args.prior = args.prior or "auto"
     if mode == "codes":
         try:
             args.code_ids = [int(x) for x in args.codes.replace(",", " ").split()]
@@ -183,6 +208,29 @@ def load_model(args):
     return model.to(args.device).eval()
 
 
+def held_out_sentences(checkpoint, maxlen):
+    """The first HELD_OUT_EDITS sentences of the test split of the checkpoint's corpus, loaded and split
+    as univae.evaluate does by default (train_args.json's corpus, text field and split seed);
+    -> (sentences, where they come from)."""
+    from univae.evaluate import TRAIN_ARGS, load_data, read_train_args
+
+    hint = "pass --text or --input with the sentences to edit"
+    try:
+        train_args = read_train_args(checkpoint)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot read {os.path.join(checkpoint, TRAIN_ARGS)} ({e}): {hint}") from None
+    if not train_args or not train_args.get("corpus"):
+        raise CLIError(f"{checkpoint} has no {TRAIN_ARGS} naming its training corpus, so no held-out sentences "
+                       f"to edit: {hint}")
+    try:
+        texts, source, _, _ = load_data(f"{train_args['corpus']}:test", maxlen, train_args)
+    except (OSError, ValueError) as e:  # CorpusError is a ValueError
+        raise CLIError(f"cannot read the checkpoint's corpus {train_args['corpus']} ({' '.join(str(e).split())}): "
+                       f"{hint}") from None
+    texts = texts[:HELD_OUT_EDITS]
+    return texts, f"the first {len(texts)} sentences of the {source}"
+
+
 def check_lengths(model, texts, strict):
     """With --strict, a text longer than maxlen is an error; otherwise encode_texts warns and truncates."""
     if not strict:
@@ -205,6 +253,12 @@ def run(model, mode, args):
             raise CLIError(f"--component needs a --latent gmm checkpoint; this one's latent family is {c.latent}")
         if not 0 <= args.component < c.mixture_components:
             raise CLIError(f"--component {args.component}: the mixture has components 0..{c.mixture_components - 1}")
+    if args.prior == "fitted" and model.fitted_prior is None:
+        if c.latent == "vq":
+            raise CLIError("a vq checkpoint has no fitted prior: its draws are uniform codes (--prior uniform)")
+        raise CLIError(f"{args.checkpoint} has no fitted prior: fit one with "
+                       f"`python -m univae.prior --checkpoint {args.checkpoint}`, or use --prior uniform")
+    prior_used = "fitted" if model.uses_fitted_prior(args.prior, args.component) else "uniform"
     if mode == "codes":
         if c.latent != "vq":
             raise CLIError(f"--codes needs a --latent vq checkpoint; this one's latent family is {c.latent}")
@@ -223,9 +277,9 @@ def run(model, mode, args):
         records.append({"mode": mode, **fields})
 
     if mode == "prior":
-        out, z = generate.sample(model, n, return_z=True, component=args.component, **opts)
+        out, z = generate.sample(model, n, return_z=True, component=args.component, prior=args.prior, **opts)
         for i, s in enumerate(out):
-            add(z[i], input=None, output=s, index=i)
+            add(z[i], input=None, output=s, index=i, prior=prior_used)
     elif mode == "reconstruct":
         texts = args.reconstruct if args.reconstruct is not None else read_lines(args.input)
         check_lengths(model, texts, args.strict)
@@ -233,17 +287,19 @@ def run(model, mode, args):
         for i, (t, s) in enumerate(zip(texts, out)):
             add(z[i], input=t, output=s)
     elif mode == "edit":
-        check_lengths(model, [args.text], args.strict)
         try:
             _, ranges = generate.parse_dims(args.replace_dims, generate.edit_size(model))
         except ValueError as e:
             raise CLIError(f"--replace-dims: {e}") from None
+        texts = [args.text] if args.text is not None else read_lines(args.input) if args.input is not None else args.held_out
+        check_lengths(model, texts, args.strict)
         k = 1 if c.latent == "vq" else c.z_dim  # vq: the ranges are code positions, one per layer
         layers = sorted({d // k for a, b in ranges for d in range(a, b)})
-        out, z = generate.edit(model, args.text, args.replace_dims, n, return_z=True, component=args.component, **opts)
-        for i, s in enumerate(out):
-            add(z[i], input=args.text, output=s, index=i, replace_dims=args.replace_dims,
-                dims=[list(r) for r in ranges], latent_layers=layers)
+        out, z = generate.edit(model, texts, args.replace_dims, n, return_z=True, component=args.component,
+                               prior=args.prior, **opts)
+        for i, s in enumerate(out):  # the n variants of each sentence together
+            add(z[i], input=texts[i // n], output=s, index=i % n, replace_dims=args.replace_dims,
+                dims=[list(r) for r in ranges], latent_layers=layers, prior=prior_used)
     elif mode == "interpolate":
         check_lengths(model, args.interpolate, args.strict)
         out, z = generate.interpolate(model, *args.interpolate, args.steps, return_z=True, **opts)
@@ -288,13 +344,19 @@ def print_table(mode, records, args, model, out):
         _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
     elif mode == "reconstruct":
         _table(["input", "output"], [[r["input"], r["output"]] for r in records], out)
-    elif mode == "edit":
+    elif mode == "edit":  # what was replaced once, then each sentence with its variants indented below it
         r0 = records[0]
-        print(f"input: {r0['input']}", file=out)
         what = (f"code positions {r0['replace_dims']} of {model.config.num_latent_layers}" if model.config.latent == "vq"
                 else f"dims {r0['replace_dims']} of {model.config.latent_dim}")
-        print(f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest)", file=out)
-        _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
+        source = {"fitted": "the fitted prior's conditional given the kept dims", "uniform": "the training prior"}
+        print(f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest), "
+              f"redrawn from {source[r0['prior']]}", file=out)
+        if args.held_out_source:
+            print(f"sentences: {args.held_out_source}", file=out)
+        for r in records:
+            if r["index"] == 0:
+                print(f"\n{r['input']}", file=out)
+            print(f"    {r['output']}", file=out)
     elif mode == "codes":
         print(f"codes: {' '.join(map(str, records[0]['codes']))}", file=out)
         _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
@@ -327,6 +389,10 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         mode = check_args(args)
         model = load_model(args)
+        args.held_out, args.held_out_source = None, None
+        if mode == "edit" and args.text is None and args.input is None:  # before recording warnings: importing
+            # univae.evaluate may raise import-time DeprecationWarnings that are not the user's business
+            args.held_out, args.held_out_source = held_out_sentences(args.checkpoint, model.config.maxlen)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:

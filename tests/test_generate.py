@@ -325,6 +325,32 @@ def test_edit_keeps_untouched_dims_exactly(model, spec):
     _layers_on_sphere(model, edited)
 
 
+def test_fill_spheres():
+    """Partly replaced layers: kept dims to the bit, the replaced part's direction kept and its norm
+    what the layer has left; wholly replaced and untouched layers left exactly as they were."""
+    torch.manual_seed(17)
+    z = torch.cat([F.normalize(torch.randn(4, 8), dim=-1), 3 * torch.randn(4, 8), F.normalize(torch.randn(4, 8), dim=-1)], 1)
+    replaced = torch.tensor([1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15])  # 3 dims of layer 0, all of layer 1, none of 2
+    drawn = z.clone()
+    drawn[:, replaced] = torch.randn(4, len(replaced))
+    out = G.fill_spheres(drawn.clone(), replaced, 8)
+    assert torch.equal(out[:, 8:], drawn[:, 8:])
+    kept = [0, 4, 5, 6, 7]
+    assert torch.equal(out[:, kept], z[:, kept])
+    room = (1 - z[:, kept].pow(2).sum(-1, keepdim=True)).sqrt()
+    torch.testing.assert_close(out[:, 1:4], F.normalize(drawn[:, 1:4], dim=-1) * room)
+    torch.testing.assert_close(out[:, :8].norm(dim=-1), torch.ones(4))
+
+
+def test_edit_several_sentences(model):
+    texts = ["我是中国人", "你好"]
+    out, z = G.edit(model, texts, "0:4", 3, return_z=True, seed=0)
+    assert len(out) == 6 and z.shape == (6, 16)
+    base = model.encode(texts)
+    assert torch.equal(z[:, 4:], base[:, 4:].repeat_interleave(3, dim=0))  # each sentence's variants together
+    assert out[:3] == G.edit(model, texts[0], "0:4", 3, seed=0)  # the first sentence's draws come first
+
+
 def test_edit_gaussian_branch_is_plain_replacement(model):
     torch.manual_seed(10)
     z = 3 * torch.randn(16)

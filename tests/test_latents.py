@@ -285,10 +285,18 @@ def test_collapse_warning():
     assert collapse_warning(healthy, config) is None
     line = collapse_warning({"kl_per_layer": [0.02, 2.5], "au": 6, "au_per_layer": [0, 6]}, config)
     assert "\n" not in line and "layer(s) [0]" in line and "--kl-anneal cyclical" in line and "--free-bits" in line
+    line = collapse_warning({"kl_per_layer": [3.0, 2.5], "au": 7, "au_per_layer": [7, 0]}, config)  # AU alone
+    assert "active units 7 of 16" in line and "layer(s) [1]" in line
+    # fixed-kappa vMF: a constant KL, nothing to collapse in the KL sense, and AU at delta 0.01 is no
+    # measure of it (collapse_warning's docstring): silent, even at AU 0 (the default run printed
+    # "active units 50 of 192" here)
     vmf = preset("debug")
-    assert collapse_warning({"kl_per_layer": [0.0, 0.0], "au": 12, "au_per_layer": [6, 6]}, vmf) is None  # KL is fixed
-    line = collapse_warning({"kl_per_layer": [7.0, 7.0], "au": 0, "au_per_layer": [0, 0]}, vmf)
-    assert "active units 0 of 16" in line and "--word-dropout" in line and "--free-bits" not in line
+    for metrics in ({"kl_per_layer": [7.0, 7.0], "au": 12, "au_per_layer": [6, 6]},
+                    {"kl_per_layer": [7.0, 7.0], "au": 0, "au_per_layer": [0, 0]},
+                    {"kl_per_layer": [0.0, 0.0], "au": 1, "au_per_layer": [1, 0]}):
+        assert collapse_warning(metrics, vmf) is None
+    small = preset("small")
+    assert collapse_warning({"kl_per_layer": [7.0] * 3, "au": 50, "au_per_layer": [30, 20, 0]}, small) is None
 
 
 def test_train_config_checks_the_objective_flags():

@@ -1,14 +1,17 @@
 """sample.py on a tiny untrained checkpoint (debug preset), in-process through main(argv):
-every mode's output, --json lines, cached == recompute, --replace-dims, one-line errors."""
+every mode's output, --json lines, cached == recompute, --replace-dims (on given sentences and on
+the checkpoint's own held-out ones), --prior, one-line errors."""
 import json
 import os
+import shutil
 import sys
 
 import pytest
 import torch
 
 import univae
-from univae.data import join
+import univae.prior
+from univae.data import join, load_sentences, split
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -49,6 +52,23 @@ def ckpt(tmp_path_factory):
     _train_until_reconstructed(model, SENTENCES)
     directory = tmp_path_factory.mktemp("ckpt")
     model.eval().save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def corpus_ckpt(ckpt, tmp_path_factory):
+    """The fixture checkpoint as train.py would leave it: train_args.json naming a corpus file of 250
+    sentences (split seed 3: a test split of 5), and a prior fitted by `python -m univae.prior`."""
+    root = tmp_path_factory.mktemp("corpus_ckpt")
+    chars = sorted({ch for s in SENTENCES for ch in s if "\u4e00" <= ch <= "\u9fff"})
+    g = torch.Generator().manual_seed(0)
+    lines = sorted({"".join(chars[i] for i in torch.randint(len(chars), (6,), generator=g)) for _ in range(260)})[:250]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    directory = root / "ckpt"
+    shutil.copytree(ckpt, directory)
+    (directory / "train_args.json").write_text(json.dumps(
+        {"corpus": str(root / "corpus.txt"), "text_field": "text", "split_seed": 3, "val": None}), encoding="utf-8")
+    assert univae.prior.main(["--checkpoint", str(directory), "--components", "2"]) == 0
     return str(directory)
 
 
@@ -112,6 +132,62 @@ def test_edit_respects_dims(capsys, ckpt):
     assert code == 0 and "replaced dims 0:8" in out
 
 
+def test_edit_held_out_sentences_of_the_checkpoints_corpus(capsys, corpus_ckpt):
+    lines = run_json(capsys, corpus_ckpt, "--replace-dims", "0:4", "--n", "2", "--seed", "0", "--with-z")
+    with open(os.path.join(corpus_ckpt, "train_args.json"), encoding="utf-8") as f:
+        corpus = json.load(f)["corpus"]
+    sentences, _ = load_sentences(corpus, limit=univae.preset("debug").maxlen - 2)
+    held_out = split(sentences, seed=3)["test"]
+    assert len(held_out) == sample.HELD_OUT_EDITS and held_out != split(sentences, seed=0)["test"]  # the seed matters
+    assert [r["input"] for r in lines] == [t for t in held_out for _ in range(2)] and [r["index"] for r in lines] == [0, 1] * 5
+    assert set(lines[0]) == {"mode", "input", "output", "index", "replace_dims", "dims", "latent_layers", "prior", "z"}
+    assert all(r["mode"] == "edit" and r["prior"] == "fitted" and r["dims"] == [[0, 4]] and r["latent_layers"] == [0]
+               for r in lines)
+    base = run_json(capsys, corpus_ckpt, "--reconstruct", *held_out, "--with-z")
+    z, z0 = torch.tensor([r["z"] for r in lines]), torch.tensor([r["z"] for r in base]).repeat_interleave(2, dim=0)
+    assert torch.equal(z[:, 4:], z0[:, 4:]) and (z[:, :4] != z0[:, :4]).all()
+    torch.testing.assert_close(z[:, :8].norm(dim=-1), torch.ones(10))  # layer 0 back on its sphere
+    # the table: what was replaced and where the sentences come from, once; each sentence, its variants indented
+    code, out, err = run(capsys, "--checkpoint", corpus_ckpt, "--replace-dims", "0:4", "--n", "2", "--seed", "0")
+    head, *blocks = out.split("\n\n")
+    assert code == 0 and head.splitlines() == [
+        "replaced dims 0:4 of 16 (latent layers 0; 0 = lowest), redrawn from the fitted prior's conditional given "
+        "the kept dims", f"sentences: the first 5 sentences of the test split (seed 3) of {corpus}"]
+    assert [b.splitlines() for b in blocks] == [[t, *("    " + r["output"] for r in lines[2 * i:2 * i + 2])]
+                                                for i, t in enumerate(held_out)]
+
+
+def test_edit_every_line_of_a_file(capsys, ckpt, tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(SENTENCES[:3]) + "\n", encoding="utf-8")
+    lines = run_json(capsys, ckpt, "--input", str(f), "--replace-dims=-5:", "--n", "3", "--seed", "0")
+    assert [(r["input"], r["index"], r["prior"]) for r in lines] == [(t, i, "uniform") for t in SENTENCES[:3] for i in range(3)]
+    # the same draws as editing the sentences through the API in one call
+    model = univae.UniVAE.from_pretrained(ckpt)
+    assert [r["output"] for r in lines] == model.edit(SENTENCES[:3], "-5:", 3, seed=0)
+
+
+def test_prior_choice(capsys, corpus_ckpt):
+    model = univae.UniVAE.from_pretrained(corpus_ckpt)
+    for flag, draw in ((None, lambda: model.fitted_prior.sample(3)), ("fitted", lambda: model.fitted_prior.sample(3)),
+                       ("uniform", lambda: torch.cat([model.family.prior(3, layer=j) for j in range(2)], dim=-1))):
+        lines = run_json(capsys, corpus_ckpt, "--n", "3", "--seed", "0", "--with-z", *(["--prior", flag] if flag else []))
+        torch.manual_seed(0)
+        assert torch.equal(torch.tensor([r["z"] for r in lines]), draw()), flag
+        assert [r["prior"] for r in lines] == [flag or "fitted"] * 3
+    edits = run_json(capsys, corpus_ckpt, "--text", SENTENCES[1], "--replace-dims", "0:8", "--prior", "uniform", "--n", "2")
+    assert [r["prior"] for r in edits] == ["uniform"] * 2
+
+
+def test_held_out_edits_need_a_readable_corpus(capsys, ckpt, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(ckpt, directory)
+    (directory / "train_args.json").write_text(json.dumps({"corpus": str(tmp_path / "gone.txt"), "split_seed": 0}))
+    code, out, err = run(capsys, "--checkpoint", str(directory), "--replace-dims", "0:4")
+    assert code != 0 and out == "" and len(err.splitlines()) == 1
+    assert "gone.txt" in err and "pass --text or --input" in err, err
+
+
 def test_interpolate_and_analogy(capsys, ckpt):
     lines = run_json(capsys, ckpt, "--interpolate", SENTENCES[0], SENTENCES[1], "--steps", "5")
     assert [r["alpha"] for r in lines] == [0, 0.25, 0.5, 0.75, 1.0] and lines[0]["input"] == SENTENCES[:2]
@@ -157,7 +233,13 @@ def test_truncation_warns_or_fails_with_strict(capsys, ckpt):
     (["--text", "今天", "--replace-dims", "0-4"], "malformed"),
     (["--text", "今天", "--replace-dims", "0:4:2"], "no step"),
     (["--text", "今天"], "--replace-dims"),
-    (["--replace-dims", "0:4"], "--text"),
+    (["--replace-dims", "0:4"], "no train_args.json"),  # held-out sentences: works with one (test above)
+    (["--reconstruct", "今天", "--replace-dims", "0:4"], "--replace-dims goes with --text, --input, or alone"),
+    (["--prior", "fitted"], "python -m univae.prior --checkpoint"),
+    (["--text", "今天", "--replace-dims", "0:4", "--prior", "fitted"], "python -m univae.prior --checkpoint"),
+    (["--prior", "bogus"], "invalid choice"),
+    (["--interpolate", "a", "b", "--prior", "uniform"], "--prior"),
+    (["--prior", "fitted", "--component", "0"], "--component"),
     (["--reconstruct", ""], "empty text"),
     (["--text", " ", "--replace-dims", "0:4"], "empty text"),
     (["--input", "/nonexistent/file.txt"], "cannot read"),
@@ -248,6 +330,7 @@ def test_vq_codes_decode_and_edit_by_code_position(capsys, vq_ckpt):
     (["--codes", " "], "empty"),
     (["--text", "今天", "--replace-dims", "0:3"], "outside the code"),
     (["--n", "2", "--component", "0"], "--latent gmm"),
+    (["--prior", "fitted"], "vq checkpoint has no fitted prior"),
 ])
 def test_vq_bad_arguments(capsys, vq_ckpt, argv, message):
     code, out, err = run(capsys, "--checkpoint", vq_ckpt, *argv)

@@ -1,8 +1,9 @@
 """Checkpoint I/O: HF BERT/RoFormer directories through an explicit key table, and our own format.
 
 Our checkpoint directory: config.json ({"univae": {...}}), model.safetensors, vocab.txt,
-tokenizer_config.json. Every file is written to a temporary name and moved into place with
-os.replace, so a crash mid-save never leaves a half-written file under the real name. Nothing here
+tokenizer_config.json, and prior.safetensors when the model has a fitted prior (univae.prior).
+Every file is written to a temporary name and moved into place with os.replace, so a crash
+mid-save never leaves a half-written file under the real name. Nothing here
 unpickles code: weights come from safetensors, or torch.load(weights_only=True) for .bin files.
 """
 import json
@@ -210,6 +211,10 @@ def load_univae(path, **overrides):
             model.load_state_dict(read_safetensors(weights))
         except RuntimeError as e:
             raise ValueError(f"{path}: weights do not match config.json: {str(e).splitlines()[1].strip()}") from None
+        from univae.prior import PRIOR_FILE, load_prior  # here: `python -m univae.prior` must not find it imported
+
+        if os.path.exists(os.path.join(path, PRIOR_FILE)):  # the density sampling draws from
+            model.fitted_prior = load_prior(os.path.join(path, PRIOR_FILE), model)
         return model
     config = from_hf_config(raw, **overrides)
     if tokenizer is None:
@@ -240,3 +245,10 @@ def save_univae(model, directory):
     _atomic(os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
     if model.tokenizer is not None:
         save_tokenizer(model.tokenizer, directory)
+    from univae.prior import PRIOR_FILE
+
+    prior_path = os.path.join(directory, PRIOR_FILE)
+    if model.fitted_prior is not None:
+        model.fitted_prior.save(prior_path)  # atomic like the rest
+    elif os.path.exists(prior_path):  # a prior fitted to other weights must not be loaded with these
+        os.remove(prior_path)

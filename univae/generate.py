@@ -513,31 +513,47 @@ def layer_span(model, j):
     return f"{j * k}:{(j + 1) * k}"
 
 
-def edit_z(model, z, dims, n, component=None, prior="auto"):
-    """n copies of z (D,) with `dims` replaced by the same dims of fresh prior draws (gmm: from
-    mixture `component` if given).
+def fill_spheres(z, replaced, z_dim):
+    """Put the vMF layers of codes z (n, D) that are only partly in `replaced` (LongTensor of dims
+    just overwritten by a prior draw) back on their unit spheres, in place: the other dims of such a
+    layer keep their exact values, and the replaced part keeps its direction and is rescaled to fill
+    the remaining norm, |kept|^2 + |replaced|^2 = 1. Layers replaced whole, or not at all, are left
+    as they are (a draw of a whole layer is put on its sphere by whoever drew it)."""
+    D = z.shape[1]
+    for j in range(D // z_dim):
+        part = replaced[(replaced >= j * z_dim) & (replaced < (j + 1) * z_dim)]
+        if 0 < part.numel() < z_dim:
+            keep = torch.ones(D, dtype=torch.bool, device=z.device)
+            keep[part] = False
+            keep[: j * z_dim] = keep[(j + 1) * z_dim:] = False
+            room = (1 - z[:, keep].pow(2).sum(-1, keepdim=True)).clamp_min(0).sqrt()
+            z[:, part] = F.normalize(z[:, part], dim=-1) * room
+    return z
 
-    Untouched dims keep their exact values. A vMF layer that is only partly replaced has its
-    replaced part rescaled so the layer stays on its sphere: |kept|^2 + |replaced|^2 = 1, the
-    replaced part's direction taken from the prior draw (uniform on its sub-sphere). For VQ `dims`
-    are code positions (edit_size): each one's code becomes a uniformly drawn code."""
+
+def edit_z(model, z, dims, n, component=None, prior="auto"):
+    """n copies of z (D,) with `dims` redrawn; untouched dims keep their exact values.
+
+    With a fitted prior (model.uses_fitted_prior: prior "auto" or "fitted", no gmm `component`), the
+    redrawn dims come from its conditional given the kept dims (univae.prior); otherwise they are
+    the same dims of fresh training-prior draws (gmm: from mixture `component` if given). A vMF
+    layer that is only partly replaced has its replaced part rescaled so the layer stays on its
+    sphere (fill_spheres; the fitted prior does the same); a wholly replaced one is a draw on the
+    sphere. For VQ `dims` are code positions (edit_size): each one's code becomes a uniformly drawn
+    code (VQ has no fitted prior)."""
     index, _ = parse_dims(dims, edit_size(model))
     if _space(model) == "codebook":  # code positions -> the z dims of those layers
         k = model.config.z_dim
         index = (index[:, None] * k + torch.arange(k)).flatten()
     index = index.to(z.device)
+    if model.uses_fitted_prior(prior, component):
+        keep = torch.ones(z.numel(), dtype=torch.bool, device=z.device)
+        keep[index] = False
+        return model.fitted_prior.conditional_sample(z, keep, n)
     out = z.reshape(1, -1).expand(n, -1).clone()
     out[:, index] = model.sample_prior(n, z.device, component=component, prior=prior)[:, index].to(out.dtype)
     if _space(model) == "sphere":
-        k = model.config.z_dim
-        for j in range(model.config.num_latent_layers):
-            part = index[(index >= j * k) & (index < (j + 1) * k)]
-            if 0 < part.numel() < k:
-                keep = torch.ones(out.shape[1], dtype=torch.bool, device=z.device)
-                keep[part] = False
-                keep[: j * k] = keep[(j + 1) * k:] = False
-                room = (1 - out[:, keep].pow(2).sum(-1, keepdim=True)).clamp_min(0).sqrt()
-                out[:, part] = F.normalize(out[:, part], dim=-1) * room
+        fill_spheres(out, index, model.config.z_dim)
     return out
 
 
@@ -623,15 +639,17 @@ def sample(model, n, return_z=False, component=None, prior="auto", **decoding):
     return (out, z) if return_z else out
 
 
-def edit(model, text, dims, n, return_z=False, component=None, prior="auto", **decoding):
-    """n variants of `text` with the latent `dims` (see parse_dims; VQ: code positions) redrawn from
-    the prior (gmm: from mixture `component` if given)."""
+def edit(model, texts, dims, n, return_z=False, component=None, prior="auto", **decoding):
+    """n variants of each sentence (one str, or a list) with the latent `dims` (see parse_dims; VQ:
+    code positions) redrawn (edit_z: from the fitted prior's conditional given the kept dims, or the
+    training prior with prior="uniform"; gmm: from mixture `component` if given). Returns
+    len(texts) * n sentences, the n variants of each sentence together."""
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     with _inference(model, opts.seed):
-        z, _ = posterior(model, [text])
-        z = edit_z(model, z[0], dims, n, component=component, prior=prior)
+        z, _ = posterior(model, texts)
+        z = torch.cat([edit_z(model, zi, dims, n, component=component, prior=prior) for zi in z])
         out = _texts(model, z, opts)
     return (out, z) if return_z else out
 

@@ -430,17 +430,13 @@ class UniVAE(nn.Module):
 
     def sample_prior(self, n, device=None, component=None, prior="auto"):
         """n codes from the prior, (n, n_latent*z_dim). prior: "fitted" (the density fitted to the
-        training codes, univae.prior), "uniform" (the training prior: uniform on each vMF sphere,
+        training codes, univae.prior; vMF draws put back on each layer's sphere), "uniform" (the training prior: uniform on each vMF sphere,
         N(0, I), uniform codes, the gmm's own mixture) or "auto" (fitted when the model has one).
         component (gmm only, training prior): the mixture component every layer draws from, or one
         per latent layer (a list); default: drawn from p(c)."""
         device = device or self.device
         n_latent = self.config.num_latent_layers
-        if prior not in ("auto", "fitted", "uniform"):
-            raise ValueError(f"prior must be auto, fitted or uniform, got {prior!r}")
-        if prior == "fitted" and self.fitted_prior is None:
-            raise ValueError("this checkpoint has no fitted prior (python -m univae.prior --checkpoint DIR fits one)")
-        if prior != "uniform" and self.fitted_prior is not None and component is None:
+        if self.uses_fitted_prior(prior, component):
             return self.fitted_prior.sample(n).to(device)
         if component is None:
             return torch.cat([self.family.prior(n, device, layer=j) for j in range(n_latent)], dim=-1)
@@ -450,6 +446,18 @@ class UniVAE(nn.Module):
         if len(per_layer) != n_latent:
             raise ValueError(f"give one component, or one per latent layer ({n_latent}), got {len(per_layer)}")
         return torch.cat([self.family.prior(n, device, layer=j, component=cj) for j, cj in enumerate(per_layer)], dim=-1)
+
+    def uses_fitted_prior(self, prior="auto", component=None):
+        """Whether draws for `prior` come from the fitted density (univae.prior): always for "fitted"
+        (an error without one), for "auto" when the model has one, never for "uniform". A gmm
+        `component` names a component of the training prior's own mixture, so it draws from that."""
+        if prior not in ("auto", "fitted", "uniform"):
+            raise ValueError(f"prior must be auto, fitted or uniform, got {prior!r}")
+        if prior == "fitted" and self.fitted_prior is None:
+            raise ValueError("this checkpoint has no fitted prior (python -m univae.prior --checkpoint DIR fits one)")
+        if prior == "fitted" and component is not None:
+            raise ValueError("a mixture component is one of the training prior's: it does not go with prior='fitted'")
+        return prior != "uniform" and self.fitted_prior is not None and component is None
 
     # ------------------------------------------------------------------ discrete views (vq codes, gmm components)
 
@@ -526,16 +534,19 @@ class UniVAE(nn.Module):
         return generate.reconstruct(self, texts, **decoding)
 
     def sample(self, n, **decoding):
-        """n sentences from prior draws (gmm: component=c draws every layer from mixture component c)."""
+        """n sentences from prior draws: prior="auto" (the fitted prior when the model has one),
+        "fitted" or "uniform" (sample_prior); gmm: component=c draws every layer from mixture component c."""
         from univae import generate
 
         return generate.sample(self, n, **decoding)
 
-    def edit(self, text, dims, n, **decoding):
-        """n variants of text with latent dims ("0:32", "0:16,48:64", "-16:"; vq: code positions) redrawn from the prior."""
+    def edit(self, texts, dims, n, **decoding):
+        """n variants of each sentence (a str or a list) with latent dims ("0:32", "0:16,48:64", "-16:";
+        vq: code positions) redrawn: from the fitted prior's conditional given the kept dims when the
+        model has one (prior="uniform": the training prior, as before)."""
         from univae import generate
 
-        return generate.edit(self, text, dims, n, **decoding)
+        return generate.edit(self, texts, dims, n, **decoding)
 
     def interpolate(self, a, b, steps, **decoding):
         """steps sentences from a to b, ends included (slerp per vMF layer, linear otherwise; vq: snapped to codes)."""
