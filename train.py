@@ -31,6 +31,7 @@ from univae.config import PRESET_TRAINING, PRESETS, TrainConfig, from_hf_config,
 from univae.diagnostics import collapse_warning
 from univae.mlm import mask_tokens, mlm_loss
 from univae.model import UniVAE
+from univae.prior import PRIOR_FILE, fit_prior
 from univae.objective import VAEObjective
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate,
@@ -204,7 +205,9 @@ def load_data(cfg, maxlen, log):
 def build_model(cfg, model_overrides, resume_dir, train_sentences):
     """Resumed, fine-tuned from a HF checkpoint, or a fresh preset with the corpus's characters as vocab."""
     if resume_dir:
-        return UniVAE.from_pretrained(resume_dir, **{k: v for k, v in model_overrides.items() if k == "attn"})
+        model = UniVAE.from_pretrained(resume_dir, **{k: v for k, v in model_overrides.items() if k == "attn"})
+        model.fitted_prior = None  # fitted to the old weights' codes; refitted when this run ends
+        return model
     if cfg.init_from:
         return UniVAE.from_pretrained(cfg.init_from, **model_overrides)
     vocab = char_vocab(train_sentences, min_count=cfg.min_char_count)
@@ -601,11 +604,36 @@ def main(argv=None):
         if master:
             lock.release()
     if master and not trainer.stop_signal:
+        fit_sampling_prior(model, cfg, train_ids, val_ids, out, log)
         show(model, splits["val"])
     if world > 1:
         dist.destroy_process_group()
     if trainer.stop_signal:
         sys.exit(128 + trainer.stop_signal[0])
+
+
+def fit_sampling_prior(model, cfg, train_ids, val_ids, out, log):
+    """Fit the density that sampling and edits draw from (univae/prior.py) to the final model's
+    training codes and write it into OUT/last (atomically; `python -m univae.prior` refits one)."""
+    if not cfg.prior_components or model.family.space == "codebook":  # vq: its codes stay uniform
+        return
+    k = min(cfg.prior_components, len(train_ids) // 10)  # at least 10 codes per component
+    if k < 1:
+        log(f"no fitted prior: {len(train_ids)} training sentences are too few; sampling uses the training prior")
+        return
+    t0 = time.time()
+    model.fitted_prior = fit_prior(model, train_ids, n_components=k, seed=cfg.seed,
+                                   source=f"train split (seed {cfg.split_seed}) of {cfg.corpus}", heldout_ids=val_ids)
+    path = os.path.join(out, "last", PRIOR_FILE)
+    try:
+        model.fitted_prior.save(path)
+    except OSError as e:
+        fail(f"could not write {path}: {e.strerror or e}; the checkpoint is complete without it "
+             f"(python -m univae.prior --checkpoint {out}/last fits one)", code=1)
+    info = model.fitted_prior.info
+    log(f"fitted prior: {info['n_components']}-component Gaussian mixture on {info['n_codes']} training codes, "
+        f"mean log-likelihood {info['mean_log_likelihood']:.1f} (val {info['heldout_mean_log_likelihood']:.1f}) "
+        f"-> {path} ({time.time() - t0:.0f}s)")
 
 
 @torch.no_grad()

@@ -56,6 +56,10 @@ def test_resume_is_exact(corpus, tmp_path, capsys):
     assert saved["corpus"] == corpus and saved["split_seed"] == 0
     model = univae.UniVAE.from_pretrained(str(a / "last"))
     assert model.tokenizer.token_to_id("天") is not None
+    # the sampling prior is fitted once, at the end, to the final weights' codes (the 26 train sentences: 28
+    # distinct lines less val and test), not in periodic checkpoints
+    assert model.fitted_prior is not None and not (a / "step-20" / "prior.safetensors").exists()
+    assert model.fitted_prior.info["n_sentences"] == 26 and "train split (seed 0)" in model.fitted_prior.info["source"]
 
 
 def _error(argv, capsys):

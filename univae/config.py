@@ -213,6 +213,9 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
     precision: str = field(default="bf16", metadata={"help": "fp32, bf16 (autocast, CPU and CUDA) or fp16 (CUDA)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    prior_components: int = field(default=8, metadata={
+        "help": "after training, fit a Gaussian mixture of this many components to the training codes; sampling and "
+                "edits draw from it (univae/prior.py; 0: none, draw from the training prior)"})
     mlm_fraction: float = field(default=0.0, metadata={
         "help": "spend this fraction of the run (by steps or time budget) on a BERT-style masked-LM phase of the "
                 "shared Transformer before the VAE phase (univae/mlm.py); each phase has its own warmup and decay"})
@@ -245,7 +248,7 @@ class TrainConfig:
         for name in ("batch_size", "log_every", "eval_every", "save_every", "kl_cycles", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("keep_last", "lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences",
+        for name in ("keep_last", "prior_components", "lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences",
                      "kl_weight", "kl_anneal_steps", "free_bits", "target_rate", "mdr_lr", "bow_weight", "dispersion_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
