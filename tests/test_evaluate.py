@@ -129,6 +129,14 @@ def test_no_density_family_is_skipped(model, monkeypatch):
 TINY = ["好很好。", "很好。", "很贵", "甲乙丙丁！"]
 
 
+@pytest.fixture(autouse=True)
+def tiny_idf(monkeypatch):
+    """Reports here take their content characters from TINY, not the bundled corpora (seconds to read;
+    tests/test_metrics.py reads them once)."""
+    classes = M.CharClasses(TINY)
+    monkeypatch.setattr(M, "bundled_char_classes", lambda: classes)
+
+
 def test_control_scores_on_literal_strings():
     classes = M.CharClasses(TINY)
     texts = ["房间很干净", "很好。"]
@@ -238,7 +246,7 @@ def test_report_end_to_end(run_dir, model, capsys):
 
     ctl = report["control"]
     assert ctl["prior"] == "uniform" and ctl["n_sentences"] == 12 and ctl["edits_per_sentence"] == 3
-    assert ctl["char_classes"]["corpora"] == ["builtin:reviews", "builtin:news"]  # the bundled IDF, computed once per process
+    assert ctl["char_classes"]["n_documents"] == len(TINY) and ctl["n_without_content"] == 0
     assert [r["name"] for r in ctl["per_layer"]] == ["layer 2", "layer 3"]
     assert [r["dims"] for r in ctl["per_layer"]] == ["0:8", "8:16"]
     assert [r["dims"] for r in ctl["ranges"]] == ["0:4"]
@@ -315,13 +323,12 @@ class ConstantPrior:
         return self.z0.expand(n, -1).clone()
 
 
-def test_report_with_a_fitted_prior(run_dir, model, tmp_path, monkeypatch):
+def test_report_with_a_fitted_prior(run_dir, model, tmp_path):
     """prior.fitted beside prior.uniform, the top-level keys following the fitted one, and the control
     rows redrawn from it: with a constant stand-in every edit is z with that layer's dims from z0, so
     the rows can be recomputed exactly."""
     out, corpus = run_dir
-    classes = M.CharClasses(TINY)  # a tiny IDF corpus instead of the bundled one: 很 好 pattern, most others content
-    monkeypatch.setattr(M, "bundled_char_classes", lambda: classes)
+    classes = M.bundled_char_classes()  # tiny_idf's
     args = E.parse_args(["--checkpoint", str(out / "last"), "--data", str(corpus), "--max-sentences", "6", "--out", str(tmp_path),
                          "--n-samples", "4", "--n-examples", "4", "--iw-samples", "2", "--iw-sentences", "2", "--beam-size", "2",
                          "--interp-paths", "1", "--interp-steps", "2", "--batch-size", "16", "--control-sentences", "4",

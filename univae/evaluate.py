@@ -36,20 +36,22 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `latent.kl_per_dim` | mean KL per layer and dim, (n_latent, z_dim); present only for families whose KL splits over dims (Gaussian; gmm: its z part; not vMF or VQ) |
 | `latent.codebook.perplexity`, `.used_fraction`, `.restarts` | vq only, per latent layer: exp(entropy) of the codes the sentences pick (at most min(N, K)), the fraction of the K codes picked at least once, dead-code restarts during training; `latent.mi` is then H(codes) |
 | `latent.mixture.usage`, `.usage_entropy`, `.mi_c`, `.dispersion`, `.mean_spread`, `.mean_std` | gmm only, per latent layer: component usage mean_x q(c\|x) and its entropy (nats, at most log K), I(x; c), DEM-VAE's dispersion, mean pairwise distance between component means and the components' root-mean variance |
-| `prior.n_samples` | sentences decoded from prior draws (--n-samples, decoding in `settings.prior_decoding`) |
-| `prior.distinct_1`, `.distinct_2` | distinct char uni/bigrams / all, over all samples |
-| `prior.self_bleu` | mean sentence BLEU of each sample against all others (lower = more diverse) |
-| `prior.novelty` | share of samples that are not a sentence of the training split (null without train_args.json) |
-| `prior.ended_with_sep` | share of samples that produced [SEP] before reaching maxlen |
-| `prior.mean_length`, `.data_mean_length` | mean sample length vs the evaluated data's |
-| `control.per_layer` | one row per latent layer: that layer's dims replaced by a prior draw for every sentence; then greedy decoding |
+| `prior.uniform`, `prior.fitted` | one block per prior, each of `n_samples` sentences decoded from its draws (--n-samples, decoding in `settings.prior_decoding`): `uniform` is the training prior, `fitted` the density fitted to the training codes (univae.prior); `fitted` is null without one (the note says so) |
+| each prior block | `n_samples`; `distinct_1`, `distinct_2` (distinct char uni/bigrams / all, over all samples); `self_bleu` (mean sentence BLEU of each sample against all others, lower = more diverse); `novelty` (share not a sentence of the training split; null without train_args.json); `first_char_plausibility` (share whose first char is among the 100 most frequent first chars of the training split's sentences; null without train_args.json) and `first_char_ratio` (that over `prior.data_first_char_plausibility`); `ended_with_sep` (share that produced [SEP] before maxlen); `mean_length` |
+| `prior.default` | the prior sample.py draws from (prior="auto": `fitted` when there is one, else `uniform`); the top-level `prior.n_samples`, `.distinct_1`, ... `.mean_length` repeat its block, as before there were two |
+| `prior.data_mean_length`, `.data_first_char_plausibility` | the evaluated (held-out) sentences' mean length and first-character plausibility |
+| `control.prior`, `.n_sentences`, `.edits_per_sentence` | the multi-scale control redraws dims from `prior` (`fitted` when the checkpoint has one, else `uniform`), `edits_per_sentence` times (--control-edits) for each of the first `n_sentences` evaluated sentences (--control-sentences), all decoded greedily |
+| `control.per_layer` | one row per latent layer (lowest first): that layer's dims redrawn |
 | `control.ranges` | the same for each --replace-dims range (for vq the ranges are code positions, one per latent layer) |
-| each control row | `name`, `layer` (Transformer layer index, null for a range), `dims` ("start:stop", comma-separated for several ranges), `char_f1` and `edit_distance` vs the original sentence, `changed` (share whose output differs from the unedited greedy reconstruction) |
+| each control row | `name`, `layer` (Transformer layer index, null for a range), `dims` ("start:stop", comma-separated for several ranges); over all edits: `char_f1` and `edit_distance` vs the original sentence, `changed` (share whose output differs from the unedited greedy reconstruction), `content_kept` / `pattern_kept` (multiset recall of the sentence's content / pattern chars in the output, univae.metrics.CharClasses; a sentence without such chars is left out of that mean; null without the IDF corpus) |
+| `control.unedited` | the same scores for the unedited greedy reconstructions (`changed` is 0) |
+| `control.lowest_vs_top` | `lowest`, `top` (row names) and for `content_kept`, `pattern_kept`: `lowest`, `top` and `diff` = lowest - top (null with one latent layer) |
+| `control.char_classes` | `corpora` (the IDF corpora: bundled reviews + news, one document per sentence), `n_documents`, `idf_threshold` (median IDF over character occurrences; content = above it and not punctuation/symbol), `n_chars`, `n_content`; `control.n_without_content`, `.n_without_pattern`: control sentences left out of each mean |
 | `interpolation.n_paths`, `.steps` | paths between the codes of successive pairs of sentences (slerp per vMF layer, linear otherwise; vq: each point snapped to the nearest code), ends included |
 | `interpolation.step_edit_distance` | mean normalised edit distance between successive outputs on a path (0 = no change; lower = smoother) |
 | `training.metrics_file`, `.last_step`, `.last_val` | metrics.jsonl found beside or above the checkpoint, its last step and last val row; the section is null without one |
 | `plots.*` | PNG file names in --out (`control`, `lengths`, `training_curves`; a missing plot is null) |
-| `examples.reconstruction`, `.prior`, `.control`, `.interpolation` | the first --n-examples of each section, shown in report.md |
+| `examples.reconstruction`, `.prior`, `.priors`, `.control`, `.interpolation` | the first --n-examples of each section, shown in report.md (`prior`: the default prior's; `priors`: per prior; `control`: each range's first edit) |
 | `notes`, `seconds` | report-wide notes (e.g. an assumed split seed); wall time of the evaluation |
 """
 import argparse
@@ -669,9 +671,9 @@ def write_markdown(report, path):
     if cc:
         out += [f"Content characters: IDF above the median over character occurrences ({fmt(cc['idf_threshold'])}) in "
                 f"{' + '.join(f'`{c}`' for c in cc['corpora'])} ({cc['n_documents']} sentences), punctuation and symbols "
-                f"excluded: {cc['n_content']} of {cc['n_chars']} characters; the rest are pattern. Sentences without "
-                f"content (pattern) characters are left out of that average: {ctl['n_without_content']} "
-                f"({ctl['n_without_pattern']}).", ""]
+                f"excluded: {cc['n_content']} of {cc['n_chars']} characters; the rest are pattern. "
+                f"{ctl['n_without_content']} sentences have no content character and {ctl['n_without_pattern']} no pattern "
+                "character; each is left out of that average.", ""]
     if ctl.get("note"):
         out += [ctl["note"] + ".", ""]
     u = ctl["unedited"]
