@@ -76,6 +76,8 @@ from univae.tokenizer import detokenize, encode_texts
 
 SPLITS = ("train", "val", "test")
 TRAIN_ARGS = "train_args.json"  # written by train.py beside each step-N checkpoint (univae.training)
+PRIOR_NAMES = ("uniform", "fitted")  # the report's prior blocks, in this order
+FIRST_CHARS = 100  # first-character plausibility: the training split's 100 most frequent first characters
 
 
 def progress(iterable, desc, total=None):
@@ -269,10 +271,6 @@ def available_priors(model):
     """The priors sample_prior can draw from: the training prior always, the fitted density when the
     checkpoint has one. The last is what prior="auto" (sample.py's default) picks."""
     return ["uniform"] + (["fitted"] if model.fitted_prior is not None else [])
-
-
-PRIOR_NAMES = ("uniform", "fitted")  # the report's prior blocks, in this order
-FIRST_CHARS = 100  # first-character plausibility: the training split's 100 most frequent first characters
 
 
 def prior_block(model, prior, n_samples, opts, train_texts, first_chars, data_first_share):
