@@ -121,6 +121,55 @@ def test_no_density_family_is_skipped(model, monkeypatch):
     assert likelihood["ce"] > 0 and len(latent["kl_per_layer"]) == model.config.num_latent_layers
 
 
+# ----------------------------------------------------------------------------- control and prior pieces
+
+# M.CharClasses over these: df 好 2, 很 3, 。 2 (idf log 2, log 4/3, log 2), the rest df 1 (log 4); the
+# median over the 14 occurrences is log 2, so content = 贵 甲 乙 丙 丁 and every unseen character
+# (not punctuation): 房 间 干 净 脏 are content, 很 好 。 pattern (tests/test_metrics.py works it out).
+TINY = ["好很好。", "很好。", "很贵", "甲乙丙丁！"]
+
+
+@pytest.fixture(autouse=True)
+def tiny_idf(monkeypatch):
+    """Reports here take their content characters from TINY, not the bundled corpora (seconds to read;
+    tests/test_metrics.py reads them once)."""
+    classes = M.CharClasses(TINY)
+    monkeypatch.setattr(M, "bundled_char_classes", lambda: classes)
+
+
+def test_control_scores_on_literal_strings():
+    classes = M.CharClasses(TINY)
+    texts = ["房间很干净", "很好。"]
+    outputs = ["房间很脏", "干净", "很好", "很好。"]  # two edits per sentence, grouped per sentence
+    reconstructions = ["房间很干净", "很好"]
+    s = E.control_scores(texts, outputs, reconstructions, 2, classes)
+    # content: 房间干净 kept 2/4 then 2/4; "很好。" has none, so only the first sentence counts
+    assert s["content_kept"] == pytest.approx(0.5)
+    # pattern: 很 kept 1/1, then 0/1; 很好。 kept 2/3, then 3/3
+    assert s["pattern_kept"] == pytest.approx((1 + 0 + 2 / 3 + 1) / 4)
+    assert s["changed"] == pytest.approx(3 / 4)  # only "很好" equals its reconstruction
+    assert s["char_f1"] == pytest.approx(M.mean(M.char_f1(o, t) for o, t in zip(outputs, [texts[0]] * 2 + [texts[1]] * 2)))
+    assert E.control_scores(texts, outputs[::2], reconstructions, 1, None)["content_kept"] is None  # no IDF corpus
+    with pytest.raises(ValueError):
+        E.control_scores(texts, outputs, reconstructions, 3, classes)
+
+
+def test_lowest_vs_top():
+    rows = [{"name": "layer 1", "content_kept": 0.75, "pattern_kept": 0.5}, {"name": "layer 2", "content_kept": 0.5, "pattern_kept": 0.25},
+            {"name": "layer 3", "content_kept": 0.25, "pattern_kept": float("nan")}]
+    out = E.lowest_vs_top(rows)
+    assert (out["lowest"], out["top"]) == ("layer 1", "layer 3")
+    assert out["content_kept"] == {"lowest": 0.75, "top": 0.25, "diff": 0.5}
+    assert out["pattern_kept"]["diff"] is None  # a score that could not be computed makes no difference either
+    assert E.lowest_vs_top(rows[:1]) is None
+
+
+def test_control_flags_are_checked():
+    for flag in ("--control-edits", "--control-sentences"):
+        with pytest.raises(SystemExit):
+            E.parse_args(["--checkpoint", "x", flag, "0"])
+
+
 def test_read_metrics_keeps_the_last_row_per_step(run_dir, tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 1, "loss": 9}\ncut{\n', encoding="utf-8")
@@ -183,17 +232,30 @@ def test_report_end_to_end(run_dir, model, capsys):
 
     pr = report["prior"]
     assert pr["n_samples"] == 6 and len(report["examples"]["prior"]) == 2
-    for key in ("distinct_1", "distinct_2", "ended_with_sep", "novelty"):
-        assert pr[key] is None or 0 <= pr[key] <= 1, key
+    assert pr["default"] == "uniform" and pr["fitted"] is None and "no fitted prior" in pr["note"]
+    block = pr["uniform"]
+    for key in ("distinct_1", "distinct_2", "ended_with_sep", "novelty", "first_char_plausibility"):
+        assert 0 <= block[key] <= 1, key
+        assert pr[key] == block[key], key  # the top-level keys repeat the default prior's block
     assert pr["novelty"] is not None  # train_args.json names the corpus
     assert pr["data_mean_length"] == pytest.approx(M.mean(len(s.replace(" ", "")) for s in test))
+    # first-character plausibility: the training split's 100 most frequent first characters (here all of them)
+    firsts = M.top_first_chars(D.split(SENTENCES, seed=1)["train"])
+    assert pr["data_first_char_plausibility"] == pytest.approx(M.first_char_share(test, firsts))
+    assert report["examples"]["priors"]["uniform"] == report["examples"]["prior"]
 
     ctl = report["control"]
+    assert ctl["prior"] == "uniform" and ctl["n_sentences"] == 12 and ctl["edits_per_sentence"] == 3
+    assert ctl["char_classes"]["n_documents"] == len(TINY) and ctl["n_without_content"] == 0
     assert [r["name"] for r in ctl["per_layer"]] == ["layer 2", "layer 3"]
     assert [r["dims"] for r in ctl["per_layer"]] == ["0:8", "8:16"]
     assert [r["dims"] for r in ctl["ranges"]] == ["0:4"]
-    for row in ctl["per_layer"] + ctl["ranges"]:
-        assert 0 <= row["char_f1"] <= 1 and 0 <= row["changed"] <= 1
+    for row in ctl["per_layer"] + ctl["ranges"] + [ctl["unedited"]]:
+        for key in ("char_f1", "changed", "content_kept", "pattern_kept"):
+            assert 0 <= row[key] <= 1, key
+    lvt = ctl["lowest_vs_top"]
+    assert lvt["content_kept"]["lowest"] == ctl["per_layer"][0]["content_kept"]
+    assert lvt["pattern_kept"]["diff"] == pytest.approx(ctl["per_layer"][0]["pattern_kept"] - ctl["per_layer"][-1]["pattern_kept"])
 
     it = report["interpolation"]
     assert it["n_paths"] == 2 and it["steps"] == 3 and 0 <= it["step_edit_distance"] <= 1
@@ -207,6 +269,7 @@ def test_report_end_to_end(run_dir, model, capsys):
                     "## Prior samples", "## Multi-scale control", "## Interpolation", "## Training curves"):
         assert heading in md
     assert "![control](control.png)" in md and "![training curves](training_curves.png)" in md
+    assert "| content kept | pattern kept |" in md and "| lowest − top |" in md and "first char plausible" in md
     assert test[0] in md  # examples are shown
 
 
@@ -246,3 +309,61 @@ def test_report_for_vq_and_gmm(run_dir, tmp_path, latent, capsys):
         assert len(mx["usage"][0]) == 5 and 0 <= mx["usage_entropy"][0] <= math.log(5) + 1e-6 and "component usage" in md
     headline = capsys.readouterr().out
     assert ("codebook (per layer)" in headline) == (latent == "vq") and ("mixture (per layer)" in headline) == (latent == "gmm")
+
+
+class ConstantPrior:
+    """A stand-in for univae.prior's fitted density: every draw is the same code z0. edit_z takes the
+    replaced dims from model.sample_prior, which calls sample(n) here."""
+
+    def __init__(self, z0):
+        self.z0, self.calls = z0, 0
+
+    def sample(self, n):
+        self.calls += 1
+        return self.z0.expand(n, -1).clone()
+
+
+def test_report_with_a_fitted_prior(run_dir, model, tmp_path):
+    """prior.fitted beside prior.uniform, the top-level keys following the fitted one, and the control
+    rows redrawn from it: with a constant stand-in every edit is z with that layer's dims from z0, so
+    the rows can be recomputed exactly."""
+    out, corpus = run_dir
+    classes = M.bundled_char_classes()  # tiny_idf's
+    args = E.parse_args(["--checkpoint", str(out / "last"), "--data", str(corpus), "--max-sentences", "6", "--out", str(tmp_path),
+                         "--n-samples", "4", "--n-examples", "4", "--iw-samples", "2", "--iw-sentences", "2", "--beam-size", "2",
+                         "--interp-paths", "1", "--interp-steps", "2", "--batch-size", "16", "--control-sentences", "4",
+                         "--control-edits", "2"])
+    context = E.prepare(args)
+    z0 = model.encode([SENTENCES[20]])[0]
+    context["model"].fitted_prior = fitted = ConstantPrior(z0)
+    report, _ = E.run(args, **context)
+
+    pr, ex = report["prior"], report["examples"]
+    assert pr["default"] == "fitted" and "note" not in pr
+    assert set(pr["fitted"]) == set(pr["uniform"])
+    for key, value in pr["fitted"].items():
+        assert pr[key] == value, key
+    one = model.generate(z0[None])[0]
+    assert ex["priors"]["fitted"] == [one] * 4 == ex["prior"] and pr["fitted"]["self_bleu"] == pytest.approx(100)
+    assert pr["fitted"]["distinct_1"] == pytest.approx(M.distinct_n([one] * 4, 1))
+    firsts = M.top_first_chars(D.split(SENTENCES, seed=1)["train"])
+    for name in ("fitted", "uniform"):
+        share = M.first_char_share(ex["priors"][name], firsts)
+        assert pr[name]["first_char_plausibility"] == pytest.approx(share)
+        assert pr[name]["first_char_ratio"] == pytest.approx(share / pr["data_first_char_plausibility"])
+
+    ctl = report["control"]
+    assert ctl["prior"] == "fitted" and ctl["char_classes"]["n_documents"] == len(TINY)
+    texts = SENTENCES[:4]
+    z, reconstructions = model.encode(texts), model.reconstruct(texts)
+    for j, row in enumerate(ctl["per_layer"]):
+        span = slice(8 * j, 8 * (j + 1))
+        z_edit = z.clone()
+        z_edit[:, span] = z0[span]
+        outputs = [o for o in model.generate(z_edit) for _ in range(2)]
+        expected = E.control_scores(texts, outputs, reconstructions, 2, classes)
+        assert {k: row[k] for k in expected} == pytest.approx(expected)
+        assert 0 <= row["content_kept"] <= 1 and 0 <= row["pattern_kept"] <= 1
+    assert fitted.calls == 1 + 2 * 4  # one prior block, and one draw per sentence for each of the two layers
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| fitted |" in md and "| sample (uniform) | sample (fitted) |" in md and "from the `fitted` prior" in md

@@ -36,20 +36,22 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `latent.kl_per_dim` | mean KL per layer and dim, (n_latent, z_dim); present only for families whose KL splits over dims (Gaussian; gmm: its z part; not vMF or VQ) |
 | `latent.codebook.perplexity`, `.used_fraction`, `.restarts` | vq only, per latent layer: exp(entropy) of the codes the sentences pick (at most min(N, K)), the fraction of the K codes picked at least once, dead-code restarts during training; `latent.mi` is then H(codes) |
 | `latent.mixture.usage`, `.usage_entropy`, `.mi_c`, `.dispersion`, `.mean_spread`, `.mean_std` | gmm only, per latent layer: component usage mean_x q(c\|x) and its entropy (nats, at most log K), I(x; c), DEM-VAE's dispersion, mean pairwise distance between component means and the components' root-mean variance |
-| `prior.n_samples` | sentences decoded from prior draws (--n-samples, decoding in `settings.prior_decoding`) |
-| `prior.distinct_1`, `.distinct_2` | distinct char uni/bigrams / all, over all samples |
-| `prior.self_bleu` | mean sentence BLEU of each sample against all others (lower = more diverse) |
-| `prior.novelty` | share of samples that are not a sentence of the training split (null without train_args.json) |
-| `prior.ended_with_sep` | share of samples that produced [SEP] before reaching maxlen |
-| `prior.mean_length`, `.data_mean_length` | mean sample length vs the evaluated data's |
-| `control.per_layer` | one row per latent layer: that layer's dims replaced by a prior draw for every sentence; then greedy decoding |
+| `prior.uniform`, `prior.fitted` | one block per prior, each of `n_samples` sentences decoded from its draws (--n-samples, decoding in `settings.prior_decoding`): `uniform` is the training prior, `fitted` the density fitted to the training codes (univae.prior); `fitted` is null without one (the note says so) |
+| each prior block | `n_samples`; `distinct_1`, `distinct_2` (distinct char uni/bigrams / all, over all samples); `self_bleu` (mean sentence BLEU of each sample against all others, lower = more diverse); `novelty` (share not a sentence of the training split; null without train_args.json); `first_char_plausibility` (share whose first char is among the 100 most frequent first chars of the training split's sentences; null without train_args.json) and `first_char_ratio` (that over `prior.data_first_char_plausibility`); `ended_with_sep` (share that produced [SEP] before maxlen); `mean_length` |
+| `prior.default` | the prior sample.py draws from (prior="auto": `fitted` when there is one, else `uniform`); the top-level `prior.n_samples`, `.distinct_1`, ... `.mean_length` repeat its block, as before there were two |
+| `prior.data_mean_length`, `.data_first_char_plausibility` | the evaluated (held-out) sentences' mean length and first-character plausibility |
+| `control.prior`, `.n_sentences`, `.edits_per_sentence` | the multi-scale control redraws dims from `prior` (`fitted` when the checkpoint has one, else `uniform`), `edits_per_sentence` times (--control-edits) for each of the first `n_sentences` evaluated sentences (--control-sentences), all decoded greedily |
+| `control.per_layer` | one row per latent layer (lowest first): that layer's dims redrawn |
 | `control.ranges` | the same for each --replace-dims range (for vq the ranges are code positions, one per latent layer) |
-| each control row | `name`, `layer` (Transformer layer index, null for a range), `dims` ("start:stop", comma-separated for several ranges), `char_f1` and `edit_distance` vs the original sentence, `changed` (share whose output differs from the unedited greedy reconstruction) |
+| each control row | `name`, `layer` (Transformer layer index, null for a range), `dims` ("start:stop", comma-separated for several ranges); over all edits: `char_f1` and `edit_distance` vs the original sentence, `changed` (share whose output differs from the unedited greedy reconstruction), `content_kept` / `pattern_kept` (multiset recall of the sentence's content / pattern chars in the output, univae.metrics.CharClasses; a sentence without such chars is left out of that mean; null without the IDF corpus) |
+| `control.unedited` | the same scores for the unedited greedy reconstructions (`changed` is 0) |
+| `control.lowest_vs_top` | `lowest`, `top` (row names) and for `content_kept`, `pattern_kept`: `lowest`, `top` and `diff` = lowest - top (null with one latent layer) |
+| `control.char_classes` | `corpora` (the IDF corpora: bundled reviews + news, one document per sentence), `n_documents`, `idf_threshold` (median IDF over character occurrences; content = above it and not punctuation/symbol), `n_chars`, `n_content`; `control.n_without_content`, `.n_without_pattern`: control sentences left out of each mean |
 | `interpolation.n_paths`, `.steps` | paths between the codes of successive pairs of sentences (slerp per vMF layer, linear otherwise; vq: each point snapped to the nearest code), ends included |
 | `interpolation.step_edit_distance` | mean normalised edit distance between successive outputs on a path (0 = no change; lower = smoother) |
 | `training.metrics_file`, `.last_step`, `.last_val` | metrics.jsonl found beside or above the checkpoint, its last step and last val row; the section is null without one |
 | `plots.*` | PNG file names in --out (`control`, `lengths`, `training_curves`; a missing plot is null) |
-| `examples.reconstruction`, `.prior`, `.control`, `.interpolation` | the first --n-examples of each section, shown in report.md |
+| `examples.reconstruction`, `.prior`, `.priors`, `.control`, `.interpolation` | the first --n-examples of each section, shown in report.md (`prior`: the default prior's; `priors`: per prior; `control`: each range's first edit) |
 | `notes`, `seconds` | report-wide notes (e.g. an assumed split seed); wall time of the evaluation |
 """
 import argparse
@@ -74,6 +76,8 @@ from univae.tokenizer import detokenize, encode_texts
 
 SPLITS = ("train", "val", "test")
 TRAIN_ARGS = "train_args.json"  # written by train.py beside each step-N checkpoint (univae.training)
+PRIOR_NAMES = ("uniform", "fitted")  # the report's prior blocks, in this order
+FIRST_CHARS = 100  # first-character plausibility: the training split's 100 most frequent first characters
 
 
 def progress(iterable, desc, total=None):
@@ -263,54 +267,136 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
     return likelihood, latent
 
 
-def prior_section(model, n_samples, data_texts, train_texts, decoding, n_examples):
-    """Sentences decoded from prior draws. Token ids come from decode_ids: a row that never produced
-    [SEP] has all maxlen - 1 generated tokens, one that did has at most maxlen - 2 before it."""
-    opts = Decoding(**decoding)
-    z = model.sample_prior(n_samples)
+def available_priors(model):
+    """The priors sample_prior can draw from: the training prior always, the fitted density when the
+    checkpoint has one. The last is what prior="auto" (sample.py's default) picks."""
+    return ["uniform"] + (["fitted"] if model.fitted_prior is not None else [])
+
+
+def prior_block(model, prior, n_samples, opts, train_texts, first_chars, data_first_share):
+    """Sentences decoded from n_samples draws of one prior, and their scores. Token ids come from
+    decode_ids: a row that never produced [SEP] has all maxlen - 1 generated tokens, one that did
+    has at most maxlen - 2 before it."""
+    z = model.sample_prior(n_samples, prior=prior)
     ids = []
-    for zb in progress(z.split(opts.batch_size), "prior samples"):
+    for zb in progress(z.split(opts.batch_size), f"prior samples ({prior})"):
         ids += decode_ids(model, zb, opts)
     samples = [detokenize(model.tokenizer, row) for row in ids]
-    section = {
+    share = M.first_char_share(samples, first_chars) if first_chars is not None else None
+    block = {
         "n_samples": n_samples,
         "distinct_1": M.distinct_n(samples, 1),
         "distinct_2": M.distinct_n(samples, 2),
         "self_bleu": M.self_bleu(samples),
         "novelty": M.novelty(samples, train_texts) if train_texts is not None else None,
+        "first_char_plausibility": share,
+        "first_char_ratio": share / data_first_share if share is not None and data_first_share else None,
         "ended_with_sep": M.mean(len(row) < model.config.maxlen - 1 for row in ids),
         "mean_length": M.mean(len(M.strip_ws(s)) for s in samples),
-        "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
     }
+    return block, samples
+
+
+def prior_section(model, n_samples, data_texts, train_texts, decoding, n_examples, seeds):
+    """One block per available prior (prior.uniform, prior.fitted), each drawn under its seed in `seeds`;
+    the top-level keys repeat the block of the default prior (what prior="auto" draws from), as
+    before there were two. Returns (section, examples per prior, the default prior's samples)."""
+    opts = Decoding(**decoding)
+    first_chars = M.top_first_chars(train_texts, FIRST_CHARS) if train_texts is not None else None
+    data_share = M.first_char_share(data_texts, first_chars) if first_chars is not None else None
+    priors = available_priors(model)
+    section = {"default": priors[-1], "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
+               "data_first_char_plausibility": data_share, "fitted": None}
+    notes, examples, samples = [], {}, {}
+    for prior in priors:
+        torch.manual_seed(seeds[prior])
+        section[prior], samples[prior] = prior_block(model, prior, n_samples, opts, train_texts, first_chars, data_share)
+        examples[prior] = samples[prior][:n_examples]
+    section.update(section[section["default"]])
+    if "fitted" not in priors:
+        notes.append("no fitted prior in the checkpoint (python -m univae.prior fits one): only the training prior is sampled")
     if train_texts is None:
-        section["note"] = f"novelty: no {TRAIN_ARGS} in the checkpoint, so no training corpus to compare with"
-    return section, samples[:n_examples], samples
+        notes.append(f"novelty, first-character plausibility: no {TRAIN_ARGS} in the checkpoint, so no training corpus to compare with")
+    if notes:
+        section["note"] = "; ".join(notes)
+    return section, examples, samples[section["default"]]
 
 
-def control_section(model, texts, reconstructions, ranges, batch_size, n_examples):
-    """Replace the dims of each range with a prior draw (edit_z: one fresh draw per sentence), decode
-    greedily and compare with the sentence. ranges: [(name, layer or None, dims spec)]."""
+def control_scores(texts, outputs, reconstructions, n_edits, classes):
+    """Scores of the edited outputs, n_edits per sentence (rows grouped per sentence), against their
+    sentences: char F1, edit distance, `changed` (differs from the unedited reconstruction), and the
+    content / pattern characters kept (univae.metrics.CharClasses; None without classes). A sentence
+    with no content (pattern) character is left out of the content (pattern) average."""
+    if len(outputs) != len(texts) * n_edits:
+        raise ValueError(f"{len(outputs)} outputs for {len(texts)} sentences x {n_edits} edits")
+    src = [t for t in texts for _ in range(n_edits)]
+    rec = [r for r in reconstructions for _ in range(n_edits)]
+    scores = {
+        "char_f1": M.mean(M.char_f1(o, t) for o, t in zip(outputs, src)),
+        "edit_distance": M.mean(M.edit_distance(o, t) for o, t in zip(outputs, src)),
+        "changed": M.mean(M.strip_ws(o) != M.strip_ws(r) for o, r in zip(outputs, rec)),
+        "content_kept": None, "pattern_kept": None,
+    }
+    if classes is not None:
+        for key, kept in (("content_kept", M.content_kept), ("pattern_kept", M.pattern_kept)):
+            recalls = [kept(t, o, classes) for o, t in zip(outputs, src)]
+            scores[key] = M.mean(x for x in recalls if x is not None)
+    return scores
+
+
+def lowest_vs_top(per_layer):
+    """Content and pattern kept when the lowest latent layer is redrawn vs the top one, and lowest
+    minus top; None with fewer than two latent layers."""
+    if len(per_layer) < 2:
+        return None
+    lo, top = per_layer[0], per_layer[-1]
+    out = {"lowest": lo["name"], "top": top["name"]}
+    for key in ("content_kept", "pattern_kept"):
+        a, b = lo[key], top[key]
+        ok = all(isinstance(x, float) and math.isfinite(x) for x in (a, b))
+        out[key] = {"lowest": a, "top": b, "diff": a - b if ok else None}
+    return out
+
+
+def char_classes_or_note():
+    """The bundled corpora's content/pattern characters, or (None, why not)."""
+    try:
+        return M.bundled_char_classes(), None
+    except D.CorpusError as e:
+        return None, f"content/pattern kept: no IDF corpus ({e})"
+
+
+def control_section(model, texts, reconstructions, ranges, n_edits, classes, batch_size, n_examples):
+    """For each range, n_edits copies of each sentence's code with those dims redrawn (edit_z, from the
+    fitted prior when the checkpoint has one), all decoded greedily in one stacked batch per range,
+    and compared with the sentence. ranges: [(name, layer or None, dims spec)]."""
+    prior = available_priors(model)[-1]
     z = model.encode(texts, batch_size=batch_size).to(model.device)
     rows, edited = [], {}
-    bar = progress(None, "multi-scale control", total=len(ranges) * len(texts))
-    for name, layer, dims in ranges:
-        outputs = []
-        for zb in z.split(batch_size):
-            z_edit = torch.cat([edit_z(model, zi, dims, 1) for zi in zb])
-            outputs += model.generate(z_edit, batch_size=batch_size)
-            bar.update(len(zb))
+    for name, layer, dims in progress(ranges, f"multi-scale control ({len(texts)} x {n_edits} edits per range)"):
+        z_edit = torch.cat([edit_z(model, zi, dims, n_edits, prior=prior) for zi in z])  # (N * n_edits, D), grouped per sentence
+        outputs = model.generate(z_edit, batch_size=batch_size)
         _, spans = parse_dims(dims, edit_size(model))
-        rows.append({
-            "name": name, "layer": layer, "dims": ",".join(f"{a}:{b}" for a, b in spans),
-            "char_f1": M.mean(M.char_f1(o, t) for o, t in zip(outputs, texts)),
-            "edit_distance": M.mean(M.edit_distance(o, t) for o, t in zip(outputs, texts)),
-            "changed": M.mean(M.strip_ws(o) != M.strip_ws(r) for o, r in zip(outputs, reconstructions)),
-        })
-        edited[name] = outputs
-    bar.close()
+        rows.append({"name": name, "layer": layer, "dims": ",".join(f"{a}:{b}" for a, b in spans),
+                     **control_scores(texts, outputs, reconstructions, n_edits, classes)})
+        edited[name] = outputs[::n_edits]  # the first edit of each sentence, for the examples
+    section = {
+        "prior": prior, "n_sentences": len(texts), "edits_per_sentence": n_edits,
+        "unedited": control_scores(texts, reconstructions, reconstructions, 1, classes),
+        "per_layer": [r for r in rows if r["layer"] is not None],
+        "ranges": [r for r in rows if r["layer"] is None],
+    }
+    section["lowest_vs_top"] = lowest_vs_top(section["per_layer"])
+    if classes is not None:
+        content = lambda t: any(classes.is_content(c) for c in M.strip_ws(t))
+        pattern = lambda t: any(not classes.is_content(c) for c in M.strip_ws(t))
+        section["n_without_content"] = sum(not content(t) for t in texts)
+        section["n_without_pattern"] = sum(not pattern(t) for t in texts)
+        section["char_classes"] = {"corpora": list(M.IDF_CORPORA), "n_documents": classes.n_docs,
+                                   "idf_threshold": classes.threshold, "n_chars": len(classes.idf), "n_content": len(classes.content)}
     examples = [{"text": t, "reconstruction": r, "edits": {name: out[i] for name, out in edited.items()}}
                 for i, (t, r) in enumerate(list(zip(texts, reconstructions))[:n_examples])]
-    return rows, examples
+    return section, rows, examples
 
 
 def interpolation_section(model, texts, n_paths, steps):
@@ -393,12 +479,16 @@ def plot_training_curves(train, val, path):
 def plot_control(rows, unedited_f1, path):
     plt = _pyplot()
     labels = [f"{r['name']}\n{r['dims']}" if r["layer"] is not None else r["name"] for r in rows]
-    x = list(range(len(rows)))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 4.2))
-    ax.bar([i - 0.2 for i in x], [r["char_f1"] for r in rows], width=0.4, label="char F1 with the sentence")
-    ax.bar([i + 0.2 for i in x], [r["changed"] for r in rows], width=0.4, label="share changed")
+    bars = [("char_f1", "char F1 with the sentence"), ("content_kept", "content chars kept"),
+            ("pattern_kept", "pattern chars kept"), ("changed", "share changed")]
+    bars = [(key, label) for key, label in bars if any(isinstance(r[key], float) for r in rows)]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 2), 4.4))
+    for b, (key, label) in enumerate(bars):
+        x = [i + (b - (len(bars) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(x, [r[key] if isinstance(r[key], float) else 0.0 for r in rows], width=width, label=label)
     ax.axhline(unedited_f1, color="gray", linestyle="--", label="char F1, unedited")
-    ax.set_xticks(x, labels)
+    ax.set_xticks(list(range(len(rows))), labels)
     ax.set_ylim(0, 1)
     ax.set_title("dims replaced by a prior draw (lowest latent layer left)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8, frameon=False)
@@ -450,10 +540,18 @@ def headline_rows(report):
         ("latent: KL (per layer) / MI / active units",
          f"{fmt(lt['kl'], 2)} ({', '.join(fmt(k, 2) for k in lt['kl_per_layer'])}) / {fmt(lt['mi'])} / "
          f"{fmt(lt['au'])} of {report['checkpoint']['config']['num_latent_layers'] * report['checkpoint']['config']['z_dim']}"),
-        ("prior: distinct-1 / distinct-2 / self-BLEU", f"{fmt(pr['distinct_1'])} / {fmt(pr['distinct_2'])} / {fmt(pr['self_bleu'], 1)}"),
-        ("prior: novelty / ended with [SEP]", f"{fmt(pr['novelty'])} / {fmt(pr['ended_with_sep'])}"),
-        ("control: char F1 with a layer redrawn (lowest first)",
-         ", ".join(fmt(row["char_f1"]) for row in report["control"]["per_layer"])),
+    ]
+    for name in PRIOR_NAMES:
+        b = pr.get(name)
+        if b:
+            rows += [(f"prior ({name}): distinct-1 / distinct-2 / self-BLEU", f"{fmt(b['distinct_1'])} / {fmt(b['distinct_2'])} / {fmt(b['self_bleu'], 1)}"),
+                     (f"prior ({name}): novelty / first char plausible (data) / ended with [SEP]",
+                      f"{fmt(b['novelty'])} / {fmt(b['first_char_plausibility'])} ({fmt(pr['data_first_char_plausibility'])}) / {fmt(b['ended_with_sep'])}")]
+    ctl = report["control"]
+    rows += [
+        (f"control ({ctl['prior']} prior): char F1 with a layer redrawn (lowest first)", ", ".join(fmt(row["char_f1"]) for row in ctl["per_layer"])),
+        ("control: content kept / pattern kept with a layer redrawn (lowest first)",
+         " / ".join(", ".join(fmt(row[key]) for row in ctl["per_layer"]) for key in ("content_kept", "pattern_kept"))),
         ("interpolation: step edit distance", fmt(report["interpolation"]["step_edit_distance"])),
     ]
     if lt.get("codebook"):
@@ -539,26 +637,56 @@ def write_markdown(report, path):
                 "component means, next to the components' root-mean variance.", ""]
 
     p = report["prior"]
+    priors = [name for name in PRIOR_NAMES if p.get(name)]
     out += ["## Prior samples", "",
-            md_table(["samples", "distinct-1", "distinct-2", "self-BLEU", "novelty", "ended with [SEP]", "mean length", "data mean length"],
-                     [(p["n_samples"], p["distinct_1"], p["distinct_2"], p["self_bleu"], p["novelty"], p["ended_with_sep"],
-                       p["mean_length"], p["data_mean_length"])]), ""]
+            f"{p['n_samples']} sentences decoded from draws of each prior ({s['prior_decoding']} decoding): `uniform` is the "
+            "training prior the KL is measured against, `fitted` the density fitted to the training set's posterior codes. "
+            f"The default (what sample.py draws from) is `{p['default']}`. A first character is plausible when it is "
+            f"among the {FIRST_CHARS} most frequent first characters of the training sentences; the ratio divides the "
+            "samples' share by the held-out sentences'.", "",
+            md_table(["prior", "distinct-1", "distinct-2", "self-BLEU", "novelty", "first char plausible", "ratio to data",
+                      "ended with [SEP]", "mean length"],
+                     [(name, p[name]["distinct_1"], p[name]["distinct_2"], p[name]["self_bleu"], p[name]["novelty"],
+                       p[name]["first_char_plausibility"], p[name]["first_char_ratio"], p[name]["ended_with_sep"],
+                       p[name]["mean_length"]) for name in priors]
+                     + [("held-out sentences", None, None, None, None, p["data_first_char_plausibility"], None,
+                         None, p["data_mean_length"])]), ""]
     if p.get("note"):
         out += [p["note"] + ".", ""]
     if report["plots"].get("lengths"):
         out += [f"![lengths]({report['plots']['lengths']})", ""]
-    out += [md_table(["sample"], [(x,) for x in ex["prior"]]), ""]
+    out += [md_table([f"sample ({name})" for name in priors], list(zip(*(ex["priors"][name] for name in priors)))), ""]
 
     ctl = report["control"]
     rows = ctl["per_layer"] + ctl["ranges"]
+    cc = ctl.get("char_classes")
     out += ["## Multi-scale control", "",
-            "For every sentence, the dims of one latent layer (or one --replace-dims range) are replaced by a prior "
-            "draw and the code is decoded greedily. High char F1 with the sentence: the rest of the code keeps its "
-            "content words (topic); a low F1 with a high change rate: that layer carried them. "
-            "`changed` counts outputs that differ from the unedited reconstruction.", "",
-            md_table(["edit", "dims", "char F1", "edit distance", "changed"],
-                     [("none (greedy reconstruction)", "", r["greedy"]["char_f1"], r["greedy"]["edit_distance"], 0.0)]
-                     + [(row["name"], row["dims"], row["char_f1"], row["edit_distance"], row["changed"]) for row in rows]), ""]
+            f"For each of {ctl['n_sentences']} sentences, the dims of one latent layer (or one --replace-dims range) are "
+            f"redrawn {ctl['edits_per_sentence']} times from the `{ctl['prior']}` prior and each code is decoded greedily. "
+            "Content kept / pattern kept: the share of the sentence's content (pattern) characters, as a multiset, "
+            "still in the output. High content kept with a layer redrawn: the rest of the code keeps the topic; "
+            "low: that layer carried it. `changed` counts outputs that differ from the unedited reconstruction.", ""]
+    if cc:
+        out += [f"Content characters: IDF above the median over character occurrences ({fmt(cc['idf_threshold'])}) in "
+                f"{' + '.join(f'`{c}`' for c in cc['corpora'])} ({cc['n_documents']} sentences), punctuation and symbols "
+                f"excluded: {cc['n_content']} of {cc['n_chars']} characters; the rest are pattern. "
+                f"{ctl['n_without_content']} sentences have no content character and {ctl['n_without_pattern']} no pattern "
+                "character; each is left out of that average.", ""]
+    if ctl.get("note"):
+        out += [ctl["note"] + ".", ""]
+    u = ctl["unedited"]
+    out += [md_table(["edit", "dims", "char F1", "content kept", "pattern kept", "edit distance", "changed"],
+                     [("none (greedy reconstruction)", "", u["char_f1"], u["content_kept"], u["pattern_kept"], u["edit_distance"], 0.0)]
+                     + [(row["name"], row["dims"], row["char_f1"], row["content_kept"], row["pattern_kept"], row["edit_distance"],
+                         row["changed"]) for row in rows]), ""]
+    lvt = ctl["lowest_vs_top"]
+    if lvt:
+        out += [md_table(["redrawn", "content kept", "pattern kept"],
+                         [(f"lowest ({lvt['lowest']})", lvt["content_kept"]["lowest"], lvt["pattern_kept"]["lowest"]),
+                          (f"top ({lvt['top']})", lvt["content_kept"]["top"], lvt["pattern_kept"]["top"]),
+                          ("lowest − top", lvt["content_kept"]["diff"], lvt["pattern_kept"]["diff"])]), "",
+                "The reference's author saw the top layers carry the content: redrawing the lowest layer would then keep "
+                "more content (a positive content difference) while both keep the pattern.", ""]
     if report["plots"].get("control"):
         out += [f"![control]({report['plots']['control']})", ""]
     names = [row["name"] for row in rows]
@@ -617,6 +745,9 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=float, default=None, help="prior samples: nucleus sampling")
     p.add_argument("--replace-dims", action="append", default=[], metavar="RANGES",
                    help="extra control rows, e.g. 0:32 or 0:16,48:64 (repeatable)")
+    p.add_argument("--control-sentences", type=int, default=100,
+                   help="multi-scale control: edit the first N evaluated sentences")
+    p.add_argument("--control-edits", type=int, default=3, help="multi-scale control: redraws per sentence and range")
     p.add_argument("--interp-paths", type=int, default=20, help="interpolation paths")
     p.add_argument("--interp-steps", type=int, default=8, help="points per path, ends included")
     p.add_argument("--n-examples", type=int, default=5, help="examples per section in report.md")
@@ -624,7 +755,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     args = p.parse_args(argv)
-    for name in ("max_sentences", "beam_size", "iw_samples", "n_samples", "batch_size"):
+    for name in ("max_sentences", "beam_size", "iw_samples", "n_samples", "batch_size", "control_sentences", "control_edits"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("iw_sentences", "interp_paths", "n_examples"):
@@ -673,7 +804,9 @@ def run(args, model, device, train_args, spec, source, texts_all, train_texts, n
         "settings": {
             "max_sentences": args.max_sentences, "beam_size": args.beam_size, "iw_samples": args.iw_samples,
             "iw_sentences": min(args.iw_sentences or len(texts), len(texts)), "au_delta": args.au_delta, "n_samples": args.n_samples,
-            "prior_decoding": decoding or "greedy", "replace_dims": args.replace_dims, "interp_paths": args.interp_paths,
+            "prior_decoding": decoding or "greedy", "replace_dims": args.replace_dims,
+            "control_sentences": min(args.control_sentences, len(texts)), "control_edits": args.control_edits,
+            "interp_paths": args.interp_paths,
             "interp_steps": args.interp_steps, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
         },
         "notes": notes,
@@ -689,20 +822,25 @@ def run(args, model, device, train_args, spec, source, texts_all, train_texts, n
         torch.manual_seed(args.seed + 1)
         report["likelihood"], report["latent"] = likelihood_and_latent_sections(
             model, ids, texts, args.iw_samples, report["settings"]["iw_sentences"], args.batch_size, args.au_delta)
-        torch.manual_seed(args.seed + 2)
-        report["prior"], examples["prior"], samples = prior_section(
-            model, args.n_samples, texts, train_texts, dict(decoding, batch_size=args.batch_size), n_examples)
+        # the uniform prior keeps the seed the single prior block had; the fitted one gets the next free one
+        report["prior"], examples["priors"], samples = prior_section(
+            model, args.n_samples, texts, train_texts, dict(decoding, batch_size=args.batch_size), n_examples,
+            seeds={"uniform": args.seed + 2, "fitted": args.seed + 5})
+        examples["prior"] = examples["priors"][report["prior"]["default"]]
         torch.manual_seed(args.seed + 3)
-        rows, examples["control"] = control_section(model, texts, greedy, ranges, args.batch_size, n_examples)
-        report["control"] = {"per_layer": [r for r in rows if r["layer"] is not None],
-                             "ranges": [r for r in rows if r["layer"] is None]}
+        classes, note = char_classes_or_note()
+        n_control = report["settings"]["control_sentences"]
+        report["control"], rows, examples["control"] = control_section(
+            model, texts[:n_control], greedy[:n_control], ranges, args.control_edits, classes, args.batch_size, n_examples)
+        if note:
+            report["control"]["note"] = note
         torch.manual_seed(args.seed + 4)
         report["interpolation"], paths = interpolation_section(model, texts, args.interp_paths, args.interp_steps)
         examples["interpolation"] = paths[:n_examples]
     report["training"], curves = training_section(args.checkpoint)
 
     plots = {"control": "control.png", "lengths": "lengths.png", "training_curves": None}
-    plot_control(rows, report["reconstruction"]["greedy"]["char_f1"], os.path.join(out_dir, plots["control"]))
+    plot_control(rows, report["control"]["unedited"]["char_f1"], os.path.join(out_dir, plots["control"]))
     plot_lengths(texts, samples, c.maxlen, os.path.join(out_dir, plots["lengths"]))
     if curves is not None and (curves[0] or curves[1]):
         plots["training_curves"] = "training_curves.png"

