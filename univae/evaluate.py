@@ -81,7 +81,8 @@ FIRST_CHARS = 100  # first-character plausibility: the training split's 100 most
 
 
 def progress(iterable, desc, total=None):
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True, leave=False,
+                disable=not sys.stderr.isatty())  # a log file or CI gets no carriage-return redraws
 
 
 def chunks(xs, size):
