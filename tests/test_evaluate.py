@@ -312,8 +312,8 @@ def test_report_for_vq_and_gmm(run_dir, tmp_path, latent, capsys):
 
 
 class ConstantPrior:
-    """A stand-in for univae.prior's fitted density: every draw is the same code z0. edit_z takes the
-    replaced dims from model.sample_prior, which calls sample(n) here."""
+    """A stand-in for univae.prior's fitted density: every draw is the same code z0. Prior samples
+    call sample(n); edit_z calls conditional_sample, whose redrawn dims here are z0's."""
 
     def __init__(self, z0):
         self.z0, self.calls = z0, 0
@@ -321,6 +321,12 @@ class ConstantPrior:
     def sample(self, n):
         self.calls += 1
         return self.z0.expand(n, -1).clone()
+
+    def conditional_sample(self, z, keep, n):
+        self.calls += 1
+        out = z.reshape(1, -1).expand(n, -1).clone()
+        out[:, ~keep] = self.z0[~keep]
+        return out
 
 
 def test_report_with_a_fitted_prior(run_dir, model, tmp_path):
