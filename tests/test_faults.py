@@ -25,20 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import sample  # noqa: E402  (the CLI at the repo root)
 
-SENTENCES = ["今天天气很好", "我喜欢这本书", "酒店的服务很周到", "房间太小了", "价格便宜质量不错", "物流速度很快",
-             "这个手机的屏幕很清楚", "味道一般般", "下次还会再来", "不推荐购买", "包装很精美", "快递员态度很好"] * 4
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(f"{s}{i % 5}" for i, s in enumerate(SENTENCES)) + "\n", encoding="utf-8")
-    return str(path)
-
-
-def args_for(corpus, out, *extra):
-    return ["--preset", "debug", "--corpus", corpus, "--out", str(out), "--batch-size", "8", "--precision", "fp32",
-            "--eval-every", "1000", "--eval-sentences", "2", "--log-every", "5", "--warmup", "2", *extra]
+from test_train import SENTENCES, corpus  # noqa: F401 (corpus is a fixture)
+from test_train import base_args as args_for
 
 
 def exit_and_err(capsys, argv):

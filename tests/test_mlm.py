@@ -10,7 +10,7 @@ import train
 import univae
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
 
-from test_train import SENTENCES, base_args
+from test_train import base_args, corpus  # noqa: F401 (corpus is a fixture)
 
 
 def test_mask_tokens_follows_bert_rates_and_never_touches_special_tokens():
@@ -48,13 +48,6 @@ def test_mlm_loss_matches_transformers_bert_for_masked_lm(hf_bert):
         ref = hf(input_ids=inputs, attention_mask=inputs.ne(0).long(), token_type_ids=torch.ones_like(inputs),
                  position_ids=torch.arange(m, m + inputs.shape[1])[None].expand(3, -1), labels=labels).loss
     torch.testing.assert_close(tgt, ref, atol=1e-5, rtol=1e-5)
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(f"{s}{i % 7}" for i, s in enumerate(SENTENCES)) + "\n", encoding="utf-8")
-    return str(path)
 
 
 def test_train_runs_the_mlm_phase_first_and_resumes_exactly_across_the_switch(corpus, tmp_path):
