@@ -338,7 +338,7 @@ class Trainer:
                 logs = {"loss": loss.detach(), "mlm_ce": loss.detach()}
             else:
                 input_ids, token_type_ids = D.join(src)
-                out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout)
+                out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout, code_dropout=cfg.code_dropout)
                 loss, logs = self.objective(out, phase_step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -307,3 +307,33 @@ def test_train_config_checks_the_objective_flags():
                        (dict(au_delta=0.0), "au-delta")):
         with pytest.raises(ValueError, match=match):
             TrainConfig(**bad)
+
+
+def test_code_dropout_feeds_the_decoder_a_prior_draw_for_one_layer():
+    """code_dropout: the decoder of a dropped sentence reads a training-prior draw for one layer's
+    code and the encoder's own code for the others; reproduced by forcing that mixed z in eval mode."""
+    model = UniVAE(preset("debug", vocab_size=64, latent="vmf"), None).train()
+    ids, tt = random_joined(model, B=6, seed=3)
+    torch.manual_seed(7)
+    out = model(ids, tt, sample=False, code_dropout=0.99)
+    torch.manual_seed(7)  # replay the draws forward() makes, in its order
+    B, n = 6, model.config.num_latent_layers
+    pick = torch.randint(n, (B,))
+    dropped = torch.where(torch.rand(B) < 0.99, pick, -1)
+    draws = [model.family.prior(B, layer=j) for j in range(n)]
+    assert (dropped >= 0).all() and len(set(dropped.tolist())) == n  # every layer dropped somewhere
+    z = out.mu.clone()
+    k = model.config.z_dim
+    for b, j in enumerate(dropped.tolist()):
+        z[b, j * k:(j + 1) * k] = draws[j][b]
+    model.eval()
+    with torch.no_grad():
+        forced = model(ids, tt, z=z)
+    torch.testing.assert_close(out.logits, forced.logits, atol=1e-5, rtol=0)
+    k0 = model(ids, tt).z[:, :k]  # the lowest layer's code: below every drop, and returned as encoded
+    torch.testing.assert_close(out.z[:, :k], k0)
+    torch.testing.assert_close(out.mu[:, :k], k0)
+    assert not torch.equal(out.z[:, :k], torch.stack([draws[0][b] for b in range(B)]))
+    with torch.no_grad():
+        plain = model.train()(ids, tt, sample=False)
+    assert (plain.logits - out.logits).abs().max() > 1e-3  # and dropping it mattered

@@ -233,6 +233,7 @@ class TrainConfig:
     target_rate: float = field(default=0.0, metadata={"help": "MDR: keep the KL per sentence (all layers) >= this many nats with a learned Lagrange multiplier (0: off)"})
     mdr_lr: float = field(default=0.01, metadata={"help": "MDR: multiplier step per nat of rate deficit per step"})
     word_dropout: float = field(default=0.0, metadata={"help": "replace each decoder target input token (not the first [CLS]) by [MASK] with this probability"})
+    code_dropout: float = field(default=0.0, metadata={"help": "give the decoder one latent layer's code (chosen per sentence) as a training-prior draw with this probability, so each layer must mean something on its own"})
     bow_weight: float = field(default=0.0, metadata={"help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off)"})
     dispersion_weight: float = field(default=0.2, metadata={
         "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
@@ -265,6 +266,8 @@ class TrainConfig:
                              "satisfy 0 <= zero < 1 and 0 < increase <= 1 - zero (one cycle: zero, ramp, hold)")
         if not 0 <= self.mlm_fraction < 1:
             raise ValueError(f"--mlm-fraction must be in [0, 1), got {self.mlm_fraction}")
+        if not 0 <= self.code_dropout < 1:
+            raise ValueError(f"--code-dropout must be in [0, 1), got {self.code_dropout}")
         if not 0 <= self.word_dropout < 1:
             raise ValueError(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
         if not self.au_delta > 0:

@@ -268,8 +268,10 @@ class UniVAE(nn.Module):
         """(B, n*z_dim) -> list of n (B, z_dim), lowest latent layer first."""
         return list(z.split(self.config.z_dim, dim=-1))
 
-    def _run(self, h, layer_masks, backend, rope, z=None, sample=False):
+    def _run(self, h, layer_masks, backend, rope, z=None, sample=False, dropped=None):
         """The layer stack with the bottleneck on position 0. z forces the code; else encode it.
+        dropped (B,) long, optional: the latent layer whose code each sentence's decoder gets as a
+        training-prior draw instead (-1: none; code dropout), while the encoder's params stay.
 
         Returns (h, z_list, params_list) where params are None when z was forced."""
         assert len(layer_masks) == len(self.transformer.layers)
@@ -282,19 +284,29 @@ class UniVAE(nn.Module):
                     p = self.down[j](h[:, 0])
                     params.append(p)
                     zs.append(self.family.sample(p, layer=j) if sample else self.family.mean(p, layer=j))
-                h = torch.cat([self.up[j](zs[j].to(h.dtype))[:, None], h[:, 1:]], dim=1)
+                zj = zs[j]
+                if dropped is not None:
+                    draw = self.family.prior(len(zj), zj.device, layer=j).to(zj.dtype)
+                    zj = torch.where((dropped == j)[:, None], draw, zj)
+                h = torch.cat([self.up[j](zj.to(h.dtype))[:, None], h[:, 1:]], dim=1)
             h = layer(h, mask, backend, rope)
         return h, zs, params
 
     # ------------------------------------------------------------------ training forward
 
-    def forward(self, input_ids, token_type_ids=None, z=None, sample=None, word_dropout=0.0):
+    def forward(self, input_ids, token_type_ids=None, z=None, sample=None, word_dropout=0.0, code_dropout=0.0):
         """input_ids (B, 2*maxlen) from univae.data.join. z (B, n*z_dim) forces the bottleneck;
         otherwise z is a posterior sample in training mode and the posterior mean in eval mode.
 
         word_dropout (training mode only, like nn.Dropout): each real target input token after the
         target [CLS] becomes [MASK] with this probability (Bowman et al. 2016), so the decoder must
         lean on z; the labels stay the original tokens. Rate 0 draws no random numbers.
+
+        code_dropout (training mode only): with this probability a sentence's decoder gets one latent
+        layer's code (chosen uniformly) as a draw from the training prior, so no layer's code can be
+        the only carrier of the sentence. The source sees the same [CLS] state, so the layers above
+        a dropped one encode from the draw too; the returned z/mu and the KL are the encoder's codes
+        (never the draws). Rate 0 draws no random numbers.
 
         Both halves may be trimmed to a common length m < maxlen when a batch holds only shorter
         sentences (train.py does): positions stay 0..m-1 and maxlen..maxlen+m-1, so the target sits
@@ -320,7 +332,13 @@ class UniVAE(nn.Module):
         positions = torch.arange(S, device=input_ids.device)
         positions = torch.where(positions < m, positions, positions - m + c.maxlen)
         h = self.transformer.embed(input_ids, token_type_ids, positions)
-        h, zs, params = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample)
+        dropped = None
+        if code_dropout and self.training and z is None:
+            n = c.num_latent_layers
+            pick = torch.randint(n, (B,), device=input_ids.device)
+            dropped = torch.where(torch.rand(B, device=input_ids.device) < code_dropout, pick, -1)
+        h, zs, params = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample,
+                                  dropped=dropped)
         logits = self.transformer.logits(h[:, m:])  # (B, m, V), target half only
 
         n_tokens = (labels != -100).sum()
