@@ -2,7 +2,6 @@
 checkpoint files (one line naming the file, in train.py --resume, sample.py and univae.evaluate),
 non-finite steps, one run per --out, a failing disk, --keep-last, and logs a person can read."""
 import errno
-import json
 import os
 import shutil
 import signal
