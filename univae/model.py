@@ -270,8 +270,9 @@ class UniVAE(nn.Module):
 
     def _run(self, h, layer_masks, backend, rope, z=None, sample=False, dropped=None):
         """The layer stack with the bottleneck on position 0. z forces the code; else encode it.
-        dropped (B,) long, optional: the latent layer whose code each sentence's decoder gets as a
-        training-prior draw instead (-1: none; code dropout), while the encoder's params stay.
+        dropped (B,) long, optional: the latent layer whose code each sentence gets as a training-prior
+        draw instead (-1: none; code dropout). The [CLS] state is shared, so the layers above read the
+        draw too; z_list and params_list keep the encoder's own codes.
 
         Returns (h, z_list, params_list) where params are None when z was forced."""
         assert len(layer_masks) == len(self.transformer.layers)
