@@ -149,6 +149,54 @@ def test_backends_agree_on_forward_and_gradients(model):
     model.config.attn = "auto"
 
 
+@pytest.mark.parametrize("latent", ["vmf", "gaussian", "gmm", "vq"])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+def test_pruned_split_forward_matches_eager_through_the_encoder(hf_dirs, latent, kernel, monkeypatch):
+    """The training forward under split skips the source rows nobody reads (UniVAE.layer_masks):
+    the same loss, logits, code and gradient of every weight (encoder, bottleneck, decoder) as the
+    joined dense-mask forward, for both kernels split runs on (BERT, and RoFormer whose rotary
+    tables follow the kept rows)."""
+    import univae.attention as attention
+
+    monkeypatch.setattr(attention, "_kernel", lambda q: kernel)
+    for kind in ("bert", "roformer"):
+        torch.manual_seed(0)
+        m = univae.UniVAE.from_pretrained(str(hf_dirs[kind]), maxlen=12, z_dim=8, latent=latent).eval()
+        ids, tt = random_joined(m, seed=11)
+        results = {}
+        for attn in ("eager", "split"):
+            m.config.attn = attn
+            m.zero_grad()
+            out = m(ids, tt)
+            out.loss.backward()
+            grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+            results[attn] = (out.loss.detach(), out.logits.detach(), out.mu.detach(), grads)
+        (loss, logits, mu, grads), (loss_s, logits_s, mu_s, grads_s) = results["eager"], results["split"]
+        torch.testing.assert_close(loss_s, loss, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits_s, logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mu_s, mu, atol=1e-5, rtol=1e-5)
+        assert grads_s.keys() == grads.keys() and any(n.startswith("down.") for n in grads)
+        for n, g in grads.items():
+            torch.testing.assert_close(grads_s[n], g, atol=1e-5, rtol=1e-4, msg=f"{kind} {latent} {n}")
+
+
+def test_pruned_split_forward_computes_only_the_rows_read(model):
+    """Rows through each layer's feed-forward: both halves below, the source [CLS] and the target
+    in the layer under the top one, the target alone in the top layer."""
+    ids, tt = random_joined(model, seed=12)
+    B, m, L = ids.shape[0], model.config.maxlen, model.config.num_hidden_layers
+    rows = {}
+    hooks = [layer.ffn_in.register_forward_hook(lambda mod, inp, out, l=l: rows.__setitem__(l, inp[0].shape[:2]))
+             for l, layer in enumerate(model.transformer.layers)]
+    model.config.attn = "split"
+    with torch.no_grad():
+        model(ids, tt)
+    for h in hooks:
+        h.remove()
+    model.config.attn = "auto"
+    assert rows == {**{l: (B, 2 * m) for l in range(L - 2)}, L - 2: (B, 1 + m), L - 1: (B, m)}
+
+
 def test_decode_logits_agree_across_backends(model):
     ids, _ = random_joined(model, seed=8)
     tgt = ids[:, model.config.maxlen:]

@@ -75,11 +75,14 @@ def test_masks_are_built_once_per_forward_one_per_kind(monkeypatch, attn, builde
     assert calls.n == expected
     L, latent = model.config.num_hidden_layers, set(model.config.latent_layers)
     assert len(seen) == L
+    if attn == "split":  # no mask at all: one layout per layer, the top two skipping unread source rows
+        m = model.config.maxlen
+        assert all(isinstance(s, SplitLayout) and s.sees_cls == (l in latent) for l, s in enumerate(seen))
+        assert [(s.src_len, s.src_queries) for s in seen] == [(m, None)] * (L - 2) + [(m, 1), (1, 0)]
+        return
     # exactly two mask objects, shared: every lower layer gets one, every latent layer the other
     assert len({id(m) for m in seen}) == 2
     assert len({id(m) for l, m in enumerate(seen) if l in latent}) == 1
-    if attn == "split":
-        assert all(isinstance(m, SplitLayout) and m.sees_cls == (l in latent) for l, m in enumerate(seen))
 
 
 def test_cached_decoder_builds_no_mask_per_step(monkeypatch):

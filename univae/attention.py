@@ -3,11 +3,13 @@
     eager  explicit masked softmax in fp32-safe form; the reference the others are tested against
     sdpa   F.scaled_dot_product_attention with the dense bool mask
     flex   FlexAttention with a BlockMask, compiled once at module level
-    split  UniVAE's two masks decomposed into plain attention calls that need no dense mask:
-           source: bidirectional SDPA with key padding; target, lower layers: is_causal;
-           target, latent layers: queries [q_cls; q_tgt], keys [k_cls; k_tgt], is_causal, row 0 dropped.
-           Only unmasked work is done, on the fused/flash kernels.
-    auto   flex on CUDA; on CPU eager for bf16 training, split otherwise (`resolve`, measured)
+    split  UniVAE's two masks decomposed into one attention call per half, so that no (S, S) mask
+           is built and no masked block is computed: source queries see the source keys (key
+           padding hidden); target queries see the target causally, plus key 0 (the source [CLS])
+           in latent layers. A layout may also drop source query rows whose outputs nobody reads
+           (`SplitLayout.src_queries`, UniVAE.layer_masks). Each call runs on SDPA, or on the eager
+           formula under CPU bf16 training, where SDPA's backward is the slower one (measured).
+    auto   flex on CUDA; split on CPU (`resolve`, measured)
 
 eager and sdpa take a dense bool mask broadcastable to (B, H, Q, K); flex takes a BlockMask;
 split takes a `SplitLayout` (it only knows UniVAE's independent/uniae layouts).
@@ -27,10 +29,25 @@ BACKENDS = ("eager", "sdpa", "flex", "split")
 class SplitLayout:
     """What the split backend needs to know of a joined layout instead of a mask:
     the first src_len positions are the source (src_lengths (B,) real tokens each, None = no
-    padding), the rest the target; sees_cls: target queries also see key 0 (masks.uniae)."""
+    padding), the rest the target; sees_cls: target queries also see key 0 (masks.uniae).
+
+    src_queries: how many source query rows (from row 0) the layer computes; None = all. Keys and
+    values always cover every row. A layer under src_queries=k returns k + T rows (`keep`): the
+    kept source rows, then the target, so the next layer's layout has src_len=k."""
     src_len: int
     src_lengths: torch.Tensor | None
     sees_cls: bool
+    src_queries: int | None = None
+
+    def keep(self, x, dim):
+        """The rows of x (along dim) whose outputs the layer computes: the first src_queries source
+        rows and every target row."""
+        if self.src_queries is None or self.src_queries == self.src_len:
+            return x
+        tail = x.narrow(dim, self.src_len, x.shape[dim] - self.src_len)
+        if self.src_queries == 0:
+            return tail
+        return torch.cat([x.narrow(dim, 0, self.src_queries), tail], dim)
 
 # Compiled lazily on first call; dynamic=False because training and decoding use fixed shapes.
 # Each distinct shape (trimmed batch length, encode vs decode) is one specialisation; past dynamo's
@@ -42,17 +59,21 @@ torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
 def resolve(backend, device):
     """'auto' -> the backend to use on `device`; others pass through after a check."""
     if backend == "auto":
-        if torch.device(device).type == "cuda":
-            return "flex"
         # CPU, measured with bench/attention.py and bench/train_step.py (README, "Performance"):
-        # under bf16 autocast with autograd, eager beats sdpa 1.1-1.7x (sdpa's CPU bf16 backward is
-        # slow); otherwise split is fastest and needs no mask at all.
-        bf16_training = (torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
-                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        return "eager" if bf16_training else "split"
+        # split does only the unmasked work and lets the training forward skip the source rows
+        # nobody reads (UniVAE.layer_masks).
+        return "flex" if torch.device(device).type == "cuda" else "split"
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     return backend
+
+
+def _kernel(q):
+    """The kernel split runs its calls on: under CPU bf16 autocast with autograd the eager formula
+    beats SDPA (whose CPU bf16 backward is slow, bench/attention.py); SDPA everywhere else."""
+    bf16_training = (q.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                     and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return "eager" if bf16_training else "sdpa"
 
 
 def attend(q, k, v, mask, backend, dropout_p=0.0):
@@ -86,29 +107,44 @@ def attend(q, k, v, mask, backend, dropout_p=0.0):
         if isinstance(mask, SplitLayout):
             return _split_attend(q, k, v, mask, dropout_p)
         # Any other mask (a plain encoder's padding, a decode step's cache rows) is not a joined
-        # layout; split then means sdpa with that dense mask.
-        return attend(q, k, v, mask, "sdpa", dropout_p)
+        # layout; split then means its kernel with that dense mask.
+        return attend(q, k, v, mask, _kernel(q), dropout_p)
     raise ValueError(f"unknown attention backend {backend!r}")
 
 
 def _split_attend(q, k, v, layout, dropout_p):
-    """masks.independent / masks.uniae as two attention calls, source then target (see module doc)."""
+    """masks.independent / masks.uniae as one call per half, source then target (see module doc).
+    q holds the rows layout.keep leaves: the first src_queries source rows, then the target."""
     s = layout.src_len
-    key_padding = None
-    if layout.src_lengths is not None:  # (B, 1, 1, src_len): hide source padding keys
-        key_padding = (torch.arange(s, device=q.device) < layout.src_lengths[:, None])[:, None, None, :]
-    src = F.scaled_dot_product_attention(q[:, :, :s], k[:, :, :s], v[:, :, :s], attn_mask=key_padding, dropout_p=dropout_p)
-    q_t, k_t, v_t = q[:, :, s:], k[:, :, s:], v[:, :, s:]
-    T = q_t.shape[2]
+    n_src = s if layout.src_queries is None else layout.src_queries
+    kernel = _kernel(q)
+    parts = []
+    if n_src:
+        key_padding = None
+        if layout.src_lengths is not None:  # (B, 1, 1, src_len): hide source padding keys
+            key_padding = (torch.arange(s, device=q.device) < layout.src_lengths[:, None])[:, None, None, :]
+        parts.append(_plain(q[:, :, :n_src], k[:, :, :s], v[:, :, :s], key_padding, kernel, dropout_p))
+    T = q.shape[2] - n_src
     if T == 0:  # a source-only run (UniVAE.posterior_params)
-        return src
-    if layout.sees_cls:
-        # keys [cls; tgt]: target query i sees keys 0..i+1. As a square causal call over queries
-        # [q_cls; q_tgt] (row 0's output dropped) this is plain is_causal: fused kernels, and unlike
-        # causal_lower_right (a tensor subclass) it traces under torch.compile and dispatch modes.
-        q_t = torch.cat([q[:, :, :1], q_t], dim=2)
-        k_t, v_t = torch.cat([k[:, :, :1], k_t], dim=2), torch.cat([v[:, :, :1], v_t], dim=2)
-        tgt = F.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True, dropout_p=dropout_p)[:, :, 1:]
+        return parts[0]
+    q_t, k_t, v_t = q[:, :, n_src:], k[:, :, s:], v[:, :, s:]
+    if layout.sees_cls:  # keys [cls; tgt]: target query i sees keys 0..i+1
+        if s > 1:
+            k_t, v_t = torch.cat([k[:, :, :1], k_t], dim=2), torch.cat([v[:, :, :1], v_t], dim=2)
+        else:  # the source is the [CLS] alone: the keys are already [cls; tgt]
+            k_t, v_t = k, v
+        causal = torch.ones(T, T + 1, dtype=torch.bool, device=q.device).tril(1)
     else:
-        tgt = F.scaled_dot_product_attention(q_t, k_t, v_t, is_causal=True, dropout_p=dropout_p)
-    return torch.cat([src, tgt], dim=2)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    parts.append(_plain(q_t, k_t, v_t, causal, kernel, dropout_p))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def _plain(q, k, v, mask, kernel, dropout_p):
+    """Softmax attention with a bool mask (or None) under which every query row sees a key."""
+    if kernel == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return F.dropout(scores.softmax(dim=-1), p=dropout_p) @ v

@@ -103,7 +103,8 @@ class Layer(nn.Module):
         return k, v
 
     def forward(self, x, mask, backend, rope=None, cache=None):
-        """x (B, S, d). `cache` (KVCache, slot indices) writes this step's K/V and attends over the cache."""
+        """x (B, S, d). `cache` (KVCache, slot indices) writes this step's K/V and attends over the cache.
+        A SplitLayout that drops source query rows (src_queries) returns only the rows it keeps."""
         q, k, v = rearrange(self.qkv(x), "b s (three h d) -> three b h s d", three=3, h=self.n_head)
         if rope is not None:  # RoFormer: rotary on queries and keys (and values if rotary_value)
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
@@ -112,6 +113,8 @@ class Layer(nn.Module):
         if cache is not None:
             kv_cache, slots = cache
             k, v = kv_cache.update(slots, k, v)
+        if isinstance(mask, SplitLayout):  # every row's keys and values, only the kept rows' queries
+            q, x = mask.keep(q, 2), mask.keep(x, 1)
         p = self.attn_dropout if self.training else 0.0
         a = rearrange(attend(q, k, v, mask, backend, dropout_p=p), "b h s d -> b s (h d)")
         x = self.attn_norm(x + self.dropout(self.attn_out(a)))
@@ -251,12 +254,22 @@ class UniVAE(nn.Module):
     def backend(self, device):
         return resolve(self.config.attn, device)
 
-    def layer_masks(self, src_len, q_len, src_lengths, batch, device):
-        """One mask per kind, built once, expanded to a per-layer list."""
+    def layer_masks(self, src_len, q_len, src_lengths, batch, device, prune=False):
+        """One mask per kind, built once, expanded to a per-layer list.
+
+        prune (split only; for a caller that reads nothing of the source but the latent layers'
+        [CLS] inputs, like the training forward): skip the source rows nobody reads. The top layer
+        is a latent layer whose target sees only key 0, which the bottleneck overwrites: it needs no
+        source query at all. The layer below it feeds the source only to that layer's [CLS] input:
+        it needs the source [CLS] query alone. Every lower layer's source rows are keys of the next."""
         backend = self.backend(device)
         if backend == "split":
-            lower, upper = SplitLayout(src_len, src_lengths, False), SplitLayout(src_len, src_lengths, True)
-            return [upper if l in self.latent_index else lower for l in range(self.config.num_hidden_layers)], backend
+            L = self.config.num_hidden_layers
+            per_layer = [SplitLayout(src_len, src_lengths, l in self.latent_index) for l in range(L)]
+            if prune:
+                per_layer[L - 2].src_queries = 1
+                per_layer[L - 1] = SplitLayout(1, None, True, src_queries=0)  # input rows: [CLS], target
+            return per_layer, backend
         if src_lengths is None:
             batch = 1 if backend != "flex" else None
         lower = _build_mask(masks.independent(src_len, src_lengths), batch, q_len, q_len, backend, device)
@@ -291,6 +304,8 @@ class UniVAE(nn.Module):
                     zj = torch.where((dropped == j)[:, None], draw, zj)
                 h = torch.cat([self.up[j](zj.to(h.dtype))[:, None], h[:, 1:]], dim=1)
             h = layer(h, mask, backend, rope)
+            if rope is not None and isinstance(mask, SplitLayout):  # the rows the layer kept
+                rope = tuple(mask.keep(t, 0) for t in rope)
         return h, zs, params
 
     # ------------------------------------------------------------------ training forward
@@ -329,7 +344,7 @@ class UniVAE(nn.Module):
             drop &= tgt != c.pad_token_id
             input_ids = torch.cat([input_ids[:, :m], tgt.masked_fill(drop, self.mask_token_id())], dim=1)
         src_lengths = (input_ids[:, :m] != c.pad_token_id).sum(1)
-        layer_masks, backend = self.layer_masks(m, S, src_lengths, B, input_ids.device)
+        layer_masks, backend = self.layer_masks(m, S, src_lengths, B, input_ids.device, prune=True)
         positions = torch.arange(S, device=input_ids.device)
         positions = torch.where(positions < m, positions, positions - m + c.maxlen)
         h = self.transformer.embed(input_ids, token_type_ids, positions)
@@ -340,7 +355,7 @@ class UniVAE(nn.Module):
             dropped = torch.where(torch.rand(B, device=input_ids.device) < code_dropout, pick, -1)
         h, zs, params = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample,
                                   dropped=dropped)
-        logits = self.transformer.logits(h[:, m:])  # (B, m, V), target half only
+        logits = self.transformer.logits(h[:, -m:])  # (B, m, V), target half only (the last m rows)
 
         n_tokens = (labels != -100).sum()
         # sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not NaN
@@ -387,10 +402,11 @@ class UniVAE(nn.Module):
         B, S = src_ids.shape
         src_lengths = (src_ids != c.pad_token_id).sum(1)
         backend = self.backend(src_ids.device)
-        if backend == "split":
-            mask = SplitLayout(S, src_lengths, sees_cls=False)
+        top = c.latent_layers[-1]
+        if backend == "split":  # below the top latent layer, whose input only [CLS] is read: its query alone
+            mask = [SplitLayout(S, src_lengths, False, src_queries=1 if l == top - 1 else None) for l in range(top)]
         else:
-            mask = _build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)
+            mask = [_build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)] * top
         positions = torch.arange(S, device=src_ids.device)
         rope = self.transformer.rope(positions)
         h = self.transformer.embed(src_ids, torch.zeros_like(src_ids), positions)
@@ -401,9 +417,9 @@ class UniVAE(nn.Module):
                 p = self.down[j](h[:, 0])
                 params.append(p)
                 h = torch.cat([self.up[j](self.family.mean(p, layer=j).to(h.dtype))[:, None], h[:, 1:]], dim=1)
-            if l == c.latent_layers[-1]:
+            if l == top:
                 break
-            h = layer(h, mask, backend, rope)
+            h = layer(h, mask[l], backend, rope)
         return params
 
     def mean_code(self, params_list):
