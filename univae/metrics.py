@@ -13,7 +13,6 @@ import math
 import unicodedata
 
 import sacrebleu
-from rapidfuzz.distance import Levenshtein
 from sacrebleu.metrics.bleu import BLEU
 from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
 
@@ -43,6 +42,9 @@ def char_f1(pred, ref):
 def edit_distance(pred, ref):
     """Levenshtein distance over characters / the longer length (whitespace ignored), in [0, 1];
     0.0 when both are empty."""
+    # Imported here: training and its val metrics never need it, and a bare GPU machine may lack it.
+    from rapidfuzz.distance import Levenshtein
+
     return Levenshtein.normalized_distance(strip_ws(pred), strip_ws(ref))
 
 
