@@ -13,7 +13,7 @@ from torch.nn.attention.flex_attention import and_masks, create_block_mask, or_m
 
 __all__ = [
     "and_masks", "or_masks", "source_block", "target_causal", "target_sees_cls", "source_padding",
-    "independent", "uniae", "materialize", "block_mask",
+    "independent", "uniae", "materialize", "block_mask", "default_block_size",
 ]
 
 
@@ -118,15 +118,28 @@ def materialize(mask_mod, q_len, kv_len, batch=1, device=None):
     return mask_mod(b, h, q_idx, kv_idx).expand(batch, q_len, kv_len)
 
 
+def default_block_size(q_len, kv_len, device):
+    """block_mask's block size. CUDA: 128, because FlexAttention's CUDA kernels tile queries and
+    keys by up to 128 and refuse a BlockMask whose blocks their tiles do not divide (torch 2.13:
+    NoValidChoicesError; the Hopper bf16 backward tiles by 64, and for q_len < 128 the forward's
+    flex-decoding kernel tiles queries by next_power_of_2(q_len)). Not yet run on a GPU: see
+    README, "CUDA path". CPU: the largest power of two, at least 16, that fits the source half."""
+    if torch.device(device).type == "cuda":
+        return 128
+    block_size = 16
+    while block_size * 2 <= min(q_len, kv_len) // 2 and block_size < 128:
+        block_size *= 2
+    return block_size
+
+
 def block_mask(mask_mod, batch, q_len, kv_len, device, block_size=None):
     """FlexAttention BlockMask for `mask_mod`; `batch=None` when the mask does not depend on b.
 
     FlexAttention's default 128-token blocks are longer than the whole joined sequence at maxlen
-    32, so nothing would ever be skipped; by default use the largest power of two, at least 16,
-    that divides into the source half, so masked source/target blocks are really skipped.
+    32, so nothing would ever be skipped; by default (`default_block_size`) use the largest power
+    of two, at least 16, that divides into the source half, so masked source/target blocks are
+    really skipped -- on CPU. On CUDA the default is torch's 128.
     """
     if block_size is None:
-        block_size = 16
-        while block_size * 2 <= min(q_len, kv_len) // 2 and block_size < 128:
-            block_size *= 2
+        block_size = default_block_size(q_len, kv_len, device)
     return create_block_mask(mask_mod, batch, None, q_len, kv_len, device=device, BLOCK_SIZE=block_size)
