@@ -94,8 +94,10 @@ class CachedDecoder:
         self.step = self._step
         if compile_step:
             for cache in self.caches:  # CUDA graphs may mutate an input only if its address is fixed
-                torch._dynamo.mark_static_address(cache.k)
-                torch._dynamo.mark_static_address(cache.v)
+                # guard=False (torch 2.13's default; older ones guarded): a new decoder's
+                # buffers re-record the CUDA graph instead of recompiling the step
+                torch._dynamo.mark_static_address(cache.k, guard=False)
+                torch._dynamo.mark_static_address(cache.v, guard=False)
             if device.type == "cuda":
                 self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
             else:
