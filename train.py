@@ -157,6 +157,8 @@ def pick_device(cfg, local_rank):
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SettingsError(f"--device {cfg.device}: CUDA is not available on this machine")
+        if device.type == "cuda" and device.index is None:  # under torchrun: each rank its own GPU
+            device = torch.device("cuda", local_rank)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise SettingsError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
     return device
