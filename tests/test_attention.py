@@ -84,3 +84,16 @@ def test_split_matches_eager_forward_and_grad(factory, sees_cls, lengths):
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_resolves_by_device_and_head_size():
+    """auto: split on CPU; flex on CUDA unless the head is below flex's CUDA minimum (then sdpa).
+    resolve only reads the device type, so CUDA is asked about without one."""
+    from univae.attention import FLEX_CUDA_MIN_HEAD_DIM, resolve
+
+    assert resolve("auto", "cpu") == resolve("auto", "cpu", head_dim=8) == "split"
+    assert resolve("auto", "cuda", head_dim=FLEX_CUDA_MIN_HEAD_DIM) == resolve("auto", "cuda") == "flex"
+    assert resolve("auto", "cuda", head_dim=FLEX_CUDA_MIN_HEAD_DIM - 8) == "sdpa"
+    assert resolve("eager", "cuda", head_dim=8) == "eager"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        resolve("fast", "cpu")

@@ -56,13 +56,18 @@ _flex_compiled = torch.compile(flex_attention, dynamic=False)
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
-def resolve(backend, device):
+FLEX_CUDA_MIN_HEAD_DIM = 16  # torch's CUDA FlexAttention kernels refuse smaller heads (NotImplementedError)
+
+
+def resolve(backend, device, head_dim=None):
     """'auto' -> the backend to use on `device`; others pass through after a check."""
     if backend == "auto":
         # CPU, measured with bench/attention.py and bench/train_step.py (README, "Performance"):
         # split does only the unmasked work and lets the training forward skip the source rows
-        # nobody reads (UniVAE.layer_masks).
-        return "flex" if torch.device(device).type == "cuda" else "split"
+        # nobody reads (UniVAE.layer_masks). CUDA: flex, where its kernels take the head size.
+        if torch.device(device).type == "cuda":
+            return "flex" if head_dim is None or head_dim >= FLEX_CUDA_MIN_HEAD_DIM else "sdpa"
+        return "split"
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     return backend

@@ -174,7 +174,7 @@ class Transformer(nn.Module):
             positions = torch.arange(S, device=input_ids.device)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        backend = resolve(self.config.attn, input_ids.device)
+        backend = resolve(self.config.attn, input_ids.device, self.config.head_dim)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         keep = attention_mask.bool()
@@ -252,7 +252,7 @@ class UniVAE(nn.Module):
         return self.transformer.embed.word.weight.device
 
     def backend(self, device):
-        return resolve(self.config.attn, device)
+        return resolve(self.config.attn, device, self.config.head_dim)
 
     def layer_masks(self, src_len, q_len, src_lengths, batch, device, prune=False):
         """One mask per kind, built once, expanded to a per-layer list.
