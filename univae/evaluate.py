@@ -40,6 +40,7 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | each prior block | `n_samples`; `distinct_1`, `distinct_2` (distinct char uni/bigrams / all, over all samples); `self_bleu` (mean sentence BLEU of each sample against all others, lower = more diverse); `novelty` (share not a sentence of the training split; null without train_args.json); `first_char_plausibility` (share whose first char is among the 100 most frequent first chars of the training split's sentences; null without train_args.json) and `first_char_ratio` (that over `prior.data_first_char_plausibility`); `ended_with_sep` (share that produced [SEP] before maxlen); `mean_length` |
 | `prior.default` | the prior sample.py draws from (prior="auto": `fitted` when there is one, else `uniform`); the top-level `prior.n_samples`, `.distinct_1`, ... `.mean_length` repeat its block, as before there were two |
 | `prior.data_mean_length`, `.data_first_char_plausibility` | the evaluated (held-out) sentences' mean length and first-character plausibility |
+| `prior.data_distinct_1`, `.data_distinct_2`, `.data_self_bleu`, `.data_n` | the same diversity scores for the first `data_n` (≤ n_samples) held-out sentences: what real sentences score at that count |
 | `control.prior`, `.n_sentences`, `.edits_per_sentence` | the multi-scale control redraws dims from `prior` (`fitted` when the checkpoint has one, else `uniform`), `edits_per_sentence` times (--control-edits) for each of the first `n_sentences` evaluated sentences (--control-sentences), all decoded greedily |
 | `control.per_layer` | one row per latent layer (lowest first): that layer's dims redrawn |
 | `control.ranges` | the same for each --replace-dims range (for vq the ranges are code positions, one per latent layer) |
@@ -306,8 +307,12 @@ def prior_section(model, n_samples, data_texts, train_texts, decoding, n_example
     first_chars = M.top_first_chars(train_texts, FIRST_CHARS) if train_texts is not None else None
     data_share = M.first_char_share(data_texts, first_chars) if first_chars is not None else None
     priors = available_priors(model)
+    # the same diversity scores for as many held-out sentences (distinct-n falls as the count grows)
+    reference = data_texts[:n_samples]
     section = {"default": priors[-1], "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
-               "data_first_char_plausibility": data_share, "fitted": None}
+               "data_first_char_plausibility": data_share, "data_n": len(reference),
+               "data_distinct_1": M.distinct_n(reference, 1), "data_distinct_2": M.distinct_n(reference, 2),
+               "data_self_bleu": M.self_bleu(reference), "fitted": None}
     notes, examples, samples = [], {}, {}
     for prior in priors:
         torch.manual_seed(seeds[prior])
@@ -650,8 +655,8 @@ def write_markdown(report, path):
                      [(name, p[name]["distinct_1"], p[name]["distinct_2"], p[name]["self_bleu"], p[name]["novelty"],
                        p[name]["first_char_plausibility"], p[name]["first_char_ratio"], p[name]["ended_with_sep"],
                        p[name]["mean_length"]) for name in priors]
-                     + [("held-out sentences", None, None, None, None, p["data_first_char_plausibility"], None,
-                         None, p["data_mean_length"])]), ""]
+                     + [(f"held-out sentences ({p['data_n']})", p["data_distinct_1"], p["data_distinct_2"],
+                         p["data_self_bleu"], None, p["data_first_char_plausibility"], None, None, p["data_mean_length"])]), ""]
     if p.get("note"):
         out += [p["note"] + ".", ""]
     if report["plots"].get("lengths"):
