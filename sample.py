@@ -81,6 +81,9 @@ def build_parser():
     p.add_argument("--prior", choices=("auto", "fitted", "uniform"),
                    help="what prior draws and --replace-dims edits come from: the checkpoint's fitted prior, the "
                    "training prior, or auto (default: fitted when the checkpoint has one)")
+    p.add_argument("--prior-spread", type=float, metavar="S",
+                   help="prior samples from the fitted prior: each mixture component's standard deviation times S "
+                   "(default 0.6, univae.prior.SAMPLE_SPREAD; 1 = the fitted density)")
     p.add_argument("--n", type=int, help=f"outputs per input (defaults: {DEFAULT_N})")
     p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
                    f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus")
@@ -133,6 +136,9 @@ def check_args(args):
         raise CLIError("--prior chooses what prior draws come from: it goes with prior sampling or --replace-dims")
     if args.prior == "fitted" and args.component is not None:
         raise CLIError("--component draws from the training prior's own mixture: it does not go with --prior fitted")
+    if args.prior_spread is not None and (mode != "prior" or not args.prior_spread > 0):
+        raise CLIError(f"--prior-spread {args.prior_spread}: a positive scale of the fitted prior's draws, "
+                       "for prior sampling (no --text/--input/--augment...)")
     args.prior = args.prior or "auto"
     if mode == "codes":
         try:
@@ -277,7 +283,8 @@ def run(model, mode, args):
         records.append({"mode": mode, **fields})
 
     if mode == "prior":
-        out, z = generate.sample(model, n, return_z=True, component=args.component, prior=args.prior, **opts)
+        out, z = generate.sample(model, n, return_z=True, component=args.component, prior=args.prior,
+                                 spread=args.prior_spread, **opts)
         for i, s in enumerate(out):
             add(z[i], input=None, output=s, index=i, prior=prior_used)
     elif mode == "reconstruct":

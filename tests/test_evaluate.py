@@ -322,7 +322,7 @@ class ConstantPrior:
     def __init__(self, z0):
         self.z0, self.calls = z0, 0
 
-    def sample(self, n):
+    def sample(self, n, spread=1.0):
         self.calls += 1
         return self.z0.expand(n, -1).clone()
 

@@ -109,6 +109,16 @@ def test_sample_is_a_draw_from_the_mixture():
     assert torch.equal(prior.sample(7, generator=g), prior.sample(7, generator=torch.Generator().manual_seed(5)))
 
 
+def test_spread_scales_each_component_standard_deviation():
+    """spread s: one Gaussian's draws have covariance s^2 * Sigma around the same mean."""
+    prior = random_mixture(1, 3, seed=7)
+    z = prior.sample(100_000, generator=torch.Generator().manual_seed(0), spread=0.5).double()
+    torch.testing.assert_close(z.mean(0), prior.means[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(torch.cov(z.T), 0.25 * prior.covariance[0], atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="spread must be positive"):
+        prior.sample(2, spread=0)
+
+
 # ----------------------------------------------------------------------------- the conditional
 
 def textbook(mean, cov, keep, z_kept):
@@ -232,7 +242,7 @@ def test_uniform_is_the_training_prior_exactly(fitted):
     # auto (and fitted) draw from the fitted prior; fitted without one, or with a component, is an error
     draws = []
     for draw in (lambda: model.sample_prior(6), lambda: model.sample_prior(6, prior="fitted"),
-                 lambda: model.fitted_prior.sample(6)):
+                 lambda: model.fitted_prior.sample(6, spread=P.SAMPLE_SPREAD)):
         torch.manual_seed(2)
         draws.append(draw())
     assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])

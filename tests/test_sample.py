@@ -169,12 +169,21 @@ def test_edit_every_line_of_a_file(capsys, ckpt, tmp_path):
 
 def test_prior_choice(capsys, corpus_ckpt):
     model = univae.UniVAE.from_pretrained(corpus_ckpt)
-    for flag, draw in ((None, lambda: model.fitted_prior.sample(3)), ("fitted", lambda: model.fitted_prior.sample(3)),
-                       ("uniform", lambda: torch.cat([model.family.prior(3, layer=j) for j in range(2)], dim=-1))):
-        lines = run_json(capsys, corpus_ckpt, "--n", "3", "--seed", "0", "--with-z", *(["--prior", flag] if flag else []))
+    from univae.prior import SAMPLE_SPREAD
+
+    for flag, spread, draw in (
+            (None, None, lambda: model.fitted_prior.sample(3, spread=SAMPLE_SPREAD)),
+            ("fitted", None, lambda: model.fitted_prior.sample(3, spread=SAMPLE_SPREAD)),
+            ("fitted", "1", lambda: model.fitted_prior.sample(3)),  # --prior-spread 1: the fitted density itself
+            ("uniform", None, lambda: torch.cat([model.family.prior(3, layer=j) for j in range(2)], dim=-1))):
+        lines = run_json(capsys, corpus_ckpt, "--n", "3", "--seed", "0", "--with-z", *(["--prior", flag] if flag else []),
+                         *(["--prior-spread", spread] if spread else []))
         torch.manual_seed(0)
         assert torch.equal(torch.tensor([r["z"] for r in lines]), draw()), flag
         assert [r["prior"] for r in lines] == [flag or "fitted"] * 3
+    code, out, err = run(capsys, "--checkpoint", corpus_ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8",
+                         "--prior-spread", "0.5")
+    assert code == 2 and out == "" and "--prior-spread 0.5" in err
     edits = run_json(capsys, corpus_ckpt, "--text", SENTENCES[1], "--replace-dims", "0:8", "--prior", "uniform", "--n", "2")
     assert [r["prior"] for r in edits] == ["uniform"] * 2
 

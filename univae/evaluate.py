@@ -40,6 +40,7 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | each prior block | `n_samples`; `distinct_1`, `distinct_2` (distinct char uni/bigrams / all, over all samples); `self_bleu` (mean sentence BLEU of each sample against all others, lower = more diverse); `novelty` (share not a sentence of the training split; null without train_args.json); `first_char_plausibility` (share whose first char is among the 100 most frequent first chars of the training split's sentences; null without train_args.json) and `first_char_ratio` (that over `prior.data_first_char_plausibility`); `ended_with_sep` (share that produced [SEP] before maxlen); `mean_length` |
 | `prior.default` | the prior sample.py draws from (prior="auto": `fitted` when there is one, else `uniform`); the top-level `prior.n_samples`, `.distinct_1`, ... `.mean_length` repeat its block, as before there were two |
 | `prior.data_mean_length`, `.data_first_char_plausibility` | the evaluated (held-out) sentences' mean length and first-character plausibility |
+| `prior.fitted_spread` | the fitted prior's draws: each component's standard deviation times this (univae.prior.SAMPLE_SPREAD, as sample.py draws) |
 | `prior.data_distinct_1`, `.data_distinct_2`, `.data_self_bleu`, `.data_n` | the same diversity scores for the first `data_n` (≤ n_samples) held-out sentences: what real sentences score at that count |
 | `control.prior`, `.n_sentences`, `.edits_per_sentence` | the multi-scale control redraws dims from `prior` (`fitted` when the checkpoint has one, else `uniform`), `edits_per_sentence` times (--control-edits) for each of the first `n_sentences` evaluated sentences (--control-sentences), all decoded greedily |
 | `control.per_layer` | one row per latent layer (lowest first): that layer's dims redrawn |
@@ -73,6 +74,7 @@ from univae import metrics as M
 from univae.diagnostics import latent_metrics
 from univae.generate import Decoding, decode_ids, edit_size, edit_z, layer_span, parse_dims
 from univae.model import UniVAE
+from univae.prior import SAMPLE_SPREAD
 from univae.tokenizer import detokenize, encode_texts
 
 SPLITS = ("train", "val", "test")
@@ -312,7 +314,7 @@ def prior_section(model, n_samples, data_texts, train_texts, decoding, n_example
     section = {"default": priors[-1], "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
                "data_first_char_plausibility": data_share, "data_n": len(reference),
                "data_distinct_1": M.distinct_n(reference, 1), "data_distinct_2": M.distinct_n(reference, 2),
-               "data_self_bleu": M.self_bleu(reference), "fitted": None}
+               "data_self_bleu": M.self_bleu(reference), "fitted": None, "fitted_spread": SAMPLE_SPREAD}
     notes, examples, samples = [], {}, {}
     for prior in priors:
         torch.manual_seed(seeds[prior])

@@ -629,14 +629,14 @@ def reconstruct(model, texts, return_z=False, **decoding):
     return (out, z) if return_z else out
 
 
-def sample(model, n, return_z=False, component=None, prior="auto", **decoding):
+def sample(model, n, return_z=False, component=None, prior="auto", spread=None, **decoding):
     """n sentences decoded from prior draws (model.sample_prior: `prior` auto, fitted or uniform;
-    gmm: from mixture `component` if given)."""
+    `spread` of fitted draws; gmm: from mixture `component` if given)."""
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     with _inference(model, opts.seed):
-        z = model.sample_prior(n, component=component, prior=prior)
+        z = model.sample_prior(n, component=component, prior=prior, spread=spread)
         out = _texts(model, z, opts)
     return (out, z) if return_z else out
 

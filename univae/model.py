@@ -463,16 +463,20 @@ class UniVAE(nn.Module):
         h, _, _ = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z)
         return self.transformer.logits(h[:, 1:])
 
-    def sample_prior(self, n, device=None, component=None, prior="auto"):
+    def sample_prior(self, n, device=None, component=None, prior="auto", spread=None):
         """n codes from the prior, (n, n_latent*z_dim). prior: "fitted" (the density fitted to the
         training codes, univae.prior; vMF draws put back on each layer's sphere), "uniform" (the training prior: uniform on each vMF sphere,
         N(0, I), uniform codes, the gmm's own mixture) or "auto" (fitted when the model has one).
         component (gmm only, training prior): the mixture component every layer draws from, or one
-        per latent layer (a list); default: drawn from p(c)."""
+        per latent layer (a list); default: drawn from p(c). spread (fitted draws only): each mixture
+        component's standard deviation times this; default univae.prior.SAMPLE_SPREAD (1 = the
+        fitted density itself)."""
+        from univae.prior import SAMPLE_SPREAD
+
         device = device or self.device
         n_latent = self.config.num_latent_layers
         if self.uses_fitted_prior(prior, component):
-            return self.fitted_prior.sample(n).to(device)
+            return self.fitted_prior.sample(n, spread=SAMPLE_SPREAD if spread is None else spread).to(device)
         if component is None:
             return torch.cat([self.family.prior(n, device, layer=j) for j in range(n_latent)], dim=-1)
         if self.config.latent != "gmm":
@@ -570,7 +574,8 @@ class UniVAE(nn.Module):
 
     def sample(self, n, **decoding):
         """n sentences from prior draws: prior="auto" (the fitted prior when the model has one),
-        "fitted" or "uniform" (sample_prior); gmm: component=c draws every layer from mixture component c."""
+        "fitted" or "uniform" (sample_prior); spread=s scales the fitted prior's draws (sample_prior);
+        gmm: component=c draws every layer from mixture component c."""
         from univae import generate
 
         return generate.sample(self, n, **decoding)

@@ -69,6 +69,12 @@ PRIOR_FILE = "prior.safetensors"
 HEADER_KEY = "univae_prior"
 DEFAULT_COMPONENTS = 8
 DEFAULT_MAX_SENTENCES = 20_000
+# Prior samples draw from the mixture with each component's standard deviation scaled by this (a
+# "temperature", as in Glow's reduced-temperature sampling): measured on two default checkpoints,
+# 400 samples x 2 seeds each, first-character plausibility went from 0.78-0.94x of real sentences
+# at spread 1 to 0.93-0.97x at 0.6, novelty stayed 1.00 and distinct-2 fell by 0.02 (README,
+# "The latent space"). Edits draw from the conditional at its full spread.
+SAMPLE_SPREAD = 0.6
 RIDGE = 1e-4  # times the codes' mean variance, added to every covariance's diagonal
 LOG_2PI = math.log(2 * math.pi)
 
@@ -135,9 +141,12 @@ class FittedPrior:
             z[:, j * self.z_dim:(j + 1) * self.z_dim] = F.normalize(z[:, j * self.z_dim:(j + 1) * self.z_dim], dim=-1)
         return z
 
-    def sample(self, n, generator=None):
-        """n codes (n, D) float32; on a vMF model each layer normalised onto its sphere."""
-        z = self._draw(self.weights, self.means, self.scale_tril, n, generator).float()
+    def sample(self, n, generator=None, spread=1.0):
+        """n codes (n, D) float32; on a vMF model each layer normalised onto its sphere. spread scales
+        every component's standard deviation (1 = the fitted density; sampling uses SAMPLE_SPREAD)."""
+        if not spread > 0:
+            raise ValueError(f"spread must be positive, got {spread}")
+        z = self._draw(self.weights, self.means, self.scale_tril * spread, n, generator).float()
         if self.space == "sphere":
             self._normalise_layers(z, range(self.dim // self.z_dim))
         return z
