@@ -160,7 +160,9 @@ def augmentation_trial(model, data, sizes, seeds, n_variants, test_size=TEST_SIZ
     """For each seed: N = max(sizes) sentences drawn from the pool (the smaller N are its prefixes),
     their variants from generate.augment (n_variants each, `augment_options` passed on), and for each
     N the classifier's accuracy without and with the variants (each keeps its source's label).
-    Returns {"rows": [{"n", "seed", "baseline", "augmented", "baseline_held_out", "augmented_held_out",
+    `copies` trains on the N rows each repeated 1 + (variants / N) times: the gain that reweighting
+    alone would bring (logistic regression's L2 penalty weighs less against more rows).
+    Returns {"rows": [{"n", "seed", "baseline", "copies", "augmented", "baseline_held_out", "augmented_held_out",
     "variants"}], "n_test", "n_test_held_out", "variants_in_test"}."""
     from univae import generate
 
@@ -180,7 +182,9 @@ def augmentation_trial(model, data, sizes, seeds, n_variants, test_size=TEST_SIZ
             extra = [(v, y) for (_, y), vs in zip(drawn[:n], variants[:n]) for v in vs]
             base = classifier_accuracy(texts, labels, test_texts, test_labels)
             aug = classifier_accuracy(texts + [v for v, _ in extra], labels + [y for _, y in extra], test_texts, test_labels)
-            row = {"n": n, "seed": seed, "baseline": M.mean(base), "augmented": M.mean(aug),
+            k = 1 + round(len(extra) / n)  # each row as often as a source and its variants: the weight alone
+            copies = classifier_accuracy(texts * k, labels * k, test_texts, test_labels)
+            row = {"n": n, "seed": seed, "baseline": M.mean(base), "copies": M.mean(copies), "augmented": M.mean(aug),
                    "baseline_held_out": M.mean(base[:n_held]), "augmented_held_out": M.mean(aug[:n_held]),
                    "variants": len(extra)}
             rows.append(row)

@@ -732,7 +732,7 @@ def analogy(model, a, b, c, n=1, spread=1.0, return_z=False, **decoding):
 def augment(model, texts, n, spread=1.0, candidates=1, rank=None, **decoding):
     """For each sentence, up to n distinct variants decoded from codes drawn around its posterior
     mean (perturb_z); outputs equal to the input (or to its tokenised round trip) or to an earlier
-    variant are dropped. With candidates=m > 1, m * n codes are drawn and decoded, and the n
+    variant, whitespace ignored, are dropped, and so are empty ones. With candidates=m > 1, m * n codes are drawn and decoded, and the n
     surviving variants that rank best are kept: rank "round_trip" = the cosine between the
     variant's own code (encoded again) and the sentence's, "overlap" = char F1 with the sentence.
     Returns a list of lists aligned with `texts`."""
@@ -755,11 +755,12 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, **decoding):
     ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen, warn=False)
     pools = []
     for i, s in enumerate(texts):
-        seen = {s, s.strip(), detokenize(model.tokenizer, ids[i].tolist())}
+        key = lambda t: "".join(t.split())  # copies that differ by whitespace alone are copies
+        seen = {key(s), key(detokenize(model.tokenizer, ids[i].tolist()))}
         variants = []
         for v in out[i * m:(i + 1) * m]:
-            if v.strip() and v not in seen:
-                seen.add(v)
+            if key(v) and key(v) not in seen:
+                seen.add(key(v))
                 variants.append(v)
         pools.append(variants)
     if candidates == 1 or rank is None:
