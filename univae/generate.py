@@ -248,8 +248,11 @@ def filter_logits(logits, top_k=None, top_p=None):
 
 # ----------------------------------------------------------------------------- strategies
 
-def greedy_or_sample(decoder, N, maxlen, special, opts, device):
-    """Up to maxlen - 1 new tokens per row, stopping rows at [SEP]; (N, <= maxlen) ids, [CLS] first."""
+def greedy_or_sample(decoder, N, maxlen, special, opts, device, forced=None):
+    """Up to maxlen - 1 new tokens per row, stopping rows at [SEP]; (N, <= maxlen) ids, [CLS] first.
+
+    forced (N, maxlen - 1), optional: where >= 0, the token that step takes instead of the chosen one
+    (a forced prefix of the target; augment keeps the start of a sentence that way)."""
     cls, sep, pad = special["cls"], special["sep"], special["pad"]
     prefix = torch.full((N, 1), cls, dtype=torch.long, device=device)
     done = torch.zeros(N, dtype=torch.bool, device=device)
@@ -260,6 +263,9 @@ def greedy_or_sample(decoder, N, maxlen, special, opts, device):
             next_tok = torch.multinomial(logits.softmax(-1), 1)[:, 0]
         else:
             next_tok = logits.argmax(-1)
+        if forced is not None:
+            f = forced[:, prefix.shape[1] - 1]
+            next_tok = torch.where(f >= 0, f, next_tok)
         next_tok = next_tok.masked_fill(done, pad)  # finished rows idle on [PAD]
         prefix = torch.cat([prefix, next_tok[:, None]], dim=1)
         done |= next_tok == sep
@@ -339,15 +345,19 @@ def _strip(ids, sep, pad):
     return out
 
 
-def decode_ids(model, z, opts):
-    """z (N, latent_dim) -> N lists of token ids (no [CLS]/[SEP]), at most maxlen - 1 each."""
+def decode_ids(model, z, opts, forced=None):
+    """z (N, latent_dim) -> N lists of token ids (no [CLS]/[SEP]), at most maxlen - 1 each.
+    forced (N, maxlen - 1): tokens to force (>= 0) at each step, greedy or sampling only."""
     c = model.config
     if z.dim() != 2 or z.shape[1] != c.latent_dim:
         raise ValueError(f"z must have shape (N, {c.latent_dim}), got {tuple(z.shape)}")
     special = _special(model.tokenizer)
     make = partial(CachedDecoder, compile_step=opts.compile_step) if opts.use_cache else RecomputeDecoder
+    if forced is not None and opts.beam_size > 1:
+        raise ValueError("a forced prefix goes with greedy decoding or sampling, not beam search")
     out, decoder = [], None
-    for zb in z.to(model.device).split(opts.batch_size):
+    forced_batches = forced.to(model.device).split(opts.batch_size) if forced is not None else None
+    for b, zb in enumerate(z.to(model.device).split(opts.batch_size)):
         N, K = zb.shape[0], opts.beam_size
         rows = zb.repeat_interleave(K, dim=0) if K > 1 else zb
         if opts.use_cache and decoder is not None and decoder.rows == rows.shape[0]:
@@ -357,7 +367,8 @@ def decode_ids(model, z, opts):
         if K > 1:
             out += beam_search(decoder, N, K, c.maxlen, special, opts, zb.device)
         else:
-            prefix = greedy_or_sample(decoder, N, c.maxlen, special, opts, zb.device)
+            prefix = greedy_or_sample(decoder, N, c.maxlen, special, opts, zb.device,
+                                      forced=forced_batches[b] if forced_batches is not None else None)
             out += [row[1:] for row in prefix.tolist()]
     return [_strip(ids, special["sep"], special["pad"]) for ids in out]
 
@@ -378,8 +389,8 @@ def _inference(model, seed):
         model.train(was_training)
 
 
-def _texts(model, z, opts):
-    return [detokenize(model.tokenizer, ids) for ids in decode_ids(model, z, opts)]
+def _texts(model, z, opts, forced=None):
+    return [detokenize(model.tokenizer, ids) for ids in decode_ids(model, z, opts, forced)]
 
 
 # ----------------------------------------------------------------------------- latent-space operations
@@ -729,9 +740,17 @@ def analogy(model, a, b, c, n=1, spread=1.0, return_z=False, **decoding):
     return (out, d) if return_z else out
 
 
-def augment(model, texts, n, spread=1.0, candidates=1, rank=None, **decoding):
+DEFAULT_KEEP_START = 0.8  # bench/augment.py on the default checkpoint: README, "Augmentation"
+
+
+def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=None, **decoding):
     """For each sentence, up to n distinct variants decoded from codes drawn around its posterior
-    mean (perturb_z); outputs equal to the input (or to its tokenised round trip) or to an earlier
+    mean (perturb_z). Each variant keeps the sentence's first k tokens, k drawn uniformly from 1 to
+    keep_start x its length (default DEFAULT_KEEP_START; 0 = decode every token from the code; beam
+    search cannot force a prefix, so there the default is 0): the decoder's drift, which grows along
+    the sentence, then changes the end but leaves the start, and the variants keep the label more
+    often (measured with snownlp's judge on 300 reviews: 0.69 of the variants agree with the source's
+    label at 0.8, 0.63 without; the sources themselves 0.82). Outputs equal to the input (or to its tokenised round trip) or to an earlier
     variant, whitespace ignored, are dropped, and so are empty ones. With candidates=m > 1, m * n codes are drawn and decoded, and the n
     surviving variants that rank best are kept: rank "round_trip" = the cosine between the
     variant's own code (encoded again) and the sentence's, "overlap" = char F1 with the sentence.
@@ -745,14 +764,19 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, **decoding):
         raise ValueError(f"spread must be non-negative, got {spread}")
     if candidates < 1:
         raise ValueError(f"candidates must be at least 1, got {candidates}")
+    if keep_start is None:
+        keep_start = 0.0 if opts.beam_size > 1 else DEFAULT_KEEP_START
+    if not 0 <= keep_start <= 1:
+        raise ValueError(f"keep_start must be in [0, 1], got {keep_start}")
     if rank not in (None, "round_trip", "overlap"):
         raise ValueError(f"rank must be round_trip, overlap or None, got {rank!r}")
     texts = _check_texts(texts)
     m = n * candidates
     with _inference(model, opts.seed):
         z, params = posterior(model, texts)
-        out = _texts(model, perturb_z(model, z, m, spread, params), opts)
-    ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen, warn=False)
+        ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen, warn=False)
+        forced = _kept_starts(ids, m, keep_start, model.tokenizer.token_to_id(SEP), model.config.pad_token_id) if keep_start > 0 else None
+        out = _texts(model, perturb_z(model, z, m, spread, params), opts, forced)
     pools = []
     for i, s in enumerate(texts):
         key = lambda t: "".join(t.split())  # copies that differ by whitespace alone are copies
@@ -778,6 +802,19 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, **decoding):
         best = sorted(range(len(p)), key=lambda k: -sc[k])[:n]
         result.append([p[k] for k in sorted(best)])
     return result
+
+
+def _kept_starts(ids, m, fraction, sep, pad):
+    """Forced target tokens for m variants of each sentence of ids (B, maxlen): each variant keeps
+    the sentence's first k tokens, k drawn uniformly from 1..round(fraction x length) -> (B*m, maxlen - 1), -1 = free."""
+    B, T = ids.shape
+    body = ids[:, 1:]  # after [CLS]: the target tokens, [SEP] then padding
+    lengths = (body != pad).sum(1) - (body == sep).sum(1)  # tokens before [SEP]
+    top = (lengths.double() * fraction).round().long().clamp_min(1).repeat_interleave(m)
+    k = (torch.rand(B * m) * top).long() + 1
+    forced = body.repeat_interleave(m, dim=0).clone()
+    forced[torch.arange(T - 1)[None] >= k[:, None]] = -1
+    return forced
 
 
 def _per_layer_cosine(model, a, b):
