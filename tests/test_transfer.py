@@ -191,3 +191,11 @@ def test_augment_keeps_the_start(model):
     assert G.augment(model, texts, 3, seed=0, beam_size=2)  # beam search: no forced prefix by default
     with pytest.raises(ValueError, match="beam search"):
         G.augment(model, texts, 3, keep_start=0.5, beam_size=2)
+
+
+def test_downstream_section_is_skipped_without_labels(model, tmp_path):
+    from univae.evaluate import downstream_section
+
+    section = downstream_section(model, {"corpus": str(tmp_path / "corpus.txt")}, 0, 64)
+    assert section["transfer"] is None and section["augmentation"] is None and "no labels" in section["note"]
+    assert "no labels" in downstream_section(model, None, 0, 64)["note"]
