@@ -90,11 +90,13 @@ def test_transfer_other_families(tmp_path_factory, latent):
 # ----------------------------------------------------------------------------- sample.py --transfer
 
 def _files(tmp_path, **contents):
+    """name=text (str, written as UTF-8, or raw bytes) -> {name: path of tmp_path/name.txt}."""
     paths = {}
     for name, text in contents.items():
-        paths[name] = tmp_path / f"{name}.txt"
-        (paths[name].write_bytes if isinstance(text, bytes) else lambda t: paths[name].write_text(t, encoding="utf-8"))(text)
-    return {k: str(v) for k, v in paths.items()}
+        path = tmp_path / f"{name}.txt"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+        paths[name] = str(path)
+    return paths
 
 
 def test_cli_transfer_rows_in_input_order(capsys, ckpt, tmp_path):  # noqa: F811
