@@ -18,8 +18,17 @@
     python sample.py --n 5 --component 2                       --latent gmm: prior draws from component 2
     python sample.py --analogy "A" "B" "C" --n 3               z_C + z_B - z_A, then n-1 codes around it
     python sample.py --augment FILE --n K [--out FILE]         K variants per line from posterior-style
-                                                               samples (--spread scales the noise), as
-                                                               JSONL {"input", "outputs"}
+                                                               samples (--spread scales the noise), each
+                                                               keeping a random start of the line (--keep-start), as
+                                                               JSONL {"input", "outputs"}; --candidates M
+                                                               --rank round_trip|overlap: decode M x K, keep
+                                                               the K closest to the sentence
+    python sample.py --transfer FROM_FILE TO_FILE --input FILE [--strength S]
+                                                               move each line of FILE from the attribute of
+                                                               FROM_FILE's sentences to TO_FILE's (e.g. neg.txt
+                                                               pos.txt) along a linear probe's direction between
+                                                               their codes; strength 0 = the reconstruction;
+                                                               --json rows {"input", "output"} in input order
 
 Prior draws and --replace-dims edits come from the checkpoint's fitted prior when it has one
 (prior.safetensors: a Gaussian mixture fitted to the training sentences' posterior codes; an edit
@@ -76,6 +85,13 @@ def build_parser():
     mode.add_argument("--augment", metavar="FILE", help="variants of every line of FILE (- for stdin)")
     mode.add_argument("--codes", metavar="CODES", help='--latent vq: decode these code indices, one per latent layer '
                       '(lowest first), e.g. "12 7 301 5"')
+    p.add_argument("--transfer", nargs=2, metavar=("FROM_FILE", "TO_FILE"),
+                   help="with --input FILE: move every line of FILE from FROM_FILE's attribute to TO_FILE's "
+                   "(one sentence per line each)")
+    p.add_argument("--strength", type=float, help=f"--transfer: how far to move (default {generate.DEFAULT_STRENGTH}; "
+                   "1 = the gap between the two sets' means, 0 = the plain reconstruction)")
+    p.add_argument("--direction", choices=("probe", "mean"), help="--transfer: a linear probe's normal between the "
+                   "codes (default) or the plain difference of their means")
     p.add_argument("--component", type=int, metavar="C",
                    help="--latent gmm: draw from mixture component C (prior samples, --replace-dims edits)")
     p.add_argument("--prior", choices=("auto", "fitted", "uniform"),
@@ -90,6 +106,13 @@ def build_parser():
     p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
     p.add_argument("--spread", type=float, default=1.0, help="noise scale for --augment and --analogy (1 = the posterior)")
     p.add_argument("--out", metavar="FILE", help="--augment: write the JSONL here instead of stdout")
+    p.add_argument("--keep-start", type=float, metavar="F", help="--augment: each variant keeps the line's first k "
+                   f"tokens, k drawn from 1..F x its length (default {generate.DEFAULT_KEEP_START}, 0 with --beam-size > 1; "
+                   "0 = every token from the code)")
+    p.add_argument("--candidates", type=int, default=1, metavar="M", help="--augment: decode M x n variants per line "
+                   "and keep the n that --rank puts first (default 1: no ranking)")
+    p.add_argument("--rank", choices=("round_trip", "overlap"), default="round_trip", help="--augment with "
+                   "--candidates: round_trip = cosine between the variant's own code and the line's, overlap = char F1")
     g = p.add_argument_group("decoding")
     g.add_argument("--beam-size", type=int, default=_D.beam_size)
     g.add_argument("--length-penalty", type=float, default=_D.length_penalty, help="GNMT alpha for beam search")
@@ -120,6 +143,17 @@ def check_args(args):
             "analogy" if args.analogy else
             "augment" if args.augment is not None else
             "codes" if args.codes is not None else "prior")
+    if args.transfer is not None:
+        if args.input is None or mode != "reconstruct" or args.reconstruct is not None:
+            other = next((f"--{m}" for m in ("reconstruct", "text", "interpolate", "analogy", "augment", "codes")
+                          if getattr(args, m) is not None), None)
+            raise CLIError(f"--transfer does not go with {other}: it moves the lines of --input FILE" if other else
+                           "--transfer needs --input FILE: the sentences to move, one per line")
+        if args.replace_dims is not None:
+            raise CLIError("--transfer does not go with --replace-dims: it moves the lines of --input FILE")
+        mode = "transfer"
+    elif args.strength is not None or args.direction is not None:
+        raise CLIError(f"--{'strength' if args.strength is not None else 'direction'} goes with --transfer")
     if args.replace_dims is not None and (mode == "prior" or args.input is not None):
         mode = "edit"  # alone: held-out sentences of the checkpoint's corpus; with --input: every line of FILE
     if args.replace_dims is not None and mode != "edit":
@@ -154,8 +188,19 @@ def check_args(args):
         raise CLIError(f"--n must be at least 1, got {args.n}")
     if mode == "interpolate" and args.steps < 2:
         raise CLIError(f"--steps must be at least 2, got {args.steps}")
+    if mode != "augment" and (args.candidates != 1 or args.keep_start is not None):
+        raise CLIError(f"--{'candidates' if args.candidates != 1 else 'keep-start'} goes with --augment")
+    if args.keep_start is not None and not 0 <= args.keep_start <= 1:
+        raise CLIError(f"--keep-start must be in [0, 1], got {args.keep_start}")
+    if args.keep_start and args.beam_size > 1:
+        raise CLIError("--keep-start forces a prefix, which beam search cannot: use --keep-start 0 with --beam-size")
+    if args.candidates < 1:
+        raise CLIError(f"--candidates must be at least 1, got {args.candidates}")
     if args.spread < 0:
         raise CLIError(f"--spread must be non-negative, got {args.spread}")
+    if mode == "transfer":
+        args.strength = generate.DEFAULT_STRENGTH if args.strength is None else args.strength
+        args.direction = args.direction or "probe"
     if args.with_z and (mode == "augment" or not args.json):
         raise CLIError("--with-z needs --json and is not available with --augment")
     for text in [args.text, *(args.reconstruct or []), *(args.interpolate or []), *(args.analogy or [])]:
@@ -212,6 +257,20 @@ def load_model(args):
     except (OSError, ValueError) as e:
         raise CLIError(f"cannot load checkpoint: {e}") from None
     return model.to(args.device).eval()
+
+
+def attribute_lines(model, path):
+    """The lines of a --transfer FROM/TO file that fit in maxlen (a longer one would be truncated, and
+    its code would describe a different sentence): skipped with a warning; none left is an error."""
+    lines = read_lines(path)
+    limit = model.config.maxlen - 2
+    fit = [s for s in lines if len(model.tokenizer.encode(s, add_special_tokens=False).ids) <= limit]
+    if not fit:
+        raise CLIError(f"{path}: every line is longer than maxlen - 2 = {limit} tokens; --transfer needs sentences "
+                       "that fit")
+    if len(fit) < len(lines):
+        warnings.warn(f"{path}: skipped {len(lines) - len(fit)} of {len(lines)} lines longer than maxlen - 2 = {limit} tokens")
+    return fit
 
 
 def held_out_sentences(checkpoint, maxlen):
@@ -322,10 +381,20 @@ def run(model, mode, args):
         out = generate.generate(model, z, **opts)
         for i, s in enumerate(out):
             add(z[i], input=args.codes, output=s, index=i)
+    elif mode == "transfer":
+        texts = read_lines(args.input)
+        check_lengths(model, texts, args.strict)
+        from_texts, to_texts = (attribute_lines(model, path) for path in args.transfer)
+        out, z = generate.transfer(model, texts, from_texts, to_texts, strength=args.strength, method=args.direction,
+                                   return_z=True, **opts)
+        for i, (t, s) in enumerate(zip(texts, out)):
+            add(z[i], input=t, output=s, strength=args.strength, direction=args.direction)
     elif mode == "augment":
         texts = read_lines(args.augment)
         check_lengths(model, texts, args.strict)
-        for j, (t, variants) in enumerate(zip(texts, generate.augment(model, texts, n, spread=args.spread, **opts))):
+        variants_of = generate.augment(model, texts, n, spread=args.spread, candidates=args.candidates,
+                                       rank=args.rank, keep_start=args.keep_start, **opts)
+        for j, (t, variants) in enumerate(zip(texts, variants_of)):
             for i, s in enumerate(variants):
                 records.append({"mode": mode, "input": t, "output": s, "index": i, "input_index": j, "spread": args.spread})
             if not variants:  # keep the input in the table and the JSONL even when every variant was dropped
@@ -349,7 +418,10 @@ def _table(header, rows, out):
 def print_table(mode, records, args, model, out):
     if mode == "prior":
         _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
-    elif mode == "reconstruct":
+    elif mode in ("reconstruct", "transfer"):
+        if mode == "transfer":
+            print(f"moved from {args.transfer[0]} towards {args.transfer[1]} ({args.direction} direction, strength "
+                  f"{args.strength:g})", file=out)
         _table(["input", "output"], [[r["input"], r["output"]] for r in records], out)
     elif mode == "edit":  # what was replaced once, then each sentence with its variants indented below it
         r0 = records[0]

