@@ -55,7 +55,7 @@ def test_info_describes_the_checkpoint(client):
     assert info["latent"] == "vmf" and info["maxlen"] == 16 and info["max_tokens"] == 14
     assert [L["dims"] for L in info["layers"]] == ["0:8", "8:16"]  # debug: 2 latent layers x 8 dims
     assert [L["transformer_layer"] for L in info["layers"]] == [2, 3]
-    assert info["fitted_prior"] is False and info["transfer"] is False
+    assert info["fitted_prior"] is False and info["transfer"] is True
     assert info["caps"] == {"n": 20, "steps": 12, "beam": 8, "text_chars": 1000, "transfer_examples": 100}
 
 
@@ -164,29 +164,23 @@ def test_caps_themselves_are_allowed(client):
     ("/api/edit", {"text": "他在家", "layers": [2]}, "latent layer 2 does not exist"),
     ("/api/edit", {"text": "他在家", "dims": "10:20"}, "reaches outside the code"),
     ("/api/sample", {"prior": "fitted"}, "no fitted prior"),
-    ("/api/transfer", {"text": "他", "from_texts": ["他"], "to_texts": ["家"]}, "no model.transfer"),
 ])
 def test_bad_requests_say_why(client, path, body, message):
     r = client.post(path, json=body)
     assert r.status_code in (400, 501) and message in r.json()["detail"]
 
 
-def test_transfer_panel_follows_the_model(model):
-    calls = []
+def test_transfer_is_model_transfer(model):
+    """The transfer endpoint returns model.transfer's output for the sentence, at the library's default
+    strength unless one is given."""
+    from univae.generate import DEFAULT_STRENGTH
 
-    def transfer(texts, from_texts, to_texts, strength=1.0):  # stands in for issue 15's model.transfer
-        calls.append((texts, from_texts, to_texts, strength))
-        return [t + "!" for t in texts]
-
-    model.transfer = transfer
-    try:
-        client = TestClient(explorer.create_app(model))
-        assert client.get("/api/info").json()["transfer"] is True
-        r = post(client, "/api/transfer", text="他在家", from_texts=["差"], to_texts=["好", "很好"], strength=0.5)
-        assert r["outputs"] == ["他在家!"] and calls == [(["他在家"], ["差"], ["好", "很好"], 0.5)]
-    finally:
-        del model.transfer
-    assert client.get("/api/info").json()["transfer"] is False
+    client = TestClient(explorer.create_app(model))
+    for strength in (None, 0.5):
+        body = dict(text="他在家", from_texts=["差", "不好"], to_texts=["好", "很好"])
+        r = post(client, "/api/transfer", **body, **({} if strength is None else {"strength": strength}))
+        want = model.transfer(["他在家"], ["差", "不好"], ["好", "很好"], strength=strength or DEFAULT_STRENGTH)
+        assert r["outputs"] == want and r["strength"] == (strength or DEFAULT_STRENGTH)
 
 
 @pytest.mark.parametrize("latent", ["vmf", "gaussian", "vq", "gmm"])
@@ -367,7 +361,7 @@ def test_in_the_browser(browser, model, ckpt):  # noqa: F811
         _click_and_wait(page, "sample", "document.querySelector('#error').textContent.length > 0")
         assert "n: Input should be less than or equal to 20" in page.inner_text("#error")
 
-        assert page.is_visible("#transfer-unavailable") and not page.is_visible("#transfer")
+        assert page.is_visible("#transfer") and not page.is_visible("#transfer-unavailable")
         assert requests and all(r.startswith(url + "/") for r in requests), requests  # nothing outside this server
         page.context.close()
 

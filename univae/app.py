@@ -94,7 +94,7 @@ class TransferIn(BaseModel):
     text: str = Field(..., max_length=TEXT_MAX_CHARS)
     from_texts: list[str] = Field(..., min_length=1, max_length=TRANSFER_EXAMPLES_MAX)
     to_texts: list[str] = Field(..., min_length=1, max_length=TRANSFER_EXAMPLES_MAX)
-    strength: float = Field(1.0, ge=0.0, le=4.0)
+    strength: float = Field(generate.DEFAULT_STRENGTH, ge=0.0, le=8.0)  # the library's default (bench/transfer.py)
 
 
 # ----------------------------------------------------------------------------- helpers
