@@ -237,26 +237,12 @@ def read_lines(path):
 
 
 def load_model(args):
-    import univae
-
-    path = args.checkpoint
-    if not os.path.exists(path):
-        raise CLIError(f"no checkpoint at {path}: train one with `python train.py` (or pass --checkpoint DIR)")
-    from univae.checkpoint import read_config
+    from univae.checkpoint import CheckpointError, load_trained
 
     try:
-        is_univae = "univae" in read_config(path)
-    except FileNotFoundError:
-        is_univae = False
-    except ValueError as e:  # truncated or corrupt config.json, named
-        raise CLIError(f"cannot load checkpoint: {e}") from None
-    if not is_univae:
-        raise CLIError(f"{path} is not a univae checkpoint (no config.json with a \"univae\" section)")
-    try:
-        model = univae.UniVAE.from_pretrained(path, **({"attn": args.attn} if args.attn else {}))
-    except (OSError, ValueError) as e:
-        raise CLIError(f"cannot load checkpoint: {e}") from None
-    return model.to(args.device).eval()
+        return load_trained(args.checkpoint, args.device, **({"attn": args.attn} if args.attn else {}))
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
 
 
 def attribute_lines(model, path):

@@ -22,7 +22,6 @@ than the model's maxlen is truncated, as everywhere in univae, and the reply say
 import argparse
 import difflib
 import inspect
-import os
 import sys
 import threading
 import warnings
@@ -239,24 +238,12 @@ def create_app(model, checkpoint=""):
 
 def load_model(path, device="cpu"):
     """A univae checkpoint directory -> the model in eval mode on `device`; AppError names what is wrong."""
-    import univae
-    from univae.checkpoint import read_config
+    from univae.checkpoint import CheckpointError, load_trained
 
-    if not os.path.exists(path):
-        raise AppError(f"no checkpoint at {path}: train one with `python train.py` (or pass --checkpoint DIR)")
     try:
-        is_univae = "univae" in read_config(path)
-    except FileNotFoundError as e:
-        raise AppError(f"{path} is not a univae checkpoint ({e})") from None
-    except ValueError as e:  # truncated or corrupt config.json, named
-        raise AppError(f"cannot load checkpoint: {e}") from None
-    if not is_univae:
-        raise AppError(f"{path} is not a univae checkpoint (no config.json with a \"univae\" section)")
-    try:
-        model = univae.UniVAE.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise AppError(f"cannot load checkpoint: {e}") from None
-    return model.to(device).eval()
+        return load_trained(path, device)
+    except CheckpointError as e:
+        raise AppError(str(e)) from None
 
 
 class Parser(argparse.ArgumentParser):

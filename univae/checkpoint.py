@@ -226,6 +226,30 @@ def load_univae(path, **overrides):
     return model
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: its message is one line naming the path and the problem."""
+
+
+def load_trained(path, device="cpu", **overrides):
+    """A trained univae checkpoint directory -> the model in eval mode on `device`, for the commands
+    that use one (sample.py, python -m univae.app). Anything wrong -> CheckpointError, one line."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}: train one with `python train.py` (or pass --checkpoint DIR)")
+    try:
+        is_univae = "univae" in read_config(path)
+    except FileNotFoundError:
+        is_univae = False
+    except ValueError as e:  # truncated or corrupt config.json, named
+        raise CheckpointError(f"cannot load checkpoint: {e}") from None
+    if not is_univae:
+        raise CheckpointError(f"{path} is not a univae checkpoint (no config.json with a \"univae\" section)")
+    try:
+        model = load_univae(path, **overrides)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load checkpoint: {e}") from None
+    return model.to(device).eval()
+
+
 def _atomic(path, write):
     tmp = path + ".tmp"
     write(tmp)
