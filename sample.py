@@ -99,7 +99,7 @@ def build_parser():
                    "training prior, or auto (default: fitted when the checkpoint has one)")
     p.add_argument("--prior-spread", type=float, metavar="S",
                    help="prior samples from the fitted prior: each mixture component's standard deviation times S "
-                   "(default 0.6, univae.prior.SAMPLE_SPREAD; 1 = the fitted density)")
+                   "(default 0.5, univae.prior.SAMPLE_SPREAD; 1 = the fitted density)")
     p.add_argument("--n", type=int, help=f"outputs per input (defaults: {DEFAULT_N})")
     p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
                    f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus")
