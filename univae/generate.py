@@ -448,14 +448,20 @@ def analogy_z(model, za, zb, zc):
 
     A vMF layer where the sum nearly cancels has no direction; it keeps z_c's. VQ: snapped to the
     nearest code per layer."""
-    d = zc + zb - za
+    return _into_code_space(model, zc + zb - za, zc)
+
+
+def _into_code_space(model, d, fallback):
+    """Sums of codes d (N, D) back where codes live: VQ snapped to the nearest code per layer,
+    Gaussian / gmm as they are, each vMF layer put back on its unit sphere (a layer whose sum nearly
+    cancels has no direction and keeps fallback's)."""
     if _space(model) == "codebook":
         return _snap(model, d)
     if _space(model) != "sphere":
         return d
     return torch.cat([
-        torch.where(dl.norm(dim=-1, keepdim=True) > 1e-6, F.normalize(dl, dim=-1), cl)
-        for dl, cl in zip(model.split_z(d), model.split_z(zc))
+        torch.where(dl.norm(dim=-1, keepdim=True) > 1e-6, F.normalize(dl, dim=-1), fl)
+        for dl, fl in zip(model.split_z(d), model.split_z(fallback))
     ], dim=-1)
 
 
@@ -629,15 +635,7 @@ def transfer_z(model, z, direction, strength):
     VQ snapped to the nearest code per layer. Strength 0 returns z itself, unrounded."""
     if strength == 0:
         return z.clone()
-    moved = z + strength * direction.to(z)
-    if _space(model) == "codebook":
-        return _snap(model, moved)
-    if _space(model) != "sphere":
-        return moved
-    return torch.cat([
-        torch.where(ml.norm(dim=-1, keepdim=True) > 1e-6, F.normalize(ml, dim=-1), zl)
-        for ml, zl in zip(model.split_z(moved), model.split_z(z))
-    ], dim=-1)
+    return _into_code_space(model, z + strength * direction.to(z), z)
 
 
 def _draw_codes(family, z, layer, spread):
