@@ -60,7 +60,7 @@ MODEL_FLAGS = {
     "vq_decay": (float, "vq: EMA decay of the codebook (default 0.99)"),
     "vq_dead_steps": (int, "vq: re-seed a code from the batch after this many training steps unused (default 100; 0: never)"),
     "mixture_components": (int, "gmm: mixture components per latent layer (default 5)"),
-    "attn": (str, "attention backend: auto, eager, sdpa, flex"),
+    "attn": (str, "attention backend: auto (split on CPU, flex on CUDA), eager, sdpa, flex, split"),
 }
 # Model flags that mean something for one latent family only: given with another, they are an error.
 FAMILY_FLAGS = {"codebook_size": "vq", "vq_distance": "vq", "vq_beta": "vq", "vq_decay": "vq", "vq_dead_steps": "vq",
