@@ -23,11 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
 
 from univae import downstream as DS  # noqa: E402
-from univae.evaluate import read_train_args  # noqa: E402
-from univae.model import UniVAE  # noqa: E402
 
 
 def main(argv=None):
@@ -45,11 +42,7 @@ def main(argv=None):
         DS._sklearn()
     except ImportError as e:
         sys.exit(f"error: {e}")
-    torch.set_num_threads(args.threads)
-    model = UniVAE.from_pretrained(args.checkpoint).eval()
-    data = DS.labelled_data(read_train_args(args.checkpoint), model.config.maxlen)
-    if data is None:
-        sys.exit(f"error: {args.checkpoint}'s corpus has no labels (only builtin:reviews has: pos/neg files)")
+    model, data = DS.load_labelled(args.checkpoint, args.threads)
     t0 = time.time()
     options = json.loads(args.options)
     r = DS.augmentation_trial(model, data, args.sizes, args.seeds, args.n, args.test_size, augment_options=options,

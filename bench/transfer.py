@@ -19,11 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
 
 from univae import downstream as DS  # noqa: E402
-from univae.evaluate import read_train_args  # noqa: E402
-from univae.model import UniVAE  # noqa: E402
 
 
 def main(argv=None):
@@ -35,11 +32,7 @@ def main(argv=None):
     p.add_argument("--beam-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = UniVAE.from_pretrained(args.checkpoint).eval()
-    data = DS.labelled_data(read_train_args(args.checkpoint), model.config.maxlen)
-    if data is None:
-        sys.exit(f"error: {args.checkpoint}'s corpus has no labels (only builtin:reviews has: pos/neg files)")
+    model, data = DS.load_labelled(args.checkpoint, args.threads)
     t0 = time.time()
     print(f"# {args.checkpoint}, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
           f"decoding beam {args.beam_size}, seeds {args.seeds}")

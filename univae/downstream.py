@@ -61,6 +61,24 @@ class Labelled:
         return sorted({y for _, y in self.train + self.held_out})
 
 
+def load_labelled(checkpoint, threads=1):
+    """For the benchmarks: (model in eval mode, its corpus's Labelled) from a checkpoint directory;
+    exits with one line when the corpus has no labels."""
+    import sys
+
+    import torch
+
+    from univae.evaluate import read_train_args
+    from univae.model import UniVAE
+
+    torch.set_num_threads(threads)
+    model = UniVAE.from_pretrained(checkpoint).eval()
+    data = labelled_data(read_train_args(checkpoint), model.config.maxlen)
+    if data is None:
+        sys.exit(f"error: {checkpoint}'s corpus has no labels (only builtin:reviews has: pos/neg files)")
+    return model, data
+
+
 def labelled_data(train_args, maxlen):
     """The checkpoint's corpus (train_args.json) as Labelled, or None when it has no labels. Split as
     univae.evaluate reloads it (same limit, text field and split seed)."""
