@@ -79,6 +79,9 @@ def test_masks_are_built_once_per_forward_one_per_kind(monkeypatch, attn, builde
         m = model.config.maxlen
         assert all(isinstance(s, SplitLayout) and s.sees_cls == (l in latent) for l, s in enumerate(seen))
         assert [(s.src_len, s.src_queries) for s in seen] == [(m, None)] * (L - 2) + [(m, 1), (1, 0)]
+        # one set of small masks for the whole forward: source key padding once, one causal mask per kind
+        assert all(s.masks is seen[0].masks for s in seen)
+        assert sorted(k[0] for k in seen[0].masks) == ["causal"] * 2 + ["padding"]
         return
     # exactly two mask objects, shared: every lower layer gets one, every latent layer the other
     assert len({id(m) for m in seen}) == 2

@@ -16,7 +16,7 @@ split takes a `SplitLayout` (it only knows UniVAE's independent/uniae layouts).
 A query row with no allowed key returns zeros in every backend (FlexAttention's convention);
 UniVAE's own masks never produce such a row, but a fully padded input to the plain encoder would.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,25 @@ class SplitLayout:
     src_lengths: torch.Tensor | None
     sees_cls: bool
     src_queries: int | None = None
+    # the small masks the calls take, built on first use and shared by the layouts of one forward
+    # (UniVAE.layer_masks passes one dict to all), so no layer rebuilds them
+    masks: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def key_padding(self, device):
+        """(B, 1, 1, src_len) bool, True on real source keys; None without padding."""
+        if self.src_lengths is None:
+            return None
+        key = ("padding", self.src_len)
+        if key not in self.masks:
+            self.masks[key] = (torch.arange(self.src_len, device=device) < self.src_lengths[:, None])[:, None, None, :]
+        return self.masks[key]
+
+    def causal(self, T, device):
+        """(T, T) causal, or (T, T + 1) with key 0 (the source [CLS]) first when sees_cls."""
+        key = ("causal", T, self.sees_cls)
+        if key not in self.masks:
+            self.masks[key] = torch.ones(T, T + self.sees_cls, dtype=torch.bool, device=device).tril(int(self.sees_cls))
+        return self.masks[key]
 
     def keep(self, x, dim):
         """The rows of x (along dim) whose outputs the layer computes: the first src_queries source
@@ -124,11 +143,8 @@ def _split_attend(q, k, v, layout, dropout_p):
     n_src = s if layout.src_queries is None else layout.src_queries
     kernel = _kernel(q)
     parts = []
-    if n_src:
-        key_padding = None
-        if layout.src_lengths is not None:  # (B, 1, 1, src_len): hide source padding keys
-            key_padding = (torch.arange(s, device=q.device) < layout.src_lengths[:, None])[:, None, None, :]
-        parts.append(_plain(q[:, :, :n_src], k[:, :, :s], v[:, :, :s], key_padding, kernel, dropout_p))
+    if n_src:  # source queries see the real source keys
+        parts.append(_plain(q[:, :, :n_src], k[:, :, :s], v[:, :, :s], layout.key_padding(q.device), kernel, dropout_p))
     T = q.shape[2] - n_src
     if T == 0:  # a source-only run (UniVAE.posterior_params)
         return parts[0]
@@ -138,10 +154,7 @@ def _split_attend(q, k, v, layout, dropout_p):
             k_t, v_t = torch.cat([k[:, :, :1], k_t], dim=2), torch.cat([v[:, :, :1], v_t], dim=2)
         else:  # the source is the [CLS] alone: the keys are already [cls; tgt]
             k_t, v_t = k, v
-        causal = torch.ones(T, T + 1, dtype=torch.bool, device=q.device).tril(1)
-    else:
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    parts.append(_plain(q_t, k_t, v_t, causal, kernel, dropout_p))
+    parts.append(_plain(q_t, k_t, v_t, layout.causal(T, q.device), kernel, dropout_p))
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 

@@ -264,11 +264,11 @@ class UniVAE(nn.Module):
         it needs the source [CLS] query alone. Every lower layer's source rows are keys of the next."""
         backend = self.backend(device)
         if backend == "split":
-            L = self.config.num_hidden_layers
-            per_layer = [SplitLayout(src_len, src_lengths, l in self.latent_index) for l in range(L)]
+            L, shared = self.config.num_hidden_layers, {}  # one set of small masks for every layer
+            per_layer = [SplitLayout(src_len, src_lengths, l in self.latent_index, masks=shared) for l in range(L)]
             if prune:
                 per_layer[L - 2].src_queries = 1
-                per_layer[L - 1] = SplitLayout(1, None, True, src_queries=0)  # input rows: [CLS], target
+                per_layer[L - 1] = SplitLayout(1, None, True, src_queries=0, masks=shared)  # input rows: [CLS], target
             return per_layer, backend
         if src_lengths is None:
             batch = 1 if backend != "flex" else None
@@ -404,7 +404,9 @@ class UniVAE(nn.Module):
         backend = self.backend(src_ids.device)
         top = c.latent_layers[-1]
         if backend == "split":  # below the top latent layer, whose input only [CLS] is read: its query alone
-            mask = [SplitLayout(S, src_lengths, False, src_queries=1 if l == top - 1 else None) for l in range(top)]
+            shared = {}
+            mask = [SplitLayout(S, src_lengths, False, src_queries=1 if l == top - 1 else None, masks=shared)
+                    for l in range(top)]
         else:
             mask = [_build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)] * top
         positions = torch.arange(S, device=src_ids.device)
