@@ -204,6 +204,35 @@ def test_bow_loss_matches_a_manual_computation():
     torch.testing.assert_close(objective.bow_loss(z, labels), sum(per_layer) / 2)
 
 
+def test_bow_layers_restrict_the_loss_to_the_chosen_latent_layers():
+    model = tiny()  # 2 latent layers of 8 dims
+    objective = VAEObjective(TrainConfig(bow_weight=1.0, bow_layers="-1"), model)
+    assert objective.bow_layers == [1] and len(objective.bow) == 1
+    torch.manual_seed(0)
+    torch.nn.init.normal_(objective.bow[0].weight, std=0.5)
+    z = torch.randn(2, 16, requires_grad=True)
+    labels = torch.tensor([[7, 9, 9, 3, -100], [11, 3, -100, -100, -100]])
+    head = objective.bow[0]
+    nll = []
+    for b in range(2):
+        log_p = torch.log_softmax(head.weight @ z[b, 8:] + head.bias, 0)
+        nll += [-log_p[w] for w in labels[b].tolist() if w != -100]
+    loss = objective.bow_loss(z, labels)
+    torch.testing.assert_close(loss, sum(nll) / len(nll))
+    grad, = torch.autograd.grad(loss, z)
+    assert torch.all(grad[:, :8] == 0) and torch.any(grad[:, 8:] != 0)  # the lowest layer's code is left alone
+    assert VAEObjective(TrainConfig(bow_weight=1.0, bow_layers="0,-2"), model).bow_layers == [0]
+
+
+@pytest.mark.parametrize("spec, message", [("2", "layer 2 does not exist; the model has 2 latent layers"),
+                                           ("top", "'top' is not a latent-layer index")])
+def test_bow_layers_bad_values_are_named(spec, message):
+    with pytest.raises(ValueError, match=message):
+        VAEObjective(TrainConfig(bow_weight=1.0, bow_layers=spec), tiny())
+    with pytest.raises(ValueError, match="needs --bow-weight"):
+        TrainConfig(bow_layers="0")
+
+
 def test_word_dropout_masks_only_real_target_tokens_after_cls():
     model = tiny().train()
     ids, tt = random_joined(model, B=32, seed=4)

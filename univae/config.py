@@ -235,6 +235,10 @@ class TrainConfig:
     word_dropout: float = field(default=0.0, metadata={"help": "replace each decoder target input token (not the first [CLS]) by [MASK] with this probability"})
     code_dropout: float = field(default=0.0, metadata={"help": "give the decoder one latent layer's code (chosen per sentence) as a training-prior draw with this probability, so each layer must mean something on its own"})
     bow_weight: float = field(default=0.0, metadata={"help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off)"})
+    bow_layers: str = field(default="", metadata={
+        "help": "with --bow-weight: only these latent layers' z predict the bag of words, comma-separated, 0 = the "
+                "lowest latent layer, -1 the top one (default: all); one layer made to carry the words leaves the "
+                "others the rest of the sentence"})
     dispersion_weight: float = field(default=0.2, metadata={
         "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
                 "keeps the mixture components apart; DEM-VAE's beta, 0.2 in its language-modelling runs)"})
@@ -270,5 +274,7 @@ class TrainConfig:
             raise ValueError(f"--code-dropout must be in [0, 1), got {self.code_dropout}")
         if not 0 <= self.word_dropout < 1:
             raise ValueError(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
+        if self.bow_layers and not self.bow_weight:
+            raise ValueError(f"--bow-layers {self.bow_layers} chooses the layers of the bag-of-words loss; it needs --bow-weight > 0")
         if not self.au_delta > 0:
             raise ValueError(f"--au-delta must be positive, got {self.au_delta}")

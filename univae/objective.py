@@ -15,7 +15,8 @@ UniVAE.forward returns the raw terms; this turns them into the loss:
     multiplier  MDR's Lagrange multiplier (Pelsmaeker & Aziz 2019), only with --target-rate r:
                 minimising over the model and maximising over multiplier >= 0 enforces kl >= r
     bow         mean over latent layers of the bag-of-words NLL per real target token, predicted
-                from that layer's z alone (a multi-task loss that makes every z_l carry the words)
+                from that layer's z alone (a multi-task loss that makes every z_l carry the words);
+                --bow-layers picks the layers (one layer made to carry the words, the others free)
 
 --latent gmm (DEM-VAE, latents.GaussianMixture): kl = kl_c + z part, and two parts of it are
 reweighed, rate -= (1 - dispersion_weight) * dispersion + (1 - mi_weight) * mi_c; both weights 1
@@ -60,6 +61,23 @@ def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, r
     return min(1.0, (t - ratio_zero) / ratio_increase)
 
 
+def bow_layer_indices(spec, n_latent):
+    """--bow-layers "0,-1" -> sorted latent-layer indices [0, n_latent - 1]; "" -> all of them."""
+    if not spec:
+        return list(range(n_latent))
+    picked = set()
+    for part in spec.split(","):
+        try:
+            j = int(part)
+        except ValueError:
+            raise ValueError(f"--bow-layers {spec}: {part.strip()!r} is not a latent-layer index") from None
+        if not -n_latent <= j < n_latent:
+            raise ValueError(f"--bow-layers {spec}: layer {j} does not exist; the model has {n_latent} latent layers "
+                             f"(0..{n_latent - 1}, or -{n_latent}..-1 from the top)")
+        picked.add(j % n_latent)
+    return sorted(picked)
+
+
 class VAEObjective(nn.Module):
     """loss, logs = objective(out, step); see the module docstring. `cfg` is a TrainConfig."""
 
@@ -89,22 +107,26 @@ class VAEObjective(nn.Module):
         self.vq_beta = c.vq_beta
         if self.target_rate > 0:
             self.register_buffer("mdr_multiplier", torch.zeros(()))
+        self.bow_layers = bow_layer_indices(cfg.bow_layers, c.num_latent_layers)
         if self.bow_weight > 0:
-            self.bow = nn.ModuleList(nn.Linear(c.z_dim, c.vocab_size) for _ in range(c.num_latent_layers))
+            self.bow = nn.ModuleList(nn.Linear(c.z_dim, c.vocab_size) for _ in self.bow_layers)
             for head in self.bow:
                 nn.init.normal_(head.weight, std=c.initializer_range)
                 nn.init.zeros_(head.bias)
         self.z_dim = c.z_dim
 
     def bow_loss(self, z, labels):
-        """Mean over latent layers of -log softmax(bow_l(z_l))[w] per real target token w.
+        """Mean over the --bow-layers latent layers l (all by default) of -log softmax(bow_l(z_l))[w]
+        per real target token w.
 
         z (B, n*z_dim); labels (B, T) with -100 on padding (UniVAEOutput.labels: the same tokens the
         CE counts, the closing [SEP] included)."""
         real = labels != -100
         words = labels.clamp_min(0)
         per_layer = []
-        for head, z_l in zip(self.bow, z.split(self.z_dim, dim=-1)):
+        codes = z.split(self.z_dim, dim=-1)
+        for head, l in zip(self.bow, self.bow_layers):
+            z_l = codes[l]
             log_p = F.log_softmax(head(z_l).float(), dim=-1)  # (B, V)
             nll = -log_p.gather(1, words)  # (B, T)
             per_layer.append(nll[real].sum() / real.sum())
