@@ -293,11 +293,11 @@ class Trainer:
         return s
 
     def load_state(self, state):
-        try:  # a run resumed with other --bow-weight / --target-rate has other optimiser groups and state
+        try:  # a run resumed with other --bow-weight / --bow-layers / --target-rate has other optimiser groups and state
             self.objective.load_state_dict(state.get("objective", {}))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as e:
-            raise SettingsError(f"--resume: the checkpoint was trained with another --bow-weight or --target-rate "
+            raise SettingsError(f"--resume: the checkpoint was trained with another --bow-weight, --bow-layers or --target-rate "
                                 f"({str(e).splitlines()[0]}); resume with the flags it was trained with") from None
         self.batches.load_state_dict(state["data"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])

@@ -237,8 +237,8 @@ class TrainConfig:
     bow_weight: float = field(default=0.0, metadata={"help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off)"})
     bow_layers: str = field(default="", metadata={
         "help": "with --bow-weight: only these latent layers' z predict the bag of words, comma-separated, 0 = the "
-                "lowest latent layer, -1 the top one (default: all); one layer made to carry the words leaves the "
-                "others the rest of the sentence"})
+                "lowest latent layer, -1 the top one (default: all); on the default model neither the top nor the lowest "
+                "alone made that layer the one that holds the content (README, latent-space table, runs G and I)"})
     dispersion_weight: float = field(default=0.2, metadata={
         "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
                 "keeps the mixture components apart; DEM-VAE's beta, 0.2 in its language-modelling runs)"})

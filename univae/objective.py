@@ -16,7 +16,7 @@ UniVAE.forward returns the raw terms; this turns them into the loss:
                 minimising over the model and maximising over multiplier >= 0 enforces kl >= r
     bow         mean over latent layers of the bag-of-words NLL per real target token, predicted
                 from that layer's z alone (a multi-task loss that makes every z_l carry the words);
-                --bow-layers picks the layers (one layer made to carry the words, the others free)
+                --bow-layers picks the layers (so that one layer is made to carry the words)
 
 --latent gmm (DEM-VAE, latents.GaussianMixture): kl = kl_c + z part, and two parts of it are
 reweighed, rate -= (1 - dispersion_weight) * dispersion + (1 - mi_weight) * mi_c; both weights 1
