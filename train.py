@@ -32,10 +32,19 @@ from univae.diagnostics import collapse_warning
 from univae.mlm import mask_tokens, mlm_loss
 from univae.model import UniVAE
 from univae.prior import PRIOR_FILE, fit_prior
-from univae.objective import VAEObjective
+from univae.objective import VAEObjective, content_token_mask
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate,
                              load_training_state, lr_at, param_groups, prune_checkpoints, save_checkpoint)
+
+def kappa_value(text):
+    """--kappa: one concentration ("256") or one per latent layer, lowest first ("64,384,384")."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
 
 # Architecture fields a from-scratch run may set on top of its preset (UniVAEConfig names); a
 # checkpoint (--init-from, --resume) fixes them.
@@ -53,7 +62,7 @@ MODEL_FLAGS = {
     "z_dim": (int, "latent dims per latent layer (reference: 16)"),
     "latent": (str, "latent family: vmf (fixed kappa, constant KL), gaussian (learned variance, KL to N(0, I)), "
                     "vq (a codebook per latent layer: discrete codes) or gmm (Gaussian-mixture prior, DEM-VAE)"),
-    "kappa": (float, "vMF concentration (reference: 32)"),
+    "kappa": (kappa_value, "vMF concentration (reference: 32), or one per latent layer, lowest first: 64,384,384"),
     "codebook_size": (int, "vq: codes per latent layer (default 512)"),
     "vq_distance": (str, "vq: nearest code by l2 or cosine (default l2)"),
     "vq_beta": (float, "vq: commitment loss weight (default 0.25)"),
@@ -223,7 +232,7 @@ def describe(model, n_unk, n_unk_val, n_trunc):
     c = model.config
     return (f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
             f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
-            + (f" kappa {c.kappa:g}" if c.latent == "vmf" else "")
+            + (f" kappa {','.join(f'{k:g}' for k in c.kappas)}" if c.latent == "vmf" else "")
             + (f" codebook {c.codebook_size} ({c.vq_distance})" if c.latent == "vq" else "")
             + (f" {c.mixture_components} components" if c.latent == "gmm" else "")
             + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated")
@@ -547,7 +556,8 @@ def main(argv=None):
     try:
         splits = load_data(cfg, maxlen, log)
         model = build_model(cfg, model_overrides, resume_dir, splits["train"])
-        objective = VAEObjective(cfg, model)  # KL weight and schedule, free bits, MDR, BoW heads
+        bow_targets = content_token_mask(model.tokenizer, splits["train"]) if cfg.bow_chars == "content" else None
+        objective = VAEObjective(cfg, model, bow_targets)  # KL weight and schedule, free bits, MDR, BoW heads
         if cfg.word_dropout or cfg.mlm_fraction:  # both write [MASK]: a vocab without one fails here
             model.mask_token_id()
     except (FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError

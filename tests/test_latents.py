@@ -13,7 +13,7 @@ from univae.config import TrainConfig, preset
 from univae.diagnostics import active_units, collapse_warning, expected_codes, kl_per_dim, mutual_information
 from univae.latents import VMF, Gaussian, vmf_mean_cosine
 from univae.model import UniVAE
-from univae.objective import VAEObjective, kl_anneal_weight
+from univae.objective import VAEObjective, content_token_mask, kl_anneal_weight
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 CHARS = [chr(0x4E00 + i) for i in range(256 - len(SPECIAL_TOKENS))]
@@ -222,6 +222,41 @@ def test_bow_layers_restrict_the_loss_to_the_chosen_latent_layers():
     grad, = torch.autograd.grad(loss, z)
     assert torch.all(grad[:, :8] == 0) and torch.any(grad[:, 8:] != 0)  # the lowest layer's code is left alone
     assert VAEObjective(TrainConfig(bow_weight=1.0, bow_layers="0,-2"), model).bow_layers == [0]
+
+
+def test_content_token_mask_is_the_evaluations_content_characters():
+    """4 sentences: CHARS[0] is in every one and most occurrences (IDF 0 = the median: pattern),
+    CHARS[1..4] and 'x' each in one (IDF log 4: content); '，' is punctuation; specials never count."""
+    a, b, c, d, e = CHARS[:5]
+    tok = build_tokenizer(SPECIAL_TOKENS + [a, b, c, d, e, "，", "##x"])
+    sentences = [a * 4 + b, a * 4 + c + "，", a * 4 + d, a * 4 + e + "x"]
+    mask = content_token_mask(tok, sentences)
+    vocab = tok.get_vocab()
+    assert {t for t, i in vocab.items() if mask[i]} == {b, c, d, e, "##x"}  # x: df 1, like b..e
+
+
+def test_bow_chars_content_counts_only_the_content_tokens():
+    model = tiny()
+    targets = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    targets[[9, 11]] = True
+    objective = VAEObjective(TrainConfig(bow_weight=1.0, bow_chars="content"), model, targets)
+    torch.manual_seed(0)
+    for head in objective.bow:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    z = torch.randn(2, 16)
+    labels = torch.tensor([[7, 9, 9, 3, -100], [11, 3, -100, -100, -100]])
+    per_layer = []
+    for j, head in enumerate(objective.bow):
+        nll = [-torch.log_softmax(head.weight @ z[b, 8 * j:8 * (j + 1)] + head.bias, 0)[w]
+               for b, w in ((0, 9), (0, 9), (1, 11))]  # the two 9s and the 11; 7 and 3 are not content
+        per_layer.append(sum(nll) / 3)
+    torch.testing.assert_close(objective.bow_loss(z, labels), sum(per_layer) / 2)
+    with pytest.raises(ValueError, match="needs the token mask"):
+        VAEObjective(TrainConfig(bow_weight=1.0, bow_chars="content"), model)
+    with pytest.raises(ValueError, match="--bow-chars content chooses the bag-of-words targets; it needs --bow-weight"):
+        TrainConfig(bow_chars="content")
+    with pytest.raises(ValueError, match="--bow-chars must be one of all, content"):
+        TrainConfig(bow_weight=1.0, bow_chars="nouns")
 
 
 @pytest.mark.parametrize("spec, message", [("2", "layer 2 does not exist; the model has 2 latent layers"),

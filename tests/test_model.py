@@ -39,8 +39,33 @@ def test_vmf_kl_is_the_analytic_constant():
     family = VMF(16, 32.0)
     w = family.sample_cosine((200_000,), "cpu").double().mean().item()
     log_area = math.log(2 * math.pi ** 8 / math.gamma(8))
-    assert abs(family.log_norm + 32 * w + log_area - vmf_kl_uniform(32, 16)) < 0.02
+    assert abs(family.log_norms[0] + 32 * w + log_area - vmf_kl_uniform(32, 16)) < 0.02
     assert abs(vmf_kl_uniform(32, 16) - 7.58) < 0.01
+
+
+def test_vmf_per_layer_kappa_samples_each_layer_at_its_own_concentration():
+    """kappa (16, 128): each layer's sampled mean cosine, KL and log q are those of a one-kappa VMF."""
+    torch.manual_seed(0)
+    family = VMF(16, (16.0, 128.0))
+    mu = torch.nn.functional.normalize(torch.randn(100_000, 16), dim=-1)
+    for j, k in enumerate((16.0, 128.0)):
+        z = family.sample(mu, layer=j)
+        assert abs((z * mu).sum(-1).mean().item() - vmf_mean_cosine(k, 16)) < 0.005
+        assert family.kl(mu[:3], layer=j).tolist() == pytest.approx([vmf_kl_uniform(k, 16)] * 3)
+        torch.testing.assert_close(family.log_q(z[:5], mu[:5], layer=j), VMF(16, k).log_q(z[:5], mu[:5]))
+        torch.testing.assert_close(family.expected_z(mu[:5], layer=j), vmf_mean_cosine(k, 16) * mu[:5])
+    with pytest.raises(ValueError, match="different kappas"):
+        family.sample(mu)
+
+
+def test_per_layer_kappa_config_and_model(hf_dirs):
+    with pytest.raises(ValueError, match="3 values for 2 latent layers"):
+        univae.UniVAEConfig(num_hidden_layers=3, num_latent_layers=2, kappa=[8.0, 16.0, 32.0])
+    assert univae.UniVAEConfig(num_hidden_layers=3, num_latent_layers=2, kappa=[8, 8]).kappa == 8.0  # one value
+    model = univae.UniVAE.from_pretrained(str(hf_dirs["bert"]), maxlen=12, z_dim=8, num_latent_layers=2, kappa=[8.0, 64.0])
+    assert model.family.kappas == (8.0, 64.0) and model.config.kappas == [8.0, 64.0]
+    out = model(random_joined(model, seed=0)[0])
+    assert out.kl.item() == pytest.approx(vmf_kl_uniform(8.0, 8) + vmf_kl_uniform(64.0, 8), rel=1e-5)
 
 
 def test_vmf_sample_is_reparameterised():

@@ -74,6 +74,8 @@ def test_clear_errors_before_touching_output(corpus, tmp_path, capsys, hf_bert):
     out = tmp_path / "out"
     assert "nothing to resume" in _error(base_args(corpus, out, "--resume"), capsys)
     assert "num_latent_layers" in _error(base_args(corpus, out, "--num-latent-layers", "9"), capsys)
+    assert "--kappa: expected a number" in _error(base_args(corpus, out, "--kappa", "16,x"), capsys)
+    assert "kappa has 3 values for 2 latent layers" in _error(base_args(corpus, out, "--kappa", "8,16,32"), capsys)
     assert "unknown --preset" in _error(["--preset", "huge", "--out", str(out)], capsys)
     assert "--init-from" in _error(["--init-from", str(hf_bert[0]), "--preset", "small", "--out", str(out)], capsys)
     assert "no config.json" in _error(["--init-from", str(tmp_path), "--out", str(out)], capsys)
@@ -245,6 +247,9 @@ def test_every_cpu_backend_trains_the_same_loss_curve(corpus, tmp_path, precisio
 def test_architecture_flags_build_that_model_from_scratch(corpus, tmp_path):
     out = tmp_path / "arch"
     train.main(base_args(corpus, out, "--max-steps", "1", "--hidden-size", "48", "--num-hidden-layers", "5",
-                         "--num-attention-heads", "3", "--intermediate-size", "40", "--num-latent-layers", "3"))
-    c = univae.UniVAE.from_pretrained(str(out / "last")).config
+                         "--num-attention-heads", "3", "--intermediate-size", "40", "--num-latent-layers", "3",
+                         "--kappa", "8,16,32"))
+    model = univae.UniVAE.from_pretrained(str(out / "last"))
+    c = model.config
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.latent_layers) == (48, 5, 3, 40, [2, 3, 4])
+    assert c.kappas == [8.0, 16.0, 32.0] and model.family.kappas == (8.0, 16.0, 32.0)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 LATENT_FAMILIES = ("vmf", "gaussian", "vq", "gmm")
 VQ_DISTANCES = ("l2", "cosine")
 ANNEAL_SCHEDULES = ("none", "linear", "cyclical")  # TrainConfig.kl_anneal
+BOW_CHARS = ("all", "content")
 KL_REDUCTIONS = ("per-token", "per-sentence")  # TrainConfig.kl_reduction
 ATTN_BACKENDS = ("auto", "eager", "sdpa", "flex", "split")
 
@@ -39,7 +40,7 @@ class UniVAEConfig:
     num_latent_layers: int = 4  # the top n layers carry a latent on their [CLS] input
     z_dim: int = 16  # latent dims per latent layer
     latent: str = "vmf"
-    kappa: float = 32.0  # vMF concentration (fixed)
+    kappa: float = 32.0  # vMF concentration (fixed); or a list, one per latent layer, lowest first
     codebook_size: int = 512  # vq: codes per latent layer
     vq_distance: str = "l2"  # vq: nearest code by "l2" or "cosine" (unit vectors)
     vq_beta: float = 0.25  # vq: weight of the commitment loss (VQ-VAE's beta), part of UniVAEOutput.loss
@@ -77,7 +78,14 @@ class UniVAEConfig:
             raise ValueError(f"z_dim must be at least 2, got {self.z_dim}")
         if self.latent not in LATENT_FAMILIES:
             raise ValueError(f"latent must be one of {LATENT_FAMILIES}, got {self.latent!r}")
-        if self.latent == "vmf" and not self.kappa > 0:
+        if isinstance(self.kappa, (list, tuple)):
+            if len(self.kappa) != self.num_latent_layers:
+                raise ValueError(f"kappa has {len(self.kappa)} values for {self.num_latent_layers} latent layers: "
+                                 f"give one, or one per latent layer, got {list(self.kappa)}")
+            self.kappa = [float(k) for k in self.kappa]
+            if len(set(self.kappa)) == 1:
+                self.kappa = self.kappa[0]
+        if self.latent == "vmf" and not all(k > 0 for k in self.kappas):
             raise ValueError(f"kappa must be positive, got {self.kappa}")
         if self.latent == "vq":
             if self.codebook_size < 2:
@@ -94,6 +102,11 @@ class UniVAEConfig:
             raise ValueError(f"attn must be one of {ATTN_BACKENDS}, got {self.attn!r}")
         L, n = self.num_hidden_layers, self.num_latent_layers
         self.latent_layers = list(range(L - n, L))
+
+    @property
+    def kappas(self):
+        """The vMF concentration of each latent layer, lowest first."""
+        return list(self.kappa) if isinstance(self.kappa, list) else [float(self.kappa)] * self.num_latent_layers
 
     @property
     def head_dim(self):
@@ -239,6 +252,10 @@ class TrainConfig:
         "help": "with --bow-weight: only these latent layers' z predict the bag of words, comma-separated, 0 = the "
                 "lowest latent layer, -1 the top one (default: all); on the default model neither the top nor the lowest "
                 "alone made that layer the one that holds the content (README, latent-space table, runs G and I)"})
+    bow_chars: str = field(default="all", metadata={
+        "help": "with --bow-weight: the bag of words holds every target token (all) or only the training corpus's "
+                "content characters (content: IDF above the median over occurrences, punctuation excluded, the "
+                "evaluation's definition), so that the chosen layers are made to carry what a sentence is about"})
     dispersion_weight: float = field(default=0.2, metadata={
         "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
                 "keeps the mixture components apart; DEM-VAE's beta, 0.2 in its language-modelling runs)"})
@@ -276,5 +293,9 @@ class TrainConfig:
             raise ValueError(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
         if self.bow_layers and not self.bow_weight:
             raise ValueError(f"--bow-layers {self.bow_layers} chooses the layers of the bag-of-words loss; it needs --bow-weight > 0")
+        if self.bow_chars not in BOW_CHARS:
+            raise ValueError(f"--bow-chars must be one of {', '.join(BOW_CHARS)}, got {self.bow_chars!r}")
+        if self.bow_chars != "all" and not self.bow_weight:
+            raise ValueError(f"--bow-chars {self.bow_chars} chooses the bag-of-words targets; it needs --bow-weight > 0")
         if not self.au_delta > 0:
             raise ValueError(f"--au-delta must be positive, got {self.au_delta}")

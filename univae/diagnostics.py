@@ -69,8 +69,8 @@ def mutual_information(family, params_list, seed=0, chunk=256):
         torch.manual_seed(seed)
         zs = [family.sample(p, layer=j) for j, p in enumerate(params_list)]
     per_layer = []  # (N, N) log q(z_m | x_n) of each layer, rows m, columns n
-    for z, p in zip(zs, params_list):
-        rows = [family.log_q(zc[:, None, :], p[None]) for zc in z.split(chunk)]  # (chunk, N) each
+    for j, (z, p) in enumerate(zip(zs, params_list)):
+        rows = [family.log_q(zc[:, None, :], p[None], layer=j) for zc in z.split(chunk)]  # (chunk, N) each
         per_layer.append(torch.cat(rows))
 
     def estimate(log_q):

@@ -207,7 +207,7 @@ def importance_weighted(model, ids, n_samples):
         p = p.repeat_interleave(K, dim=0)  # (B*K, param_dim), rows b*K + k
         z = family.sample(p, layer=j)
         log_p = log_prior_density(model.config, z, family, j)
-        log_prior_ratio = log_prior_ratio + log_p.double() - family.log_q(z, p).double()
+        log_prior_ratio = log_prior_ratio + log_p.double() - family.log_q(z, p, layer=j).double()
         zs.append(z)
     tgt = trim(ids, model.config.pad_token_id).repeat_interleave(K, dim=0)
     ll, _ = sequence_log_likelihood(model, torch.cat(zs, dim=-1), tgt)

@@ -587,7 +587,7 @@ def perturb_z(model, z, n, spread, params=None):
     z = z.repeat_interleave(n, dim=0)
     if _space(model) == "sphere":
         t = torch.tensor([float(spread)], device=z.device)
-        return _per_layer(model, z, lambda zl, j: slerp(zl, model.family.sample(zl), t)[0])
+        return _per_layer(model, z, lambda zl, j: slerp(zl, model.family.sample(zl, layer=j), t)[0])
     if _space(model) == "codebook":
         return _per_layer(model, z, lambda zl, j: _draw_codes(model.family, zl, j, spread).to(z.dtype))
     if params is None:

@@ -9,7 +9,7 @@ code z (`z_dim` wide). Every family has the same small interface:
     kl_per_dim(params)    the same KL split over dims, (B, z_dim), or None where it does not split (vMF)
     kl_is_constant        True when kl does not depend on params (fixed-kappa vMF, VQ): nothing to optimise
     prior(n, device)      n draws from the prior, (n, z_dim)
-    log_q(z, params)      log q(z|x); broadcasts, so z (M, 1, k) against params (1, N, p) gives (M, N)
+    log_q(z, params)      log q(z|x) (and layer=, like the others); broadcasts, so z (M, 1, k) against params (1, N, p) gives (M, N)
                           (not for VQ, whose posterior is a point mass)
     expected_z(params)    E_q[z] per example (for active units)
     space                 where codes live, what generate.py's latent arithmetic branches on:
@@ -84,38 +84,55 @@ class VMF(Family):
     mu. We tabulate its CDF once and sample w by inverse-CDF interpolation (as the reference does),
     then z = w mu + sqrt(1 - w^2) nu with nu a uniform unit vector orthogonal to mu. Because w does
     not depend on mu, gradients reach mu through this expression: the sample is reparameterised.
+
+    `kappa` is one concentration for every latent layer or a sequence of one per layer (lowest
+    first); with several, the methods that depend on it need `layer=`.
     """
 
     def __init__(self, z_dim, kappa, grid=1 << 16):
         super().__init__()
-        self.z_dim, self.kappa = z_dim, float(kappa)
-        self.param_dim = z_dim
+        self.kappas = tuple(float(k) for k in kappa) if isinstance(kappa, (list, tuple)) else (float(kappa),)
+        self.z_dim, self.param_dim = z_dim, z_dim
         w = torch.linspace(-1, 1, grid + 2, dtype=torch.float64)[1:-1]
-        log_p = self.kappa * w + (z_dim - 3) / 2 * torch.log1p(-w * w)
-        cdf = torch.cumsum(torch.exp(log_p - log_p.max()), 0)
-        cdf = torch.cat([cdf.new_zeros(1), cdf / cdf[-1]])
+        cdfs = []
+        for k in self.kappas:
+            log_p = k * w + (z_dim - 3) / 2 * torch.log1p(-w * w)
+            cdf = torch.cumsum(torch.exp(log_p - log_p.max()), 0)
+            cdfs.append(torch.cat([cdf.new_zeros(1), cdf / cdf[-1]]))
         w = torch.cat([w.new_full((1,), -1.0), w])
-        self.register_buffer("cdf", cdf.float(), persistent=False)
+        self.register_buffer("cdf", torch.stack(cdfs).float(), persistent=False)  # (layers, grid + 1)
         self.register_buffer("w_grid", w.float(), persistent=False)
-        self.kl_const = vmf_kl_uniform(self.kappa, z_dim)
-        self.log_norm = vmf_log_normalizer(self.kappa, z_dim)
+        self.kl_consts = [vmf_kl_uniform(k, z_dim) for k in self.kappas]
+        self.log_norms = [vmf_log_normalizer(k, z_dim) for k in self.kappas]
+        self.mean_cosines = [vmf_mean_cosine(k, z_dim) for k in self.kappas]
 
     space = "sphere"
+
+    def _index(self, layer):
+        if len(self.kappas) == 1:
+            return 0
+        if layer is None:
+            raise ValueError(f"the latent layers have different kappas {list(self.kappas)}: pass layer=")
+        return layer
+
+    def kappa(self, layer=None):
+        return self.kappas[self._index(layer)]
 
     def mean(self, params, layer=None):
         return F.normalize(params, dim=-1)
 
-    def sample_cosine(self, shape, device):
+    def sample_cosine(self, shape, device, layer=None):
         """w = mu.z for vMF samples, by inverse-CDF interpolation of the tabulated CDF."""
+        cdf = self.cdf[self._index(layer)]
         u = torch.rand(shape, device=device)
-        hi = torch.searchsorted(self.cdf, u).clamp(1, self.cdf.numel() - 1)
-        c0, c1 = self.cdf[hi - 1], self.cdf[hi]
+        hi = torch.searchsorted(cdf, u).clamp(1, cdf.numel() - 1)
+        c0, c1 = cdf[hi - 1], cdf[hi]
         t = ((u - c0) / (c1 - c0).clamp_min(1e-12)).clamp(0, 1)
         return torch.lerp(self.w_grid[hi - 1], self.w_grid[hi], t)
 
     def sample(self, params, layer=None):
         mu = self.mean(params)
-        w = self.sample_cosine(mu.shape[:-1] + (1,), mu.device).to(mu.dtype)
+        w = self.sample_cosine(mu.shape[:-1] + (1,), mu.device, layer).to(mu.dtype)
         eps = torch.randn_like(mu)
         nu = F.normalize(eps - (eps * mu).sum(-1, keepdim=True) * mu, dim=-1)
         return w * mu + torch.sqrt(1 - w * w) * nu
@@ -123,7 +140,7 @@ class VMF(Family):
     kl_is_constant = True
 
     def kl(self, params, layer=None):
-        return params.new_full(params.shape[:-1], self.kl_const)
+        return params.new_full(params.shape[:-1], self.kl_consts[self._index(layer)])
 
     def kl_per_dim(self, params, layer=None):
         return None  # the KL to the uniform prior is a property of the whole sphere, not of coordinates
@@ -131,12 +148,13 @@ class VMF(Family):
     def prior(self, n, device=None, layer=None):
         return F.normalize(torch.randn(n, self.z_dim, device=device), dim=-1)
 
-    def log_q(self, z, params):
-        return self.log_norm + self.kappa * (z.float() * self.mean(params.float())).sum(-1)
+    def log_q(self, z, params, layer=None):
+        i = self._index(layer)
+        return self.log_norms[i] + self.kappas[i] * (z.float() * self.mean(params.float())).sum(-1)
 
     def expected_z(self, params, layer=None):
         # E[z] = E[w] mu: the perpendicular part averages out over the sub-sphere
-        return vmf_mean_cosine(self.kappa, self.z_dim) * self.mean(params.float())
+        return self.mean_cosines[self._index(layer)] * self.mean(params.float())
 
 
 class Gaussian(Family):
@@ -175,7 +193,7 @@ class Gaussian(Family):
     def prior(self, n, device=None, layer=None):
         return torch.randn(n, self.z_dim, device=device)
 
-    def log_q(self, z, params):
+    def log_q(self, z, params, layer=None):
         mu, logvar = self.split(params)
         return -0.5 * ((z.float() - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
 

@@ -16,7 +16,9 @@ UniVAE.forward returns the raw terms; this turns them into the loss:
                 minimising over the model and maximising over multiplier >= 0 enforces kl >= r
     bow         mean over latent layers of the bag-of-words NLL per real target token, predicted
                 from that layer's z alone (a multi-task loss that makes every z_l carry the words);
-                --bow-layers picks the layers (so that one layer is made to carry the words)
+                --bow-layers picks the layers (so that one layer is made to carry the words);
+                --bow-chars content counts only the tokens that are content characters
+                (content_token_mask), so that those layers are made to carry what the sentence is about
 
 --latent gmm (DEM-VAE, latents.GaussianMixture): kl = kl_c + z part, and two parts of it are
 reweighed, rate -= (1 - dispersion_weight) * dispersion + (1 - mi_weight) * mi_c; both weights 1
@@ -61,6 +63,20 @@ def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, r
     return min(1.0, (t - ratio_zero) / ratio_increase)
 
 
+def content_token_mask(tokenizer, sentences):
+    """(vocab_size,) bool: the tokens that are one content character (univae.metrics.CharClasses over
+    `sentences`, one document each; a '##' form counts as its character). Special tokens ([CLS], ...)
+    are longer than one character, so they are not."""
+    from univae.metrics import CharClasses
+    classes = CharClasses(sentences)
+    vocab = tokenizer.get_vocab()
+    mask = torch.zeros(len(vocab), dtype=torch.bool)
+    for token, i in vocab.items():
+        ch = token[2:] if token.startswith("##") else token
+        mask[i] = len(ch) == 1 and classes.is_content(ch)
+    return mask
+
+
 def bow_layer_indices(spec, n_latent):
     """--bow-layers "0,-1" -> sorted latent-layer indices [0, n_latent - 1]; "" -> all of them."""
     if not spec:
@@ -81,7 +97,9 @@ def bow_layer_indices(spec, n_latent):
 class VAEObjective(nn.Module):
     """loss, logs = objective(out, step); see the module docstring. `cfg` is a TrainConfig."""
 
-    def __init__(self, cfg, model):
+    def __init__(self, cfg, model, bow_targets=None):
+        """bow_targets: a bool (vocab_size,) tensor of the token ids the bag of words counts (--bow-chars
+        content: content_token_mask); None counts every token."""
         super().__init__()
         c = model.config
         self.kl_constant = model.family.kl_is_constant
@@ -113,6 +131,14 @@ class VAEObjective(nn.Module):
             for head in self.bow:
                 nn.init.normal_(head.weight, std=c.initializer_range)
                 nn.init.zeros_(head.bias)
+        if cfg.bow_chars != "all" and bow_targets is None:
+            raise ValueError(f"--bow-chars {cfg.bow_chars} needs the token mask (content_token_mask)")
+        if bow_targets is not None:
+            if bow_targets.shape != (c.vocab_size,) or bow_targets.dtype != torch.bool:
+                raise ValueError(f"bow_targets must be a bool tensor of shape ({c.vocab_size},), got {bow_targets.dtype} {tuple(bow_targets.shape)}")
+            self.register_buffer("bow_targets", bow_targets, persistent=False)
+        else:
+            self.bow_targets = None
         self.z_dim = c.z_dim
 
     def bow_loss(self, z, labels):
@@ -123,13 +149,15 @@ class VAEObjective(nn.Module):
         CE counts, the closing [SEP] included)."""
         real = labels != -100
         words = labels.clamp_min(0)
+        if self.bow_targets is not None:
+            real = real & self.bow_targets[words]
         per_layer = []
         codes = z.split(self.z_dim, dim=-1)
         for head, l in zip(self.bow, self.bow_layers):
             z_l = codes[l]
             log_p = F.log_softmax(head(z_l).float(), dim=-1)  # (B, V)
             nll = -log_p.gather(1, words)  # (B, T)
-            per_layer.append(nll[real].sum() / real.sum())
+            per_layer.append(nll[real].sum() / real.sum().clamp_min(1))
         return torch.stack(per_layer).mean()
 
     def forward(self, out, step):
