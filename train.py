@@ -37,6 +37,7 @@ from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate,
                              load_training_state, lr_at, param_groups, prune_checkpoints, save_checkpoint)
 
+
 def kappa_value(text):
     """--kappa: one concentration ("256") or one per latent layer, lowest first ("64,384,384")."""
     try:

@@ -115,9 +115,6 @@ class VMF(Family):
             raise ValueError(f"the latent layers have different kappas {list(self.kappas)}: pass layer=")
         return layer
 
-    def kappa(self, layer=None):
-        return self.kappas[self._index(layer)]
-
     def mean(self, params, layer=None):
         return F.normalize(params, dim=-1)
 
