@@ -45,6 +45,7 @@ object per output line on stdout and nothing else; warnings go to stderr. Errors
 stderr and a non-zero exit.
 """
 import argparse
+import collections
 import json
 import os
 import sys
@@ -401,6 +402,16 @@ def _table(header, rows, out):
         print("  ".join([*cells, str(r[-1])]).rstrip(), file=out)
 
 
+def _edit_groups(records):
+    """[(sentence, Counter of its variants in first-drawn order)] of edit records, n per sentence."""
+    groups = []
+    for r in records:
+        if r["index"] == 0:
+            groups.append((r["input"], collections.Counter()))
+        groups[-1][1][r["output"]] += 1
+    return groups
+
+
 def print_table(mode, records, args, model, out):
     if mode == "prior":
         _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
@@ -418,10 +429,10 @@ def print_table(mode, records, args, model, out):
               f"redrawn from {source[r0['prior']]}", file=out)
         if args.held_out_source:
             print(f"sentences: {args.held_out_source}", file=out)
-        for r in records:
-            if r["index"] == 0:
-                print(f"\n{r['input']}", file=out)
-            print(f"    {r['output']}", file=out)
+        for text, variants in _edit_groups(records):
+            print(f"\n{text}", file=out)
+            for variant, k in variants.items():  # a variant drawn k > 1 times is shown once, with its count
+                print(f"    {variant}" + (f"  (×{k})" if k > 1 else ""), file=out)
     elif mode == "codes":
         print(f"codes: {' '.join(map(str, records[0]['codes']))}", file=out)
         _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)

@@ -153,8 +153,20 @@ def test_edit_held_out_sentences_of_the_checkpoints_corpus(capsys, corpus_ckpt):
     assert code == 0 and head.splitlines() == [
         "replaced dims 0:4 of 16 (latent layers 0; 0 = lowest), redrawn from the fitted prior's conditional given "
         "the kept dims", f"sentences: the first 5 sentences of the test split (seed 3) of {corpus}"]
-    assert [b.splitlines() for b in blocks] == [[t, *("    " + r["output"] for r in lines[2 * i:2 * i + 2])]
+    def shown(a, b):  # two variants: both, or one with its count when they are the same sentence
+        return ["    " + a, "    " + b] if a != b else ["    " + a + "  (×2)"]
+    assert [b.splitlines() for b in blocks] == [[t, *shown(lines[2 * i]["output"], lines[2 * i + 1]["output"])]
                                                 for i, t in enumerate(held_out)]
+
+
+def test_edit_table_shows_a_variant_drawn_twice_once_with_its_count(capsys, ckpt, monkeypatch):
+    def fake_edit(model, texts, dims, n, return_z=False, **kwargs):
+        return ["甲乙", "丙", "甲乙"], torch.zeros(3, model.config.latent_dim)
+    monkeypatch.setattr(sample.generate, "edit", fake_edit)
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--n", "3")
+    assert code == 0 and out.split("\n\n")[1].splitlines() == [SENTENCES[0], "    甲乙  (×2)", "    丙"]
+    lines = run_json(capsys, ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--n", "3")
+    assert [r["output"] for r in lines] == ["甲乙", "丙", "甲乙"]  # --json keeps every draw
 
 
 def test_edit_every_line_of_a_file(capsys, ckpt, tmp_path):
