@@ -11,8 +11,8 @@ metrics.jsonl: steps, tokens/s (real tokens of both halves per second of trainin
 the harmonic mean over windows (what tokens / seconds gives when windows hold equal tokens), and
 as the median window, and the final val CE and greedy char-F1 (train.py's last evaluation). The
 two differ when a run has a tail of slow windows (c6c7208 in 240 s rounds, 2026-12-02: median
-11.5k, mean ~8.4k tokens/s); for a time budget, the mean and the steps are what count. The table gives each run, then B / A of the
-medians over rounds.
+11.5k, mean ~8.4k tokens/s); for a time budget, the mean and the steps are what count. The table
+gives each run, then B / A of the medians over rounds.
 
 With --steps N both train exactly N steps instead (same lr schedule, same batches): their
 per-step training CE should then agree up to float noise if B computes what A computes; the

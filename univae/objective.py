@@ -133,12 +133,9 @@ class VAEObjective(nn.Module):
                 nn.init.zeros_(head.bias)
         if cfg.bow_chars != "all" and bow_targets is None:
             raise ValueError(f"--bow-chars {cfg.bow_chars} needs the token mask (content_token_mask)")
-        if bow_targets is not None:
-            if bow_targets.shape != (c.vocab_size,) or bow_targets.dtype != torch.bool:
-                raise ValueError(f"bow_targets must be a bool tensor of shape ({c.vocab_size},), got {bow_targets.dtype} {tuple(bow_targets.shape)}")
-            self.register_buffer("bow_targets", bow_targets, persistent=False)
-        else:
-            self.bow_targets = None
+        if bow_targets is not None and (bow_targets.shape != (c.vocab_size,) or bow_targets.dtype != torch.bool):
+            raise ValueError(f"bow_targets must be a bool tensor of shape ({c.vocab_size},), got {bow_targets.dtype} {tuple(bow_targets.shape)}")
+        self.register_buffer("bow_targets", bow_targets, persistent=False)  # None: every token counts
         self.z_dim = c.z_dim
 
     def bow_loss(self, z, labels):
