@@ -32,7 +32,7 @@ from univae.diagnostics import collapse_warning
 from univae.mlm import mask_tokens, mlm_loss
 from univae.model import UniVAE
 from univae.prior import PRIOR_FILE, fit_prior
-from univae.objective import VAEObjective, content_token_mask
+from univae.objective import VAEObjective, char_class_token_masks
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate,
                              load_training_state, lr_at, param_groups, prune_checkpoints, save_checkpoint)
@@ -557,7 +557,7 @@ def main(argv=None):
     try:
         splits = load_data(cfg, maxlen, log)
         model = build_model(cfg, model_overrides, resume_dir, splits["train"])
-        bow_targets = content_token_mask(model.tokenizer, splits["train"]) if cfg.bow_chars == "content" else None
+        bow_targets = char_class_token_masks(model.tokenizer, splits["train"]) if cfg.bow_chars != "all" else None
         objective = VAEObjective(cfg, model, bow_targets)  # KL weight and schedule, free bits, MDR, BoW heads
         if cfg.word_dropout or cfg.mlm_fraction:  # both write [MASK]: a vocab without one fails here
             model.mask_token_id()

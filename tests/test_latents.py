@@ -13,7 +13,7 @@ from univae.config import TrainConfig, preset
 from univae.diagnostics import active_units, collapse_warning, expected_codes, kl_per_dim, mutual_information
 from univae.latents import VMF, Gaussian, vmf_mean_cosine
 from univae.model import UniVAE
-from univae.objective import VAEObjective, content_token_mask, kl_anneal_weight
+from univae.objective import VAEObjective, char_class_token_masks, kl_anneal_weight
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 CHARS = [chr(0x4E00 + i) for i in range(256 - len(SPECIAL_TOKENS))]
@@ -224,39 +224,78 @@ def test_bow_layers_restrict_the_loss_to_the_chosen_latent_layers():
     assert VAEObjective(TrainConfig(bow_weight=1.0, bow_layers="0,-2"), model).bow_layers == [0]
 
 
-def test_content_token_mask_is_the_evaluations_content_characters():
+def test_char_class_token_masks_are_the_evaluations_character_classes():
     """4 sentences: CHARS[0] is in every one and most occurrences (IDF 0 = the median: pattern),
-    CHARS[1..4] and 'x' each in one (IDF log 4: content); '，' is punctuation; specials never count."""
+    CHARS[1..4] and 'x' each in one (IDF log 4: content); '，' is punctuation (pattern); specials are
+    in neither class."""
     a, b, c, d, e = CHARS[:5]
     tok = build_tokenizer(SPECIAL_TOKENS + [a, b, c, d, e, "，", "##x"])
     sentences = [a * 4 + b, a * 4 + c + "，", a * 4 + d, a * 4 + e + "x"]
-    mask = content_token_mask(tok, sentences)
+    masks = char_class_token_masks(tok, sentences)
     vocab = tok.get_vocab()
-    assert {t for t, i in vocab.items() if mask[i]} == {b, c, d, e, "##x"}  # x: df 1, like b..e
+    assert {t for t, i in vocab.items() if masks["content"][i]} == {b, c, d, e, "##x"}  # x: df 1, like b..e
+    assert {t for t, i in vocab.items() if masks["pattern"][i]} == {a, "，"}
+
+
+def masks_of(model, content=(), pattern=()):
+    masks = {kind: torch.zeros(model.config.vocab_size, dtype=torch.bool) for kind in ("content", "pattern")}
+    masks["content"][list(content)] = True
+    masks["pattern"][list(pattern)] = True
+    return masks
+
+
+def bow_nll(head, z_l, words):
+    """Mean of -log softmax(head(z_l[b]))[w] over the (b, w) pairs, written out."""
+    nll = [-torch.log_softmax(head.weight @ z_l[b] + head.bias, 0)[w] for b, w in words]
+    return sum(nll) / len(nll)
 
 
 def test_bow_chars_content_counts_only_the_content_tokens():
     model = tiny()
-    targets = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-    targets[[9, 11]] = True
-    objective = VAEObjective(TrainConfig(bow_weight=1.0, bow_chars="content"), model, targets)
+    objective = VAEObjective(TrainConfig(bow_weight=1.0, bow_chars="content"), model, masks_of(model, content=[9, 11]))
     torch.manual_seed(0)
     for head in objective.bow:
         torch.nn.init.normal_(head.weight, std=0.5)
     z = torch.randn(2, 16)
     labels = torch.tensor([[7, 9, 9, 3, -100], [11, 3, -100, -100, -100]])
-    per_layer = []
-    for j, head in enumerate(objective.bow):
-        nll = [-torch.log_softmax(head.weight @ z[b, 8 * j:8 * (j + 1)] + head.bias, 0)[w]
-               for b, w in ((0, 9), (0, 9), (1, 11))]  # the two 9s and the 11; 7 and 3 are not content
-        per_layer.append(sum(nll) / 3)
+    content = ((0, 9), (0, 9), (1, 11))  # the two 9s and the 11; 7 and 3 are not content
+    per_layer = [bow_nll(head, z[:, 8 * j:8 * (j + 1)], content) for j, head in enumerate(objective.bow)]
     torch.testing.assert_close(objective.bow_loss(z, labels), sum(per_layer) / 2)
-    with pytest.raises(ValueError, match="needs the token mask"):
+    with pytest.raises(ValueError, match="needs the token masks"):
         VAEObjective(TrainConfig(bow_weight=1.0, bow_chars="content"), model)
     with pytest.raises(ValueError, match="--bow-chars content chooses the bag-of-words targets; it needs --bow-weight"):
         TrainConfig(bow_chars="content")
-    with pytest.raises(ValueError, match="--bow-chars must be one of all, content"):
-        TrainConfig(bow_weight=1.0, bow_chars="nouns")
+    with pytest.raises(ValueError, match="--bow-chars must be one of all, content, pattern .* got 'nouns'"):
+        TrainConfig(bow_weight=1.0, bow_chars="content,nouns")
+
+
+def test_bow_chars_per_layer_give_each_layer_its_own_class():
+    """--bow-layers -1,0 --bow-chars pattern,content: the top layer's head counts the pattern tokens,
+    the lowest layer's the content ones, whatever order the layers are named in."""
+    model = tiny()  # 2 latent layers of 8 dims
+    cfg = TrainConfig(bow_weight=1.0, bow_layers="-1,0", bow_chars="pattern,content")
+    objective = VAEObjective(cfg, model, masks_of(model, content=[9, 11], pattern=[3, 7]))
+    assert objective.bow_layers == [0, 1]
+    torch.manual_seed(0)
+    for head in objective.bow:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    z = torch.randn(2, 16)
+    labels = torch.tensor([[7, 9, 9, 3, -100], [11, 3, -100, -100, -100]])
+    lowest = bow_nll(objective.bow[0], z[:, :8], ((0, 9), (0, 9), (1, 11)))
+    top = bow_nll(objective.bow[1], z[:, 8:], ((0, 7), (0, 3), (1, 3)))
+    torch.testing.assert_close(objective.bow_loss(z, labels), (lowest + top) / 2)
+    mixed = VAEObjective(TrainConfig(bow_weight=1.0, bow_layers="1,0", bow_chars="all,content"), model, masks_of(model, content=[9]))
+    assert mixed.bow_targets[1].all() and mixed.bow_targets[0].tolist() == masks_of(model, content=[9])["content"].tolist()
+
+
+@pytest.mark.parametrize("layers, chars, message", [
+    ("", "content,pattern", "one class per --bow-layers entry; name the layers"),
+    ("0,1", "content,pattern,all", "has 3 classes for the 2 layers of --bow-layers 0,1"),
+    ("0,-2", "content,pattern", "layer 0 is named twice, with --bow-chars content and pattern")])
+def test_bow_chars_per_layer_bad_values_are_named(layers, chars, message):
+    model = tiny()
+    with pytest.raises(ValueError, match=message):
+        VAEObjective(TrainConfig(bow_weight=1.0, bow_layers=layers, bow_chars=chars), model, masks_of(model))
 
 
 @pytest.mark.parametrize("spec, message", [("2", "layer 2 does not exist; the model has 2 latent layers"),

@@ -160,14 +160,16 @@ def test_torchrun_two_cpu_processes(corpus, tmp_path):
 
 
 def test_gaussian_with_every_remedy_resumes_exactly_and_logs_diagnostics(corpus, tmp_path, capsys):
-    """Gaussian latents with annealing, free bits, MDR, word dropout and BoW: the objective's state
-    (BoW heads, MDR multiplier) resumes exactly, and eval rows carry the collapse diagnostics."""
+    """Gaussian latents with annealing, free bits, MDR, word dropout and BoW (content characters on
+    the lowest layer, pattern on the top): the objective's state (BoW heads, MDR multiplier) resumes
+    exactly, and eval rows carry the collapse diagnostics."""
     val = tmp_path / "val.txt"
     val.write_text("\n".join(SENTENCES[:12]) + "\n", encoding="utf-8")
     a, b = tmp_path / "ga", tmp_path / "gb"
     remedies = ["--latent", "gaussian", "--val", str(val), "--max-steps", "8", "--save-every", "4", "--eval-every", "4",
                 "--log-every", "2", "--kl-anneal", "cyclical", "--kl-cycles", "2", "--free-bits", "0.05",
-                "--target-rate", "20", "--mdr-lr", "0.05", "--word-dropout", "0.3", "--bow-weight", "0.5"]
+                "--target-rate", "20", "--mdr-lr", "0.05", "--word-dropout", "0.3", "--bow-weight", "0.5",
+                "--bow-layers", "0,-1", "--bow-chars", "content,pattern"]
     train.main(base_args(corpus, a, *remedies))
     train.main(base_args(corpus, b, *remedies, "--resume", str(a / "step-4")))
     wa, wb = load_file(a / "step-8" / "model.safetensors"), load_file(b / "step-8" / "model.safetensors")

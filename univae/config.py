@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 LATENT_FAMILIES = ("vmf", "gaussian", "vq", "gmm")
 VQ_DISTANCES = ("l2", "cosine")
 ANNEAL_SCHEDULES = ("none", "linear", "cyclical")  # TrainConfig.kl_anneal
-BOW_CHARS = ("all", "content")
+BOW_CHARS = ("all", "content", "pattern")
 KL_REDUCTIONS = ("per-token", "per-sentence")  # TrainConfig.kl_reduction
 ATTN_BACKENDS = ("auto", "eager", "sdpa", "flex", "split")
 
@@ -253,9 +253,11 @@ class TrainConfig:
                 "lowest latent layer, -1 the top one (default: all); on the default model neither the top nor the lowest "
                 "alone made that layer the one that holds the content (README, latent-space table, runs G and I)"})
     bow_chars: str = field(default="all", metadata={
-        "help": "with --bow-weight: the bag of words holds every target token (all) or only the training corpus's "
+        "help": "with --bow-weight: the bag of words holds every target token (all), only the training corpus's "
                 "content characters (content: IDF above the median over occurrences, punctuation excluded, the "
-                "evaluation's definition), so that the chosen layers are made to carry what a sentence is about"})
+                "evaluation's definition) or only the others (pattern); one class for every --bow-layers layer, "
+                "or one per layer (--bow-layers 0,-1 --bow-chars content,pattern), so that a layer is made to carry "
+                "what a sentence is about, or how it is said"})
     dispersion_weight: float = field(default=0.2, metadata={
         "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
                 "keeps the mixture components apart; DEM-VAE's beta, 0.2 in its language-modelling runs)"})
@@ -293,8 +295,10 @@ class TrainConfig:
             raise ValueError(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
         if self.bow_layers and not self.bow_weight:
             raise ValueError(f"--bow-layers {self.bow_layers} chooses the layers of the bag-of-words loss; it needs --bow-weight > 0")
-        if self.bow_chars not in BOW_CHARS:
-            raise ValueError(f"--bow-chars must be one of {', '.join(BOW_CHARS)}, got {self.bow_chars!r}")
+        for kind in self.bow_chars.split(","):
+            if kind.strip() not in BOW_CHARS:
+                raise ValueError(f"--bow-chars must be one of {', '.join(BOW_CHARS)} (or a comma-separated list of them, "
+                                 f"one per --bow-layers layer), got {kind.strip()!r} in {self.bow_chars!r}")
         if self.bow_chars != "all" and not self.bow_weight:
             raise ValueError(f"--bow-chars {self.bow_chars} chooses the bag-of-words targets; it needs --bow-weight > 0")
         if not self.au_delta > 0:

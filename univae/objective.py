@@ -17,8 +17,9 @@ UniVAE.forward returns the raw terms; this turns them into the loss:
     bow         mean over latent layers of the bag-of-words NLL per real target token, predicted
                 from that layer's z alone (a multi-task loss that makes every z_l carry the words);
                 --bow-layers picks the layers (so that one layer is made to carry the words);
-                --bow-chars content counts only the tokens that are content characters
-                (content_token_mask), so that those layers are made to carry what the sentence is about
+                --bow-chars content (pattern) counts only the tokens that are content (pattern)
+                characters (char_class_token_masks), one class for every chosen layer or one per
+                layer, so that a layer is made to carry what the sentence is about, or how it is said
 
 --latent gmm (DEM-VAE, latents.GaussianMixture): kl = kl_c + z part, and two parts of it are
 reweighed, rate -= (1 - dispersion_weight) * dispersion + (1 - mi_weight) * mi_c; both weights 1
@@ -63,43 +64,57 @@ def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, r
     return min(1.0, (t - ratio_zero) / ratio_increase)
 
 
-def content_token_mask(tokenizer, sentences):
-    """(vocab_size,) bool: the tokens that are one content character (univae.metrics.CharClasses over
-    `sentences`, one document each; a '##' form counts as its character). Special tokens ([CLS], ...)
-    are longer than one character, so they are not."""
+def char_class_token_masks(tokenizer, sentences):
+    """{"content": mask, "pattern": mask}, each (vocab_size,) bool: the tokens that are one content
+    (pattern) character by univae.metrics.CharClasses over `sentences`, one document each; a '##'
+    form counts as its character. Special tokens ([CLS], ...) are longer than one character, so they
+    are in neither. Pattern, as in the evaluation, holds punctuation."""
     from univae.metrics import CharClasses
     classes = CharClasses(sentences)
     vocab = tokenizer.get_vocab()
-    mask = torch.zeros(len(vocab), dtype=torch.bool)
+    masks = {kind: torch.zeros(len(vocab), dtype=torch.bool) for kind in ("content", "pattern")}
     for token, i in vocab.items():
         ch = token[2:] if token.startswith("##") else token
-        mask[i] = len(ch) == 1 and classes.is_content(ch)
-    return mask
+        if len(ch) == 1:
+            masks["content" if classes.is_content(ch) else "pattern"][i] = True
+    return masks
 
 
-def bow_layer_indices(spec, n_latent):
-    """--bow-layers "0,-1" -> sorted latent-layer indices [0, n_latent - 1]; "" -> all of them."""
-    if not spec:
-        return list(range(n_latent))
-    picked = set()
-    for part in spec.split(","):
+def bow_plan(layers_spec, chars_spec, n_latent):
+    """--bow-layers "0,-1" --bow-chars "content,pattern" -> [(0, "content"), (n_latent - 1, "pattern")],
+    sorted by layer. An empty --bow-layers means every latent layer; one --bow-chars class goes with
+    every chosen layer, a list gives one class per --bow-layers entry, in the same order."""
+    chars = [part.strip() for part in chars_spec.split(",")]
+    if not layers_spec:
+        if len(chars) > 1:
+            raise ValueError(f"--bow-chars {chars_spec} gives one class per --bow-layers entry; name the layers with --bow-layers")
+        return [(l, chars[0]) for l in range(n_latent)]
+    parts = layers_spec.split(",")
+    if len(chars) not in (1, len(parts)):
+        raise ValueError(f"--bow-chars {chars_spec} has {len(chars)} classes for the {len(parts)} layers of "
+                         f"--bow-layers {layers_spec}; give one class, or one per layer")
+    plan = {}
+    for part, kind in zip(parts, chars * len(parts) if len(chars) == 1 else chars):
         try:
             j = int(part)
         except ValueError:
-            raise ValueError(f"--bow-layers {spec}: {part.strip()!r} is not a latent-layer index") from None
+            raise ValueError(f"--bow-layers {layers_spec}: {part.strip()!r} is not a latent-layer index") from None
         if not -n_latent <= j < n_latent:
-            raise ValueError(f"--bow-layers {spec}: layer {j} does not exist; the model has {n_latent} latent layers "
+            raise ValueError(f"--bow-layers {layers_spec}: layer {j} does not exist; the model has {n_latent} latent layers "
                              f"(0..{n_latent - 1}, or -{n_latent}..-1 from the top)")
-        picked.add(j % n_latent)
-    return sorted(picked)
+        if plan.setdefault(j % n_latent, kind) != kind:
+            raise ValueError(f"--bow-layers {layers_spec}: layer {j % n_latent} is named twice, with --bow-chars "
+                             f"{plan[j % n_latent]} and {kind}")
+    return sorted(plan.items())
 
 
 class VAEObjective(nn.Module):
     """loss, logs = objective(out, step); see the module docstring. `cfg` is a TrainConfig."""
 
     def __init__(self, cfg, model, bow_targets=None):
-        """bow_targets: a bool (vocab_size,) tensor of the token ids the bag of words counts (--bow-chars
-        content: content_token_mask); None counts every token."""
+        """bow_targets: {"content": mask, "pattern": mask} of (vocab_size,) bool tensors, the token ids
+        each --bow-chars class counts (char_class_token_masks); needed when a class other than all is
+        chosen."""
         super().__init__()
         c = model.config
         self.kl_constant = model.family.kl_is_constant
@@ -125,17 +140,24 @@ class VAEObjective(nn.Module):
         self.vq_beta = c.vq_beta
         if self.target_rate > 0:
             self.register_buffer("mdr_multiplier", torch.zeros(()))
-        self.bow_layers = bow_layer_indices(cfg.bow_layers, c.num_latent_layers)
+        plan = bow_plan(cfg.bow_layers, cfg.bow_chars, c.num_latent_layers)
+        self.bow_layers = [l for l, _ in plan]
         if self.bow_weight > 0:
             self.bow = nn.ModuleList(nn.Linear(c.z_dim, c.vocab_size) for _ in self.bow_layers)
             for head in self.bow:
                 nn.init.normal_(head.weight, std=c.initializer_range)
                 nn.init.zeros_(head.bias)
-        if cfg.bow_chars != "all" and bow_targets is None:
-            raise ValueError(f"--bow-chars {cfg.bow_chars} needs the token mask (content_token_mask)")
-        if bow_targets is not None and (bow_targets.shape != (c.vocab_size,) or bow_targets.dtype != torch.bool):
-            raise ValueError(f"bow_targets must be a bool tensor of shape ({c.vocab_size},), got {bow_targets.dtype} {tuple(bow_targets.shape)}")
-        self.register_buffer("bow_targets", bow_targets, persistent=False)  # None: every token counts
+        masks = None  # every token counts in every head
+        if any(kind != "all" for _, kind in plan):
+            if bow_targets is None:
+                raise ValueError(f"--bow-chars {cfg.bow_chars} needs the token masks (char_class_token_masks)")
+            for kind, m in bow_targets.items():
+                if m.shape != (c.vocab_size,) or m.dtype != torch.bool:
+                    raise ValueError(f"bow_targets[{kind!r}] must be a bool tensor of shape ({c.vocab_size},), "
+                                     f"got {m.dtype} {tuple(m.shape)}")
+            everything = torch.ones(c.vocab_size, dtype=torch.bool)
+            masks = torch.stack([everything if kind == "all" else bow_targets[kind] for _, kind in plan])
+        self.register_buffer("bow_targets", masks, persistent=False)  # (heads, vocab) or None
         self.z_dim = c.z_dim
 
     def bow_loss(self, z, labels):
@@ -146,15 +168,13 @@ class VAEObjective(nn.Module):
         CE counts, the closing [SEP] included)."""
         real = labels != -100
         words = labels.clamp_min(0)
-        if self.bow_targets is not None:
-            real = real & self.bow_targets[words]
         per_layer = []
         codes = z.split(self.z_dim, dim=-1)
-        for head, l in zip(self.bow, self.bow_layers):
-            z_l = codes[l]
-            log_p = F.log_softmax(head(z_l).float(), dim=-1)  # (B, V)
+        for j, (head, l) in enumerate(zip(self.bow, self.bow_layers)):
+            counted = real if self.bow_targets is None else real & self.bow_targets[j][words]
+            log_p = F.log_softmax(head(codes[l]).float(), dim=-1)  # (B, V)
             nll = -log_p.gather(1, words)  # (B, T)
-            per_layer.append(nll[real].sum() / real.sum().clamp_min(1))
+            per_layer.append(nll[counted].sum() / counted.sum().clamp_min(1))
         return torch.stack(per_layer).mean()
 
     def forward(self, out, step):
