@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from univae import data as D
 from univae.checkpoint import read_config
-from univae.config import PRESET_TRAINING, PRESETS, TrainConfig, from_hf_config, preset
+from univae.config import BOW_FLAGS, PRESET_TRAINING, PRESETS, TrainConfig, from_hf_config, preset
 from univae.diagnostics import collapse_warning
 from univae.mlm import mask_tokens, mlm_loss
 from univae.model import UniVAE
@@ -123,6 +123,22 @@ def resume_dir_of(given):
     return os.path.join(given.get("out", TrainConfig.out), "last") if given["resume"] == "last" else given["resume"]
 
 
+def recipe_under(given):
+    """The preset's measured recipe (PRESET_TRAINING) that a from-scratch run gets below the flags.
+
+    Its bag of words (content characters on the lowest latent layer, pattern on the top) goes as a
+    whole: --bow-weight 0 or a single latent layer drops it, and --bow-layers without --bow-chars
+    drops its per-layer classes (the given layers count every token, as without a recipe)."""
+    recipe = dict(PRESET_TRAINING.get(given.get("preset", TrainConfig.preset), {}))
+    if "bow_layers" in recipe:
+        if given.get("bow_weight") == 0 or given.get("num_latent_layers") == 1:
+            for name in BOW_FLAGS:
+                recipe.pop(name, None)
+        elif "bow_layers" in given and "bow_chars" not in given:
+            recipe.pop("bow_chars", None)
+    return recipe
+
+
 def settle(given, saved_args=None):
     """The run's settings from the flags the user gave and, when resuming, the checkpoint's saved
     train_args: (TrainConfig, model_overrides). Pure: reads no file, touches nothing.
@@ -132,7 +148,7 @@ def settle(given, saved_args=None):
     default time budget. Raises SettingsError naming the flag."""
     resuming = "resume" in given
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    recipe = {} if (resuming or given.get("init_from")) else PRESET_TRAINING.get(given.get("preset", TrainConfig.preset), {})
+    recipe = {} if (resuming or given.get("init_from")) else recipe_under(given)
     merged = {**recipe, **{k: v for k, v in (saved_args or {}).items() if k in train_fields},
               **{k: v for k, v in given.items() if k in train_fields}}
     if not any(merged.get(k) for k in ("max_steps", "epochs", "time_budget")):

@@ -45,6 +45,15 @@ def test_settle_layers_defaults_recipe_saved_args_and_flags(tmp_path, monkeypatc
     cfg, overrides = train.settle({})
     assert cfg.time_budget == train.DEFAULT_TIME_BUDGET and cfg.lr == PRESET_TRAINING["small"]["lr"]
     assert cfg.word_dropout == PRESET_TRAINING["small"]["word_dropout"] and overrides == {}
+    assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (1.0, "0,-1", "content,pattern")
+    # the recipe's bag of words goes as a whole
+    cfg, _ = train.settle({"bow_weight": 0.5})
+    assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (0.5, "0,-1", "content,pattern")
+    for given in ({"bow_weight": 0.0}, {"num_latent_layers": 1}):
+        cfg, _ = train.settle(given)
+        assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (0.0, "", "all"), given
+    cfg, _ = train.settle({"bow_layers": "-1"})
+    assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (1.0, "-1", "all")
     cfg, _ = train.settle({"preset": "debug", "max_steps": 7})
     assert cfg.lr == TrainConfig.lr and cfg.time_budget == 0 and cfg.max_steps == 7  # no recipe for debug
     cfg, _ = train.settle({"init_from": "some/dir", "epochs": 1.0})

@@ -182,8 +182,9 @@ PRESETS = {
 # Training settings measured together with a preset (README, "The small preset"): the defaults
 # of a from-scratch run of that preset, below any flag the user gives.
 PRESET_TRAINING = {
-    "small": dict(lr=3e-3, word_dropout=0.2),
+    "small": dict(lr=3e-3, word_dropout=0.2, bow_weight=1.0, bow_layers="0,-1", bow_chars="content,pattern"),
 }
+BOW_FLAGS = ("bow_weight", "bow_layers", "bow_chars")  # a recipe's bag of words: settings that go together
 
 
 def preset(name, **overrides):
@@ -247,11 +248,14 @@ class TrainConfig:
     mdr_lr: float = field(default=0.01, metadata={"help": "MDR: multiplier step per nat of rate deficit per step"})
     word_dropout: float = field(default=0.0, metadata={"help": "replace each decoder target input token (not the first [CLS]) by [MASK] with this probability"})
     code_dropout: float = field(default=0.0, metadata={"help": "give the decoder one latent layer's code (chosen per sentence) as a training-prior draw with this probability, so each layer must mean something on its own"})
-    bow_weight: float = field(default=0.0, metadata={"help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off)"})
+    bow_weight: float = field(default=0.0, metadata={
+        "help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off; "
+                "the small preset from scratch: 1, with --bow-layers 0,-1 --bow-chars content,pattern, so that the "
+                "lowest latent layer carries what a sentence is about and the top one how it is said)"})
     bow_layers: str = field(default="", metadata={
         "help": "with --bow-weight: only these latent layers' z predict the bag of words, comma-separated, 0 = the "
-                "lowest latent layer, -1 the top one (default: all); on the default model neither the top nor the lowest "
-                "alone made that layer the one that holds the content (README, latent-space table, runs G and I)"})
+                "lowest latent layer, -1 the top one (default: all; the small preset from scratch: 0,-1 with --bow-chars "
+                "content,pattern; given without --bow-chars, every token counts)"})
     bow_chars: str = field(default="all", metadata={
         "help": "with --bow-weight: the bag of words holds every target token (all), only the training corpus's "
                 "content characters (content: IDF above the median over occurrences, punctuation excluded, the "
