@@ -679,9 +679,8 @@ def show(model, val_sentences, n=5):
     for s in model.sample(n):
         print(f"  {s}")
     vq = model.config.latent == "vq"  # vq edits whole codes: --replace-dims counts code positions
-    k = 1 if vq else model.config.z_dim
-    dims = f"0:{2 * k}" if model.config.num_latent_layers > 2 else f"0:{k}"
-    print(f"\nedit: replace {'code positions' if vq else 'latent dims'} {dims} (lowest latent layers) of \"{texts[0]}\":")
+    dims = f"0:{1 if vq else model.config.z_dim}"  # the lowest latent layer: the default trains it to hold the content
+    print(f"\nedit: replace {'code positions' if vq else 'latent dims'} {dims} (the lowest latent layer) of \"{texts[0]}\":")
     for s in model.edit(texts[0], dims, n=3):
         print(f"  {s}")
     print(f"\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")
