@@ -94,7 +94,8 @@ def bow_plan(layers_spec, chars_spec, n_latent):
         raise ValueError(f"--bow-chars {chars_spec} has {len(chars)} classes for the {len(parts)} layers of "
                          f"--bow-layers {layers_spec}; give one class, or one per layer")
     plan = {}
-    for part, kind in zip(parts, chars * len(parts) if len(chars) == 1 else chars):
+    kinds = chars if len(chars) > 1 else chars * len(parts)
+    for part, kind in zip(parts, kinds):
         try:
             j = int(part)
         except ValueError:
@@ -174,7 +175,7 @@ class VAEObjective(nn.Module):
             counted = real if self.bow_targets is None else real & self.bow_targets[j][words]
             log_p = F.log_softmax(head(codes[l]).float(), dim=-1)  # (B, V)
             nll = -log_p.gather(1, words)  # (B, T)
-            per_layer.append(nll[counted].sum() / counted.sum().clamp_min(1))
+            per_layer.append(nll.masked_fill(~counted, 0).sum() / counted.sum().clamp_min(1))  # no host sync
         return torch.stack(per_layer).mean()
 
     def forward(self, out, step):
