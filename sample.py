@@ -73,6 +73,12 @@ class Parser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see --help)")
 
 
+def spread(text):
+    """--spread: one number, or one per latent layer separated by commas (lowest first)."""
+    values = tuple(float(x) for x in text.split(","))
+    return values[0] if len(values) == 1 else values
+
+
 def build_parser():
     p = Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="DIR", help="a univae checkpoint directory")
@@ -105,7 +111,8 @@ def build_parser():
     p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
                    f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus")
     p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
-    p.add_argument("--spread", type=float, default=1.0, help="noise scale for --augment and --analogy (1 = the posterior)")
+    p.add_argument("--spread", type=spread, default=1.0, metavar="S[,S...]", help="noise scale for --augment and "
+                   "--analogy (1 = the posterior); one per latent layer, lowest first, e.g. 0,1,1 keeps the lowest")
     p.add_argument("--out", metavar="FILE", help="--augment: write the JSONL here instead of stdout")
     p.add_argument("--keep-start", type=float, metavar="F", help="--augment: each variant keeps the line's first k "
                    f"tokens, k drawn from 1..F x its length (default {generate.DEFAULT_KEEP_START}, 0 with --beam-size > 1; "
@@ -197,7 +204,7 @@ def check_args(args):
         raise CLIError("--keep-start forces a prefix, which beam search cannot: use --keep-start 0 with --beam-size")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be at least 1, got {args.candidates}")
-    if args.spread < 0:
+    if min(args.spread if isinstance(args.spread, tuple) else (args.spread,)) < 0:
         raise CLIError(f"--spread must be non-negative, got {args.spread}")
     if mode == "transfer":
         args.strength = generate.DEFAULT_STRENGTH if args.strength is None else args.strength
@@ -310,6 +317,9 @@ def run(model, mode, args):
             raise CLIError("a vq checkpoint has no fitted prior: its draws are uniform codes (--prior uniform)")
         raise CLIError(f"{args.checkpoint} has no fitted prior: fit one with "
                        f"`python -m univae.prior --checkpoint {args.checkpoint}`, or use --prior uniform")
+    if isinstance(args.spread, tuple) and len(args.spread) != c.num_latent_layers:
+        raise CLIError(f"--spread has {len(args.spread)} values, but the model has {c.num_latent_layers} latent layers: "
+                       "give one number for all, or one per layer, lowest first")
     prior_used = "fitted" if model.uses_fitted_prior(args.prior, args.component) else "uniform"
     if mode == "codes":
         if c.latent != "vq":

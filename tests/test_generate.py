@@ -427,6 +427,27 @@ def test_perturb_z_matches_the_vmf_posterior(model):
     assert abs(half_angle.mean().item() - full_angle.mean().item() / 2) < 0.01
 
 
+def test_perturb_z_spreads_per_layer(model):
+    """One spread per latent layer: a layer at 0 is z's own slice exactly, a layer at 1 is the
+    posterior (mean cosine as in the analytic vMF), and a count that is not the layer count is named."""
+    torch.manual_seed(14)
+    z = model.sample_prior(1)
+    k = model.config.num_latent_layers
+    spreads = [0.0] + [1.0] * (k - 1)
+    around = G.perturb_z(model, z, 20000, spreads)
+    _layers_on_sphere(model, around)
+    layers, z_layers = model.split_z(around), model.split_z(z)
+    assert torch.equal(layers[0], z_layers[0].expand(20000, -1))
+    want = vmf_mean_cosine(model.config.kappa, model.config.z_dim)
+    for a, b in zip(layers[1:], z_layers[1:]):
+        assert abs((a * b).sum(-1).mean().item() - want) < 0.01
+    assert G.layer_spreads(model, 0.5) == [0.5] * k
+    with pytest.raises(ValueError, match=f"{k} latent layers"):
+        G.perturb_z(model, z, 2, [1.0] * (k + 1))
+    with pytest.raises(ValueError, match="non-negative"):
+        G.augment(model, ["你好"], 2, spread=[1.0] * (k - 1) + [-1.0])
+
+
 # ----------------------------------------------------------------------------- the API
 
 def test_api(model):

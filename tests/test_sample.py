@@ -235,6 +235,16 @@ def test_augment(capsys, ckpt, tmp_path):
     assert [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()] == groups
     lines = run_json(capsys, ckpt, "--augment", str(f), "--n", "4", "--seed", "0")
     assert [r["output"] for r in lines] == [o for g in groups for o in g["outputs"]]
+    # one spread per latent layer (the debug preset has 2): all zero draws every variant from the
+    # posterior mean itself, so only the kept start varies them; a wrong count is named
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--spread", "0,0")
+    zero = [json.loads(line) for line in out.splitlines()]
+    code1, out1, _ = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--spread", "0")
+    assert code == code1 == 0 and zero == [json.loads(line) for line in out1.splitlines()]
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--spread", "0,1,1")
+    assert code == 2 and out == "" and "--spread has 3 values" in err and "2 latent layers" in err
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--spread", "1,-1")
+    assert code == 2 and out == "" and "non-negative" in err
 
 
 def test_truncation_warns_or_fails_with_strict(capsys, ckpt):

@@ -576,25 +576,46 @@ def edit_z(model, z, dims, n, component=None, prior="auto"):
     return out
 
 
+def layer_spreads(model, spread):
+    """spread as one float per latent layer: a number is every layer's, a sequence is one per layer
+    (lowest first); each non-negative. Raises ValueError naming the value otherwise."""
+    k = model.config.num_latent_layers
+    spreads = [float(spread)] * k if isinstance(spread, (int, float)) else [float(x) for x in spread]
+    if len(spreads) != k:
+        raise ValueError(f"spread {list(spread)} gives {len(spreads)} values; the model has {k} latent layers "
+                         "(one number for all, or one per layer, lowest first)")
+    if any(not x >= 0 for x in spreads):  # `not >=` also catches nan
+        raise ValueError(f"spread must be non-negative, got {spread}")
+    return spreads
+
+
 def perturb_z(model, z, n, spread, params=None):
     """n codes around each row of z (B, D) -> (B*n, D), rows grouped per input, drawn like posterior samples.
 
-    vMF: per layer, a sample s ~ vMF(z_l, kappa) of the model's own posterior, then slerp(z_l, s,
-    spread): spread 1 is the posterior itself, 0 is z, 2 doubles each sample's angle. VQ, whose
-    posterior is a point mass: per layer, a code drawn with probability ∝ exp(-d(z_l, e_k) / spread),
-    d the family's squared distance (spread 0: z's own code). Otherwise (e.g. Gaussian, mixture),
-    z + spread * (sample(params) - mean(params)) with the posterior params of z."""
+    `spread` is one number or one per latent layer (lowest first; layer_spreads), so that a variant
+    can redraw the layers that carry how a sentence is said and keep the one that carries what it
+    says. vMF: per layer, a sample s ~ vMF(z_l, kappa) of the model's own posterior, then
+    slerp(z_l, s, spread): spread 1 is the posterior itself, 0 is z, 2 doubles each sample's angle.
+    VQ, whose posterior is a point mass: per layer, a code drawn with probability
+    ∝ exp(-d(z_l, e_k) / spread), d the family's squared distance (spread 0: z's own code).
+    Otherwise (e.g. Gaussian, mixture), z_l + spread * (sample(params) - mean(params)) with the
+    posterior params of z."""
+    spreads = layer_spreads(model, spread)
     z = z.repeat_interleave(n, dim=0)
     if _space(model) == "sphere":
-        t = torch.tensor([float(spread)], device=z.device)
-        return _per_layer(model, z, lambda zl, j: slerp(zl, model.family.sample(zl, layer=j), t)[0])
+        def around(zl, j):
+            if spreads[j] == 0:
+                return zl
+            return slerp(zl, model.family.sample(zl, layer=j), torch.tensor([spreads[j]], device=z.device))[0]
+        return _per_layer(model, z, around)
     if _space(model) == "codebook":
-        return _per_layer(model, z, lambda zl, j: _draw_codes(model.family, zl, j, spread).to(z.dtype))
+        return _per_layer(model, z, lambda zl, j: _draw_codes(model.family, zl, j, spreads[j]).to(z.dtype))
     if params is None:
         raise ValueError("perturbing a non-vMF code needs its posterior params")
     params = [p.repeat_interleave(n, dim=0) for p in params]
-    noise = torch.cat([model.family.sample(p, layer=j) - model.family.mean(p, layer=j) for j, p in enumerate(params)], dim=-1)
-    return z + spread * noise
+    noise = torch.cat([spreads[j] * (model.family.sample(p, layer=j) - model.family.mean(p, layer=j))
+                       for j, p in enumerate(params)], dim=-1)
+    return z + noise
 
 
 def attribute_direction(model, z_from, z_to, method="probe", shrinkage=0.1):
@@ -745,7 +766,8 @@ DEFAULT_KEEP_START = 0.8  # measured: README, "What the latent space is for"
 
 def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=None, **decoding):
     """For each sentence, up to n distinct variants decoded from codes drawn around its posterior
-    mean (perturb_z). Each variant keeps the sentence's first k tokens, k drawn uniformly from 1 to
+    mean (perturb_z; `spread` one number or one per latent layer, e.g. [0, 1, 1] keeps the lowest
+    layer, which the default recipe trains to hold the content). Each variant keeps the sentence's first k tokens, k drawn uniformly from 1 to
     keep_start x its length (default DEFAULT_KEEP_START; 0 = every token decoded from the code; beam
     search cannot force a prefix, so there the default is 0): the decoder's drift, which grows along
     the sentence, then changes the end and leaves the start, and the variants keep the label more
@@ -762,8 +784,7 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    if spread < 0:
-        raise ValueError(f"spread must be non-negative, got {spread}")
+    layer_spreads(model, spread)  # fail before any decoding
     if candidates < 1:
         raise ValueError(f"candidates must be at least 1, got {candidates}")
     if keep_start is None:
