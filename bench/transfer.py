@@ -27,7 +27,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--strengths", type=float, nargs="+", default=[0, 1, 2, 3, 3.5, 4, 5])
+    p.add_argument("--strengths", type=float, nargs="+", default=[0, 1, 2, 3, 3.5, 4, 5, 6])
     p.add_argument("--direction", choices=("probe", "mean"), nargs="+", default=["probe", "mean"])
     p.add_argument("--beam-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)

@@ -109,7 +109,7 @@ def test_cli_transfer_rows_in_input_order(capsys, ckpt, tmp_path):  # noqa: F811
     m = univae.UniVAE.from_pretrained(ckpt).eval()
     assert [r["output"] for r in moved] == m.transfer(SENTENCES, SENTENCES[3:], SENTENCES[:2], strength=3)
     code, out, err = run(capsys, "--checkpoint", ckpt, "--transfer", f["src"], f["tgt"], "--input", f["inp"])
-    assert code == 0 and "strength 3.5" in out.splitlines()[0] and len(out.splitlines()) == 2 + len(SENTENCES)
+    assert code == 0 and f"strength {G.DEFAULT_STRENGTH:g}" in out.splitlines()[0] and len(out.splitlines()) == 2 + len(SENTENCES)
 
 
 @pytest.mark.parametrize("which, content, message", [

@@ -846,7 +846,7 @@ def _per_layer_cosine(model, a, b):
     return torch.stack([F.cosine_similarity(x, y, dim=-1) for x, y in zip(model.split_z(a), model.split_z(b))]).mean(0)
 
 
-DEFAULT_STRENGTH = 3.5  # bench/transfer.py on the default checkpoint: README, "What the latent space is for"
+DEFAULT_STRENGTH = 5.0  # bench/transfer.py on two default checkpoints (2026-12-02): README, "What the latent space is for"
 
 
 def transfer(model, texts, from_texts, to_texts, strength=DEFAULT_STRENGTH, method="probe", return_z=False,
