@@ -204,8 +204,6 @@ def check_args(args):
         raise CLIError("--keep-start forces a prefix, which beam search cannot: use --keep-start 0 with --beam-size")
     if args.candidates < 1:
         raise CLIError(f"--candidates must be at least 1, got {args.candidates}")
-    if min(args.spread if isinstance(args.spread, tuple) else (args.spread,)) < 0:
-        raise CLIError(f"--spread must be non-negative, got {args.spread}")
     if mode == "transfer":
         args.strength = generate.DEFAULT_STRENGTH if args.strength is None else args.strength
         args.direction = args.direction or "probe"
@@ -317,9 +315,10 @@ def run(model, mode, args):
             raise CLIError("a vq checkpoint has no fitted prior: its draws are uniform codes (--prior uniform)")
         raise CLIError(f"{args.checkpoint} has no fitted prior: fit one with "
                        f"`python -m univae.prior --checkpoint {args.checkpoint}`, or use --prior uniform")
-    if isinstance(args.spread, tuple) and len(args.spread) != c.num_latent_layers:
-        raise CLIError(f"--spread has {len(args.spread)} values, but the model has {c.num_latent_layers} latent layers: "
-                       "give one number for all, or one per layer, lowest first")
+    try:
+        generate.layer_spreads(model, args.spread)
+    except ValueError as e:  # "spread has 3 values, but ..." / "spread must be non-negative, ..."
+        raise CLIError(f"--{e}") from None
     prior_used = "fitted" if model.uses_fitted_prior(args.prior, args.component) else "uniform"
     if mode == "codes":
         if c.latent != "vq":

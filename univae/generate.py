@@ -582,8 +582,8 @@ def layer_spreads(model, spread):
     k = model.config.num_latent_layers
     spreads = [float(spread)] * k if isinstance(spread, (int, float)) else [float(x) for x in spread]
     if len(spreads) != k:
-        raise ValueError(f"spread {list(spread)} gives {len(spreads)} values; the model has {k} latent layers "
-                         "(one number for all, or one per layer, lowest first)")
+        raise ValueError(f"spread has {len(spreads)} values, but the model has {k} latent layers: "
+                         "give one number for all, or one per layer, lowest first")
     if any(not x >= 0 for x in spreads):  # `not >=` also catches nan
         raise ValueError(f"spread must be non-negative, got {spread}")
     return spreads
@@ -767,8 +767,8 @@ DEFAULT_KEEP_START = 0.8  # measured: README, "What the latent space is for"
 def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=None, **decoding):
     """For each sentence, up to n distinct variants decoded from codes drawn around its posterior
     mean (perturb_z; `spread` one number or one per latent layer, e.g. [0, 1, 1] keeps the lowest
-    layer, which the default recipe trains to hold the content). Each variant keeps the sentence's first k tokens, k drawn uniformly from 1 to
-    keep_start x its length (default DEFAULT_KEEP_START; 0 = every token decoded from the code; beam
+    layer, which the default recipe trains to hold the content). Each variant keeps the sentence's
+    first k tokens, k drawn uniformly from 1 to keep_start x its length (default DEFAULT_KEEP_START; 0 = every token decoded from the code; beam
     search cannot force a prefix, so there the default is 0): the decoder's drift, which grows along
     the sentence, then changes the end and leaves the start, and the variants keep the label more
     often (snownlp's judge on 300 labelled reviews agrees with the source's label for 0.69 of the
