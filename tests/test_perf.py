@@ -6,7 +6,14 @@ by timing, so they hold on a loaded machine:
     torch.compile does not recompile for a new batch of the same shape, and the step is one graph
     (no host syncs: a graph break on CPU is a device sync on CUDA)
     the cached decoder builds no mask per step, and its per-step FLOPs stay flat along the sequence
+    train.py's allocator setting keeps a step's big tensors in the heap (glibc)
 """
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch._dynamo
@@ -193,3 +200,46 @@ def test_cached_decoder_flops_per_step_stay_flat(attn):
     assert per_step[-1] <= 1.3 * per_step[0], per_step
     # re-running the target for the last step costs ~maxlen steps' worth
     assert per_step[-1] * c.maxlen / 2 < uncached_last
+
+
+MALLINFO = '''
+import ctypes, ctypes.util, sys
+import torch
+from univae.training import keep_freed_memory
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+x = torch.ones(48 << 20, dtype=torch.uint8)  # over glibc's largest automatic mmap threshold (32 MB)
+mapped = libc.mallinfo2().hblkhd
+del x
+print(mapped >> 20, libc.mallinfo2().fordblks >> 20)
+'''
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2"), reason="needs glibc >= 2.33")
+def test_keep_freed_memory_serves_big_tensors_from_the_heap_and_keeps_them():
+    """train.py's allocator setting: a step's 48 MB tensor comes from the heap, not a fresh mmap, and
+    its memory stays in the heap once freed (by default: mmapped, and unmapped on free)."""
+    def run(mode):  # in a fresh process: the setting is process-wide
+        out = subprocess.run([sys.executable, "-c", MALLINFO, mode], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+        return [int(v) for v in out.split()]
+    mapped, _ = run("default")
+    assert mapped >= 48
+    mapped, free_after = run("keep")
+    assert mapped < 48 and free_after >= 48
+
+
+def test_peak_rss_mb_counts_megabytes():
+    """train.py's peak_rss_mb column: 300 MB touched in a fresh process raise it by about 300."""
+    script = ("import torch; from univae.training import peak_rss_mb; before = peak_rss_mb(); "
+              "x = torch.ones(300 << 20, dtype=torch.uint8); print(peak_rss_mb() - before)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    assert 280 < float(out) < 340
