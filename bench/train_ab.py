@@ -9,7 +9,8 @@ baseline commit (A, a `git archive` copy in a temporary directory) and once from
 metrics.jsonl: steps, tokens/s (real tokens of both halves per second of training, train.py's
 `tokens_per_s`, logged per 20-step window; the first window dropped as warm-up) as the run's mean,
 the harmonic mean over windows (what tokens / seconds gives when windows hold equal tokens), and
-as the median window, and the final val CE and greedy char-F1 (train.py's last evaluation). The
+as the median window, the final val CE and greedy char-F1 (train.py's last evaluation), and the
+process's peak resident memory (wait4's ru_maxrss, so older commits get it too). The
 two differ when a run has a tail of slow windows (c6c7208 in 240 s rounds, 2026-12-02: median
 11.5k, mean ~8.4k tokens/s); for a time budget, the mean and the steps are what count. The table
 gives each run, then B / A of the medians over rounds.
@@ -45,12 +46,16 @@ def train(tree, out, args):
     cmd = [sys.executable, os.path.join(tree, "train.py"), "--out", out, "--overwrite", "--prior-components", "0",
            "--eval-sentences", "200", *args]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=log, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4, not wait: the child's own peak resident size
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            log.seek(0)
+            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read()[-2000:]}")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
-    return time.time() - t0, rows
+    return time.time() - t0, rows, usage.ru_maxrss / 1024  # kB on Linux
 
 
 def summary(rows):
@@ -61,7 +66,6 @@ def summary(rows):
         "tokens_per_s": statistics.harmonic_mean([r["tokens_per_s"] for r in train_rows[1:]]),
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_rows[1:]),
         "val_ce": val["ce"], "char_f1": val["char_f1"],
-        "peak_rss_mb": max((r.get("peak_rss_mb", 0) for r in train_rows), default=0),  # 0: not logged (older train.py)
         "ce_by_step": {r["step"]: r["ce"] for r in train_rows},
     }
 
@@ -86,21 +90,22 @@ def main():
         runs = {"A": [], "B": []}
         for r in range(a.rounds):
             for name in ("A", "B"):
-                wall, rows = train(trees[name], os.path.join(tmp, f"out-{name}"), args)
-                runs[name].append(summary(rows))
+                wall, rows, peak_rss = train(trees[name], os.path.join(tmp, f"out-{name}"), args)
+                runs[name].append({**summary(rows), "peak_rss_mb": peak_rss})
                 s = runs[name][-1]
                 print(f"round {r + 1} {name}: {s['steps']} steps, {s['tokens_per_s']:.0f} tokens/s (median window "
                       f"{s['median_tokens_per_s']:.0f}), val CE {s['val_ce']:.3f}, "
-                      f"char-F1 {s['char_f1']:.3f}, peak RSS {s['peak_rss_mb'] or '?'} MB ({wall:.0f} s wall)", flush=True)
-    head = ["run", "steps", "tokens/s (mean)", "tokens/s (median window)", "val CE", "val char-F1"]
-    keys = ("steps", "tokens_per_s", "median_tokens_per_s", "val_ce", "char_f1")
+                      f"char-F1 {s['char_f1']:.3f}, peak RSS {s['peak_rss_mb']:.0f} MB ({wall:.0f} s wall)", flush=True)
+    head = ["run", "steps", "tokens/s (mean)", "tokens/s (median window)", "val CE", "val char-F1", "peak RSS MB"]
+    keys = ("steps", "tokens_per_s", "median_tokens_per_s", "val_ce", "char_f1", "peak_rss_mb")
     rows = [[f"{n}{i + 1}", s["steps"], f"{s['tokens_per_s']:.0f}", f"{s['median_tokens_per_s']:.0f}", f"{s['val_ce']:.3f}",
-             f"{s['char_f1']:.3f}"] for i in range(a.rounds) for n in ("A", "B") for s in [runs[n][i]]]
+             f"{s['char_f1']:.3f}", f"{s['peak_rss_mb']:.0f}"] for i in range(a.rounds) for n in ("A", "B") for s in [runs[n][i]]]
     med = {n: {k: statistics.median(s[k] for s in runs[n]) for k in keys} for n in runs}
     rows.append(["B / A (medians over rounds)", f"{med['B']['steps'] / med['A']['steps']:.2f}x",
                  f"{med['B']['tokens_per_s'] / med['A']['tokens_per_s']:.2f}x",
                  f"{med['B']['median_tokens_per_s'] / med['A']['median_tokens_per_s']:.2f}x",
-                 f"{med['B']['val_ce'] - med['A']['val_ce']:+.3f}", f"{med['B']['char_f1'] - med['A']['char_f1']:+.3f}"])
+                 f"{med['B']['val_ce'] - med['A']['val_ce']:+.3f}", f"{med['B']['char_f1'] - med['A']['char_f1']:+.3f}",
+                 f"{med['B']['peak_rss_mb'] / med['A']['peak_rss_mb']:.2f}x"])
     print("\n" + table(head, rows))
     if a.steps:
         diffs = [abs(runs["A"][i]["ce_by_step"][k] - runs["B"][i]["ce_by_step"][k])
