@@ -228,11 +228,13 @@ def main():
     print("ours vs transformers' BertForMaskedLM (baseline: hf of the same preset)\n")
     ours = [f"ours:{n}:{a_}" for n in args.presets for a_ in (args.attn if n == first else args.other_attn)]
     print(table(head, [row(o, f"hf:{o.split(':')[1]}") for o in ours] + [row(f"hf:{n}", f"hf:{n}") for n in args.presets]))
-    print(f"\nattention backends, {first} preset (baseline: sdpa)\n")
+    base = "sdpa" if "sdpa" in args.attn else args.attn[0]
+    print(f"\nattention backends, {first} preset (baseline: {base})\n")
     names = [f"ours:{first}:{a_}" for a_ in args.attn] + ([f"ours:{first}:{a_}:compiled" for a_ in args.attn] if args.compile else [])
-    print(table(head, [row(n, f"ours:{first}:sdpa") for n in names]))
-    print(f"\nbatch shapes, {first} preset, sdpa (baseline: full maxlen {MAXLEN})\n")
-    print(table(head, [row(f"ours:{first}:sdpa", f"ours:{first}:sdpa:full"), row(f"ours:{first}:sdpa:full", f"ours:{first}:sdpa:full")]))
+    print(table(head, [row(n, f"ours:{first}:{base}") for n in names]))
+    if "sdpa" in args.attn:
+        print(f"\nbatch shapes, {first} preset, sdpa (baseline: full maxlen {MAXLEN})\n")
+        print(table(head, [row(f"ours:{first}:sdpa", f"ours:{first}:sdpa:full"), row(f"ours:{first}:sdpa:full", f"ours:{first}:sdpa:full")]))
     print(f"\nend: {machine_note(device)}")
 
 
