@@ -543,7 +543,7 @@ def main(argv=None):
     rank, world, local_rank = setup_distributed()
     master = rank == 0
     log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
-    keep_freed_memory()  # before the first big tensor: 1.1-1.2x the steps on CPU (univae/training.py)
+    keep_freed_memory()  # before the first big tensor: no page faults for each step's logits (univae/training.py)
 
     # settle every setting, and fail on a bad one, before touching --out
     resume_dir, state, saved_args = resume_dir_of(given), None, {}
