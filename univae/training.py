@@ -33,7 +33,6 @@ from univae.diagnostics import latent_metrics, posterior_params_of
 from univae.metrics import bits_per_char, reconstruction_scores
 
 STATE_FILE = "training_state.pt"
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 ARGS_FILE = "train_args.json"
 LOCK_FILE = ".lock"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -46,6 +45,9 @@ class TrainingError(RuntimeError):
 
 class RunLocked(TrainingError):
     """Another live process is training into the same --out."""
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def keep_freed_memory():
