@@ -768,8 +768,9 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
     """For each sentence, up to n distinct variants decoded from codes drawn around its posterior
     mean (perturb_z; `spread` one number or one per latent layer, e.g. [0, 1, 1] keeps the lowest
     layer, which the default recipe trains to hold the content). Each variant keeps the sentence's
-    first k tokens, k drawn uniformly from 1 to keep_start x its length (default DEFAULT_KEEP_START; 0 = every token decoded from the code; beam
-    search cannot force a prefix, so there the default is 0): the decoder's drift, which grows along
+    first k tokens, k drawn uniformly from 1 to keep_start x its length (default DEFAULT_KEEP_START;
+    0 = every token decoded from the code; beam search cannot force a prefix, so there the default
+    is 0): the decoder's drift, which grows along
     the sentence, then changes the end and leaves the start, and the variants keep the label more
     often (snownlp's judge on 300 labelled reviews agrees with the source's label for 0.69 of the
     variants at 0.8, 0.63 at 0, 0.82 for the sources themselves). Outputs equal to the input (or to
