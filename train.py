@@ -1,6 +1,7 @@
 """Train a UniVAE.
 
-    python train.py                                   # small preset, from scratch, bundled reviews, ~8 min
+    python train.py                                   # fine-tune the bundled backbone on the bundled reviews, ~10 min
+    python train.py --from-scratch                    # the small preset from random weights, same data and budget
     python train.py --init-from DIR --corpus my.txt   # fine-tune a local HF BERT/RoFormer (reference settings)
     python train.py --resume                          # continue OUT/last exactly
     torchrun --nproc-per-node 2 train.py ...          # DistributedDataParallel, one data shard per rank
@@ -27,15 +28,17 @@ from tqdm import tqdm
 
 from univae import data as D
 from univae.checkpoint import read_config
-from univae.config import BOW_FLAGS, PRESET_TRAINING, PRESETS, TrainConfig, from_hf_config, preset
+from univae.config import (BOW_FLAGS, BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TRAINING, PRESETS, TrainConfig,
+                           from_hf_config, preset)
 from univae.diagnostics import collapse_warning
-from univae.mlm import mask_tokens, mlm_loss
 from univae.model import UniVAE
 from univae.prior import PRIOR_FILE, fit_prior
 from univae.objective import VAEObjective, char_class_token_masks
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
+from univae import training
 from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate, keep_freed_memory,
-                             load_training_state, lr_at, param_groups, peak_rss_mb, prune_checkpoints, save_checkpoint)
+                             load_training_state, lr_at, param_groups, peak_rss_mb, prune_checkpoints, save_checkpoint,
+                             setup_distributed)
 
 
 def kappa_value(text):
@@ -123,71 +126,84 @@ def resume_dir_of(given):
     return os.path.join(given.get("out", TrainConfig.out), "last") if given["resume"] == "last" else given["resume"]
 
 
-def recipe_under(given):
-    """The preset's measured recipe (PRESET_TRAINING) that a from-scratch run gets below the flags.
+def starts_from_scratch(given):
+    """--from-scratch, or a --preset or architecture flag without --init-from: random weights."""
+    implied = "init_from" not in given and ("preset" in given or any(k in given for k in ARCH_FLAGS))
+    return bool(given.get("from_scratch")) or implied
 
-    Its bag of words (content characters on the lowest latent layer, pattern on the top) goes as a
-    whole: --bow-weight 0 or a single latent layer drops it, and --bow-layers without --bow-chars
-    drops its per-layer classes (the given layers count every token, as without a recipe)."""
-    recipe = dict(PRESET_TRAINING.get(given.get("preset", TrainConfig.preset), {}))
+
+def recipe_under(given):
+    """The measured recipe a new run gets below the flags -> (training settings, VAE fields).
+
+    From scratch, the preset's (PRESET_TRAINING); from the bundled backbone, BUNDLED_TRAINING and
+    BUNDLED_MODEL; none for another --init-from (the reference script's settings) or a resumed run
+    (its own saved arguments). The recipe's bag of words (content characters on the lowest latent
+    layer, pattern on the top) goes as a whole: --bow-weight 0 or a single latent layer drops it,
+    and --bow-layers without --bow-chars drops its per-layer classes (the given layers count every
+    token, as without a recipe)."""
+    if "resume" in given:
+        return {}, {}
+    if starts_from_scratch(given):
+        recipe, model = dict(PRESET_TRAINING.get(given.get("preset", TrainConfig.preset), {})), {}
+    elif given.get("init_from", TrainConfig.init_from) == "bundled":
+        recipe, model = dict(BUNDLED_TRAINING), dict(BUNDLED_MODEL)
+    else:
+        return {}, {}
     if "bow_layers" in recipe:
-        if given.get("bow_weight") == 0 or given.get("num_latent_layers") == 1:
+        if given.get("bow_weight") == 0 or given.get("num_latent_layers", model.get("num_latent_layers")) == 1:
             for name in BOW_FLAGS:
                 recipe.pop(name, None)
         elif "bow_layers" in given and "bow_chars" not in given:
             recipe.pop("bow_chars", None)
-    return recipe
+    return recipe, model
 
 
 def settle(given, saved_args=None):
     """The run's settings from the flags the user gave and, when resuming, the checkpoint's saved
     train_args: (TrainConfig, model_overrides). Pure: reads no file, touches nothing.
 
-    Precedence, lowest first: TrainConfig's defaults, the preset's measured recipe (from scratch
-    only), the resumed run's own arguments, the flags. Without a stopping flag the run gets the
-    default time budget. Raises SettingsError naming the flag."""
+    Precedence, lowest first: TrainConfig's defaults (fine-tune the bundled backbone), the measured
+    recipe (recipe_under), the resumed run's own arguments, the flags. Without a stopping flag the
+    run gets the default time budget. Raises SettingsError naming the flag."""
     resuming = "resume" in given
+    if given.get("from_scratch") and "init_from" in given:
+        raise SettingsError(f"--from-scratch contradicts --init-from {given['init_from']}: choose one")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    recipe = {} if (resuming or given.get("init_from")) else recipe_under(given)
+    recipe, model_recipe = recipe_under(given)
     merged = {**recipe, **{k: v for k, v in (saved_args or {}).items() if k in train_fields},
               **{k: v for k, v in given.items() if k in train_fields}}
+    if not resuming and starts_from_scratch(given):
+        merged.update(init_from="", from_scratch=True)
     if not any(merged.get(k) for k in ("max_steps", "epochs", "time_budget")):
         merged["time_budget"] = DEFAULT_TIME_BUDGET
     try:
         cfg = TrainConfig(**merged)
     except (TypeError, ValueError) as e:
         raise SettingsError(str(e)) from None
-    model_overrides = {k: v for k, v in given.items() if k in MODEL_FLAGS}
+    model_overrides = {**model_recipe, **{k: v for k, v in given.items() if k in MODEL_FLAGS}}
     latent = model_overrides.get("latent", "vmf")
     for name, family in FAMILY_FLAGS.items():  # (a resumed run keeps its checkpoint's model fields anyway)
         if name in model_overrides and latent != family and not resuming:
             raise SettingsError(f"--{name.replace('_', '-')} is for --latent {family}, not --latent {latent}")
     if cfg.precision == "fp16" and cfg.device == "cpu":
-        raise SettingsError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    if cfg.init_from and "preset" in given:
+        raise SettingsError("--precision fp16 needs CUDA; use bf16, fp32 or auto on CPU")
+    if "init_from" in given and "preset" in given:
         raise SettingsError(f"--preset {given['preset']} contradicts --init-from {cfg.init_from}: "
                             "the checkpoint fixes the architecture")
     if cfg.preset not in PRESETS:
         raise SettingsError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     arch = [k for k in ARCH_FLAGS if k in given]
-    if arch and (resuming or cfg.init_from):
+    if arch and (resuming or "init_from" in given):
         raise SettingsError(f"--{arch[0].replace('_', '-')} is for runs from scratch: "
                             f"{'the resumed' if resuming else 'the --init-from'} checkpoint fixes the architecture")
     return cfg, model_overrides
 
 
 def pick_device(cfg, local_rank):
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SettingsError(f"--device {cfg.device}: CUDA is not available on this machine")
-        if device.type == "cuda" and device.index is None:  # under torchrun: each rank its own GPU
-            device = torch.device("cuda", local_rank)
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise SettingsError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    return device
+    try:
+        return training.pick_device(cfg.device, cfg.precision, local_rank)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def model_maxlen(cfg, model_overrides, resume_dir):
@@ -201,15 +217,6 @@ def model_maxlen(cfg, model_overrides, resume_dir):
             raise SettingsError(f"--init-from {cfg.init_from} is a univae checkpoint; use --resume to continue training it")
         return from_hf_config(raw, **model_overrides).maxlen
     return preset(cfg.preset, **model_overrides).maxlen
-
-
-def setup_distributed():
-    """torchrun sets RANK/WORLD_SIZE; gloo on CPU, nccl on CUDA. Returns (rank, world_size, local_rank)."""
-    if "RANK" not in os.environ:
-        return 0, 1, 0
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return rank, world, local
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -255,6 +262,16 @@ def describe(model, n_unk, n_unk_val, n_trunc):
             + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated")
 
 
+def unknown_share(backbone, n_unk, ids, pad_id):
+    """The line saying how much of the corpus the backbone's vocab cannot spell (those become [UNK])."""
+    n_chars = int(ids.ne(pad_id).sum()) - 2 * len(ids)  # [CLS] and [SEP] are not the corpus's
+    share = n_unk / max(n_chars, 1)
+    line = f"{share:.2%} of the training corpus's {n_chars} tokens are outside the vocab of {backbone} ([UNK])"
+    if share > 0.01:
+        line += ": the model cannot read or write them; a backbone pretrained on this corpus (python -m univae.pretrain) can"
+    return line
+
+
 def describe_eval(metrics, c):
     return (f"val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
             + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
@@ -286,11 +303,11 @@ class Trainer:
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = net
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        dtype = training.autocast_dtype(cfg.precision, device)
+        self.precision = training.precision_name(dtype)
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step, self.elapsed, self.skipped, self.bad_in_a_row = 0, 0.0, 0, 0
-        self.vae_start = None if cfg.mlm_fraction else 0  # the step the VAE phase began at
         self.max_steps = cfg.max_steps or math.inf
         if cfg.epochs:
             self.max_steps = min(self.max_steps, math.ceil(cfg.epochs * batches.steps_per_epoch))
@@ -310,7 +327,7 @@ class Trainer:
             gathered = [torch.empty_like(rng) for _ in range(self.world)]
             dist.all_gather(gathered, rng)
             rng = torch.stack(gathered)
-        s = {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped, "vae_start": self.vae_start,
+        s = {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped,
              "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(), "rng": {"cpu": rng}}
         if self.objective.state_dict():  # BoW heads, MDR multiplier
             s["objective"] = self.objective.state_dict()
@@ -328,7 +345,6 @@ class Trainer:
         self.batches.load_state_dict(state["data"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.skipped = int(state.get("skipped_steps", 0))
-        self.vae_start = state.get("vae_start", 0)
         cpu = state["rng"]["cpu"]
         torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
         if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -336,43 +352,24 @@ class Trainer:
 
     # -------------------------------------------------------------- one step, evaluation, saving
 
-    def phase(self, progress):
-        """"mlm" for the first --mlm-fraction of the run (univae/mlm.py), then "vae". Each phase has
-        its own warmup and cosine decay: (phase, step within it, progress within it)."""
-        f = self.cfg.mlm_fraction
-        if progress < f:
-            return "mlm", self.step, progress / f
-        if self.vae_start is None:
-            self.vae_start = self.step
-        return "vae", self.step - self.vae_start, (progress - f) / (1 - f)
-
     def train_step(self, progress):
         """One optimiser step on the next batch -> (logs, real tokens seen). A step whose loss or
         gradient is not finite changes no weight and no optimiser state: it is skipped and counted."""
         c, cfg = self.model.config, self.cfg
-        phase, phase_step, phase_progress = self.phase(progress)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(phase_step, phase_progress, self.lr, cfg.warmup)
+            group["lr"] = lr_at(self.step, progress, self.lr, cfg.warmup)
         src = self.batches.next_batch()
         real = src.ne(c.pad_token_id)  # on the CPU copy: no device sync
-        tokens = int(real.sum()) * (2 if phase == "vae" else 1) * self.world
+        tokens = int(real.sum()) * 2 * self.world
         src = src[:, :trim_length(int(real.sum(1).max()), c.maxlen, 8 if cfg.compile else 1)].to(self.device, non_blocking=True)
-        out = None
         with self.autocast:
-            if phase == "mlm":  # the plain bidirectional Transformer, outside DDP: gradients averaged below
-                tok = self.model.tokenizer
-                inputs, labels = mask_tokens(src, self.model.mask_token_id(), c.vocab_size,
-                                             [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
-                loss, _ = mlm_loss(self.model.transformer, inputs, labels, c.pad_token_id, target_slot=self.step % 2 == 1)
-                logs = {"loss": loss.detach(), "mlm_ce": loss.detach()}
-            else:
-                input_ids, token_type_ids = D.join(src)
-                out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout, code_dropout=cfg.code_dropout)
-                loss, logs = self.objective(out, phase_step)
+            input_ids, token_type_ids = D.join(src)
+            out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout, code_dropout=cfg.code_dropout)
+            loss, logs = self.objective(out, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.world > 1:  # DDP averages the model's gradients; the BoW heads (and MLM steps) are outside it
-            for p in (self.extra_params if phase == "vae" else self.model.parameters()):
+        if self.world > 1:  # DDP averages the model's gradients; the BoW heads are outside it
+            for p in self.extra_params:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
@@ -386,8 +383,7 @@ class Trainer:
         if bool(finite):  # one host sync per step: the price of never applying a NaN
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if out is not None:
-                self.objective.update_multiplier(out.kl)
+            self.objective.update_multiplier(out.kl)
             self.bad_in_a_row = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
@@ -466,7 +462,7 @@ class Trainer:
             [f"{self.max_steps} steps"] if self.max_steps < math.inf else [])
         with self.autocast:  # `auto` picks by autocast and grad mode (univae/attention.py): ask as the step does
             backend = self.model.backend(self.device)
-        self.log(f"training on {self.device} ({cfg.precision}, attn {backend})"
+        self.log(f"training on {self.device} ({self.precision}, attn {backend})"
                  + (f" for at most {' / '.join(limits)}" if limits else ""))
         while self.step < self.max_steps:
             self.elapsed = elapsed_before + time.time() - t_start
@@ -526,7 +522,7 @@ class Progress:
         elif self.enabled:
             t = self.trainer
             total = "" if t.max_steps == math.inf else f"/{t.max_steps}"
-            terms = "".join(f"  {k} {row[k]:.{p}f}" for k, p in (("ce", 3), ("kl", 1), ("mlm_ce", 3)) if k in row)
+            terms = "".join(f"  {k} {row[k]:.{p}f}" for k, p in (("ce", 3), ("kl", 1)) if k in row)
             print(f"step {row['step']}{total}  loss {row['loss']:.3f}{terms}  lr {row['lr']:.2e}  "
                   f"{row['tokens_per_s']:.0f} tok/s  {t.elapsed:.0f}s", flush=True)
 
@@ -577,7 +573,7 @@ def main(argv=None):
         model = build_model(cfg, model_overrides, resume_dir, splits["train"])
         bow_targets = char_class_token_masks(model.tokenizer, splits["train"]) if cfg.bow_chars != "all" else None
         objective = VAEObjective(cfg, model, bow_targets)  # KL weight and schedule, free bits, MDR, BoW heads
-        if cfg.word_dropout or cfg.mlm_fraction:  # both write [MASK]: a vocab without one fails here
+        if cfg.word_dropout:  # writes [MASK]: a vocab without one fails here
             model.mask_token_id()
     except (FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
         fail(str(e))
@@ -585,6 +581,8 @@ def main(argv=None):
     train_ids, n_trunc, n_unk = encode_texts(tok, splits["train"], c.maxlen, warn=False)
     val_ids, _, n_unk_val = encode_texts(tok, splits["val"], c.maxlen, warn=False)
     log(describe(model, n_unk, n_unk_val, n_trunc) + f" ({time.time() - t0:.1f}s)")
+    if cfg.init_from:
+        log(unknown_share(cfg.init_from, n_unk, train_ids, c.pad_token_id))
     model.to(device).train()
     objective.to(device)
     lr = cfg.lr or (2e-5 if cfg.init_from else 1e-3)

@@ -1,16 +1,10 @@
-"""The masked-LM phase (univae/mlm.py, train.py --mlm-fraction): BERT's corruption rates, the loss
-against transformers' BertForMaskedLM on the same batch, and the phase switch in train.py."""
-import json
-
+"""Masked-LM pieces (univae/mlm.py, used by python -m univae.pretrain): BERT's corruption rates, and
+the loss against transformers' BertForMaskedLM on the same batch, in both slots."""
 import pytest
 import torch
-from safetensors.torch import load_file
 
-import train
 import univae
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
-
-from test_train import base_args, corpus  # noqa: F401 (corpus is a fixture)
 
 
 def test_mask_tokens_follows_bert_rates_and_never_touches_special_tokens():
@@ -48,21 +42,3 @@ def test_mlm_loss_matches_transformers_bert_for_masked_lm(hf_bert):
         ref = hf(input_ids=inputs, attention_mask=inputs.ne(0).long(), token_type_ids=torch.ones_like(inputs),
                  position_ids=torch.arange(m, m + inputs.shape[1])[None].expand(3, -1), labels=labels).loss
     torch.testing.assert_close(tgt, ref, atol=1e-5, rtol=1e-5)
-
-
-def test_train_runs_the_mlm_phase_first_and_resumes_exactly_across_the_switch(corpus, tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    args = ["--max-steps", "12", "--mlm-fraction", "0.5", "--log-every", "1", "--save-every", "2", "--keep-last", "0", "--warmup", "2"]
-    train.main(base_args(corpus, a, *args))
-    train.main(base_args(corpus, b, *args, "--resume", str(a / "step-4")))  # mid-MLM, across the switch at 6
-    wa, wb = load_file(a / "step-12" / "model.safetensors"), load_file(b / "step-12" / "model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    rows = [json.loads(l) for l in open(a / "metrics.jsonl", encoding="utf-8") if "split" not in l]
-    assert ["mlm_ce" in r for r in rows] == [True] * 6 + [False] * 6 and "ce" in rows[6]
-    lrs = [r["lr"] for r in rows]
-    assert lrs[0] == pytest.approx(lrs[6]) and lrs[1] == pytest.approx(lrs[7])  # each phase warms up afresh
-    w2, w4 = load_file(a / "step-2" / "model.safetensors"), load_file(a / "step-4" / "model.safetensors")
-    assert torch.equal(w2["down.0.weight"], w4["down.0.weight"])  # the MLM phase trains the Transformer only
-    assert not torch.equal(w2["transformer.layers.0.qkv.weight"], w4["transformer.layers.0.qkv.weight"])
-    assert not torch.equal(w4["down.0.weight"], wa["down.0.weight"])  # the VAE phase trains the latent heads
-    assert torch.load(a / "last" / "training_state.pt", weights_only=True)["vae_start"] == 6

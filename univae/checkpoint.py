@@ -13,7 +13,7 @@ import re
 import torch
 from safetensors.torch import load_file, save_file
 
-from univae.config import UniVAEConfig, from_hf_config
+from univae.config import HF_KEYS, UniVAEConfig, from_hf_config
 from univae.tokenizer import load_tokenizer, save_tokenizer
 
 # HF key (after the "bert."/"roformer." prefix is stripped) -> our Transformer key.
@@ -57,6 +57,16 @@ HF_KEY_TABLE = {
     "cls.seq_relationship.weight": None,  # next-sentence prediction
     "cls.seq_relationship.bias": None,
 }
+# Backbones shipped inside the package, named by one word (`train.py --init-from bundled`,
+# `UniVAE.from_pretrained("bundled")`); each folder has a README.md saying how it was made.
+BUNDLED = {"bundled": os.path.join(os.path.dirname(os.path.abspath(__file__)), "backbones", "zh-small")}
+
+
+def resolve_path(path):
+    """A checkpoint directory, or the name of a bundled backbone -> the directory."""
+    return BUNDLED.get(path, path)
+
+
 HEAD_KEYS = ("head.dense.weight", "head.dense.bias", "head.norm.weight", "head.norm.bias", "head.bias")
 
 
@@ -138,6 +148,7 @@ def convert_hf_state_dict(hf_sd, transformer):
 
 
 def read_config(directory):
+    directory = resolve_path(directory)
     path = os.path.join(directory, "config.json")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: not a directory")
@@ -173,6 +184,7 @@ def load_transformer(path, **overrides):
     """A HF BERT/RoFormer directory -> our Transformer with its weights (the plain backbone)."""
     from univae.model import Transformer
 
+    path = resolve_path(path)
     config = from_hf_config(read_config(path), **overrides)
     transformer = Transformer(config)
     sd, has_head = convert_hf_state_dict(read_hf_weights(path), transformer)
@@ -188,6 +200,7 @@ def load_univae(path, **overrides):
     """A univae checkpoint dir (everything) or a HF BERT/RoFormer dir (fresh latent heads) -> UniVAE."""
     from univae.model import UniVAE
 
+    path = resolve_path(path)
     raw = read_config(path)
     tokenizer = load_tokenizer(path) if os.path.exists(os.path.join(path, "vocab.txt")) else None
     if "univae" in raw:
@@ -276,3 +289,57 @@ def save_univae(model, directory):
         model.fitted_prior.save(prior_path)  # atomic like the rest
     elif os.path.exists(prior_path):  # a prior fitted to other weights must not be loaded with these
         os.remove(prior_path)
+
+
+# ----------------------------------------------------------------------------- writing HF directories
+
+HF_ARCHITECTURES = {"bert": "BertForMaskedLM", "roformer": "RoFormerForMaskedLM"}
+_BERT_ONLY_ABSENT = ("embedding_size", "rotary_value")  # RoFormerConfig fields BertConfig does not have
+
+
+def hf_config_dict(config):
+    """The config.json transformers' BertForMaskedLM / RoFormerForMaskedLM reads for this backbone."""
+    d = {k: getattr(config, k) for k in HF_KEYS}
+    if config.model_type == "bert":
+        for k in _BERT_ONLY_ABSENT:
+            d.pop(k)
+        d["position_embedding_type"] = "absolute"
+    return {"architectures": [HF_ARCHITECTURES[config.model_type]], "model_type": config.model_type, **d}
+
+
+def to_hf_state_dict(transformer):
+    """Our Transformer's weights under transformers' names: HF_KEY_TABLE read backwards.
+
+    The fused QKV projection is cut into query/key/value; the MLM decoder is left out because
+    transformers ties it to the word embeddings. Every weight of ours is written exactly once."""
+    c = transformer.config
+    ours = transformer.state_dict()
+    out, used = {}, set()
+    for hf_key, target in HF_KEY_TABLE.items():
+        if target is None or hf_key == "cls.predictions.decoder.bias":  # dropped, or the tied copy of the head bias
+            continue
+        name, part = target if isinstance(target, tuple) else (target, None)
+        full = hf_key if hf_key.startswith("cls.") else f"{c.model_type}.{hf_key}"
+        for i in range(c.num_hidden_layers) if "{}" in hf_key else [None]:
+            key = name.format(i) if i is not None else name
+            if key not in ours:  # embed.position (RoFormer), embed.project (BERT)
+                continue
+            tensor = ours[key] if part is None else ours[key].chunk(3, dim=0)[part]
+            out[full.format(i) if i is not None else full] = tensor.detach().contiguous().cpu()
+            used.add(key)
+    left = sorted(set(ours) - used)
+    if left:
+        raise ValueError(f"to_hf_state_dict: no transformers name for {', '.join(left[:5])}")
+    return out
+
+
+def save_hf_backbone(transformer, tokenizer, directory, dtype=torch.float32):
+    """A standard transformers directory (config.json, model.safetensors, vocab.txt,
+    tokenizer_config.json) that BertForMaskedLM / RoFormerForMaskedLM and AutoTokenizer load, and
+    that `train.py --init-from` fine-tunes. Each file is written atomically."""
+    os.makedirs(directory, exist_ok=True)
+    config = {**hf_config_dict(transformer.config), "torch_dtype": str(dtype).removeprefix("torch.")}
+    _atomic(os.path.join(directory, "config.json"), lambda p: _write_json(config, p))
+    sd = {k: v.to(dtype) for k, v in to_hf_state_dict(transformer).items()}
+    _atomic(os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
+    save_tokenizer(tokenizer, directory)

@@ -14,6 +14,7 @@ ANNEAL_SCHEDULES = ("none", "linear", "cyclical")  # TrainConfig.kl_anneal
 BOW_CHARS = ("all", "content", "pattern")
 KL_REDUCTIONS = ("per-token", "per-sentence")  # TrainConfig.kl_reduction
 ATTN_BACKENDS = ("auto", "eager", "sdpa", "flex", "split")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # TrainConfig.precision
 
 
 @dataclass
@@ -184,6 +185,10 @@ PRESETS = {
 PRESET_TRAINING = {
     "small": dict(lr=3e-3, word_dropout=0.2, bow_weight=1.0, bow_layers="0,-1", bow_chars="content,pattern"),
 }
+# The default run's recipe: fine-tune the bundled backbone (`--init-from bundled`), measured in
+# docs/results.md. Training settings, and the VAE fields laid on the backbone's config.
+BUNDLED_TRAINING = dict(lr=2e-3, word_dropout=0.2, bow_weight=1.0, bow_layers="0,-1", bow_chars="content,pattern")
+BUNDLED_MODEL = dict(num_latent_layers=3, z_dim=64, kappa=256.0)
 BOW_FLAGS = ("bow_weight", "bow_layers", "bow_chars")  # a recipe's bag of words: settings that go together
 
 
@@ -202,7 +207,12 @@ class TrainConfig:
     strict: bool = field(default=False, metadata={"help": "fail on the first bad corpus line instead of skipping it"})
     min_char_count: int = field(default=1, metadata={"help": "from scratch: drop characters seen fewer times from the vocab"})
     split_seed: int = field(default=0, metadata={"help": "seed of the fixed train/val/test split"})
-    init_from: str = field(default="", metadata={"help": "local HF BERT/RoFormer directory to fine-tune"})
+    init_from: str = field(default="bundled", metadata={
+        "help": "local HF BERT/RoFormer directory to fine-tune, or `bundled`: the small Chinese BERT shipped with "
+                "univae (made by python -m univae.pretrain on the bundled corpora's train splits)"})
+    from_scratch: bool = field(default=False, metadata={
+        "help": "train a --preset from random weights instead of fine-tuning (implied by --preset or an "
+                "architecture flag)"})
     preset: str = field(default="small", metadata={"help": f"model size when training from scratch: {', '.join(PRESETS)}"})
     batch_size: int = field(default=64, metadata={"help": "sentences per step and process"})
     lr: float = field(default=0.0, metadata={"help": "peak learning rate (default: the preset's recipe from scratch, small 3e-3, else 1e-3; 2e-5 with --init-from)"})
@@ -225,14 +235,13 @@ class TrainConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --out"})
     seed: int = field(default=0, metadata={"help": "seed for init, dropout, latent sampling and batch order"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
-    precision: str = field(default="bf16", metadata={"help": "fp32, bf16 (autocast, CPU and CUDA) or fp16 (CUDA)"})
+    precision: str = field(default="auto", metadata={
+        "help": "fp32, bf16 (autocast, CPU and CUDA), fp16 (CUDA) or auto: bf16 on a GPU or a CPU with hardware bf16 "
+                "(AVX512-BF16, AMX), else fp32"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     prior_components: int = field(default=8, metadata={
         "help": "after training, fit a Gaussian mixture of this many components to the training codes; sampling and "
                 "edits draw from it (univae/prior.py; 0: none, draw from the training prior)"})
-    mlm_fraction: float = field(default=0.0, metadata={
-        "help": "spend this fraction of the run (by steps or time budget) on a BERT-style masked-LM phase of the "
-                "shared Transformer before the VAE phase (univae/mlm.py); each phase has its own warmup and decay"})
     # the VAE objective and the remedies for posterior collapse (univae/objective.py has the formula)
     kl_weight: float = field(default=1.0, metadata={"help": "beta, the weight of the KL term (non-vMF latents)"})
     kl_reduction: str = field(default="per-token", metadata={
@@ -271,8 +280,8 @@ class TrainConfig:
     au_delta: float = field(default=0.01, metadata={"help": "a latent dim is active when Var over val sentences of E_q[z_d] exceeds this"})
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "log_every", "eval_every", "save_every", "kl_cycles", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -291,8 +300,6 @@ class TrainConfig:
         if not (0 <= self.kl_ratio_zero < 1 and 0 < self.kl_ratio_increase <= 1 - self.kl_ratio_zero):
             raise ValueError(f"--kl-ratio-zero {self.kl_ratio_zero} and --kl-ratio-increase {self.kl_ratio_increase} must "
                              "satisfy 0 <= zero < 1 and 0 < increase <= 1 - zero (one cycle: zero, ramp, hold)")
-        if not 0 <= self.mlm_fraction < 1:
-            raise ValueError(f"--mlm-fraction must be in [0, 1), got {self.mlm_fraction}")
         if not 0 <= self.code_dropout < 1:
             raise ValueError(f"--code-dropout must be in [0, 1), got {self.code_dropout}")
         if not 0 <= self.word_dropout < 1:

@@ -27,6 +27,7 @@ import sys
 import zipfile
 
 import torch
+import torch.distributed as dist
 
 from univae.data import join
 from univae.diagnostics import latent_metrics, posterior_params_of
@@ -45,6 +46,55 @@ class TrainingError(RuntimeError):
 
 class RunLocked(TrainingError):
     """Another live process is training into the same --out."""
+
+
+def cpu_has_fast_bf16(cpuinfo="/proc/cpuinfo"):
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16, AMX, or Arm's BF16): there bf16
+    autocast is several times faster than fp32. Elsewhere oneDNN emulates bf16 and is far slower
+    than fp32 (docs/performance.md has the measurement), so `--precision auto` trains in fp32."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", flags) is not None
+
+
+def autocast_dtype(precision, device):
+    """--precision -> the autocast dtype (None: plain fp32). auto: bf16 on a GPU that has it or a CPU
+    with hardware bf16, else fp32."""
+    if precision == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+        return torch.bfloat16 if fast else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def precision_name(dtype):
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def pick_device(device_flag, precision, local_rank):
+    """--device (cpu, cuda, cuda:N, auto) -> torch.device; under torchrun each rank takes its own GPU."""
+    if device_flag == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_flag)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device_flag}: CUDA is not available on this machine")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs CUDA; use bf16, fp32 or auto on CPU")
+    return device
+
+
+def setup_distributed():
+    """torchrun sets RANK/WORLD_SIZE; gloo on CPU, nccl on CUDA. Returns (rank, world_size, local_rank)."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank, world, local
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)

