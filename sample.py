@@ -106,7 +106,7 @@ def build_parser():
                    "training prior, or auto (default: fitted when the checkpoint has one)")
     p.add_argument("--prior-spread", type=float, metavar="S",
                    help="prior samples from the fitted prior: each mixture component's standard deviation times S "
-                   "(default 0.5, univae.prior.SAMPLE_SPREAD; 1 = the fitted density)")
+                   "(default 0.5, univae.density.SAMPLE_SPREAD; 1 = the fitted density)")
     p.add_argument("--n", type=int, help=f"outputs per input (defaults: {DEFAULT_N})")
     p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
                    f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus")
@@ -243,7 +243,8 @@ def read_lines(path):
 
 
 def load_model(args):
-    from univae.checkpoint import CheckpointError, load_trained
+    from univae.checkpoint import CheckpointError
+    from univae.model import load_trained
 
     try:
         return load_trained(args.checkpoint, args.device, **({"attn": args.attn} if args.attn else {}))
@@ -269,15 +270,16 @@ def held_out_sentences(checkpoint, maxlen):
     """The first HELD_OUT_EDITS sentences of the test split of the checkpoint's corpus, loaded and split
     as univae.evaluate does by default (train_args.json's corpus, text field and split seed);
     -> (sentences, where they come from)."""
-    from univae.evaluate import TRAIN_ARGS, load_data, read_train_args
+    from univae.evaluate import load_data
+    from univae.rundir import ARGS_FILE, read_train_args
 
     hint = "pass --text or --input with the sentences to edit"
     try:
         train_args = read_train_args(checkpoint)
     except (OSError, ValueError) as e:
-        raise CLIError(f"cannot read {os.path.join(checkpoint, TRAIN_ARGS)} ({e}): {hint}") from None
+        raise CLIError(f"cannot read {os.path.join(checkpoint, ARGS_FILE)} ({e}): {hint}") from None
     if not train_args or not train_args.get("corpus"):
-        raise CLIError(f"{checkpoint} has no {TRAIN_ARGS} naming its training corpus, so no held-out sentences "
+        raise CLIError(f"{checkpoint} has no {ARGS_FILE} naming its training corpus, so no held-out sentences "
                        f"to edit: {hint}")
     try:
         texts, source, _, _ = load_data(f"{train_args['corpus']}:test", maxlen, train_args)

@@ -32,13 +32,13 @@ from univae.config import (BOW_FLAGS, BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TR
                            from_hf_config, preset)
 from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
-from univae.prior import PRIOR_FILE, fit_prior
+from univae.density import PRIOR_FILE, fit_prior
 from univae.objective import VAEObjective, char_class_token_masks
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae import training
-from univae.training import (RunLock, RunLocked, TrainingError, all_finite, clear_out_dir, evaluate, keep_freed_memory,
-                             load_training_state, lr_at, param_groups, peak_rss_mb, prune_checkpoints, save_checkpoint,
-                             setup_distributed)
+from univae.rundir import (RunLock, RunLocked, TrainingError, clear_out_dir, load_training_state, prune_checkpoints,
+                           save_checkpoint)
+from univae.training import all_finite, evaluate, keep_freed_memory, lr_at, param_groups, peak_rss_mb, setup_distributed
 
 
 def kappa_value(text):
@@ -644,7 +644,7 @@ def main(argv=None):
 
 
 def fit_sampling_prior(model, cfg, train_ids, val_ids, out, log):
-    """Fit the density that sampling and edits draw from (univae/prior.py) to the final model's
+    """Fit the density that sampling and edits draw from (univae/density.py) to the final model's
     training codes and write it into OUT/last (atomically; `python -m univae.prior` refits one)."""
     if not cfg.prior_components or model.family.space == "codebook":  # vq: its codes stay uniform
         return

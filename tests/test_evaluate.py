@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import univae
 from univae import data as D
 from univae import evaluate as E
+from univae import rundir
 from univae import metrics as M
 from univae.diagnostics import latent_metrics
 from univae.latents import vmf_log_normalizer
@@ -183,7 +184,7 @@ def test_split_spec_reproduces_the_training_split(run_dir):
     """CORPUS:SPLIT is that corpus loaded and split as train.py did, with the checkpoint's split seed;
     the training sentences (for novelty) are the train split."""
     out, corpus = run_dir
-    train_args = E.read_train_args(str(out / "last"))
+    train_args = rundir.read_train_args(str(out / "last"))
     texts, source, train_texts, notes = E.load_data(f"{corpus}:test", 16, train_args)
     expected = D.split(SENTENCES, seed=1)
     assert texts == expected["test"] and train_texts == expected["train"] and notes == []

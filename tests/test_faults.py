@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import train
 import univae
 from univae import evaluate as E
-from univae import training as T
+from univae import rundir as T
 from univae.config import BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TRAINING, TrainConfig
 from univae.objective import VAEObjective
 

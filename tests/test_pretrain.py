@@ -10,11 +10,12 @@ import sys
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import univae
 from univae import data, pretrain, training
-from univae.checkpoint import BUNDLED, convert_hf_state_dict, load_transformer, to_hf_state_dict
+from univae.checkpoint import convert_hf_state_dict, to_hf_state_dict
+from univae.model import load_transformer
 from univae.config import UniVAEConfig
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
 from univae.model import Transformer
@@ -151,3 +152,34 @@ def test_precision_auto_follows_the_hardware(tmp_path):
     expected = torch.bfloat16 if training.cpu_has_fast_bf16() else None
     assert training.autocast_dtype("auto", cpu) == expected
     assert training.autocast_dtype("fp32", cpu) is None and training.autocast_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_fine_tuning_bad_input_is_one_line(corpus, tmp_path, capsys, hf_bert):
+    import shutil
+
+    import train
+
+    def error(*argv):
+        with pytest.raises(SystemExit) as e:
+            train.main(["--out", str(tmp_path / "out"), "--max-steps", "1", "--precision", "fp32", *argv])
+        assert e.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ")
+        return lines[0]
+
+    few = tmp_path / "few.txt"
+    few.write_text("今天天气很好\n房间太小了\n", encoding="utf-8")
+    assert "need at least 3 sentences" in error("--init-from", str(hf_bert[0]), "--corpus", str(few))
+    for name, damage, message in [
+        ("short-vocab", lambda d: (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n", encoding="utf-8"),
+         "vocab.txt has 4 tokens but config.json says vocab_size"),
+        ("gpt2", lambda d: (d / "config.json").write_text(json.dumps({"model_type": "gpt2"})), "model_type 'gpt2'"),
+        ("no-encoder", lambda d: save_file({k: v for k, v in load_file(d / "model.safetensors").items()
+                                            if "encoder" not in k}, d / "model.safetensors"),
+         "missing weights for: layers.0"),
+    ]:
+        broken = tmp_path / name
+        shutil.copytree(hf_bert[0], broken)
+        damage(broken)
+        assert message in error("--init-from", str(broken), "--corpus", corpus), name
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""The fitted prior (univae/prior.py): EM against a known mixture, densities against
+"""The fitted prior (univae/density.py, python -m univae.prior): EM against a known mixture, densities against
 torch.distributions, the conditional against the textbook Gaussian formulas, sphere projection,
 the uniform path against the training prior, the RNG left alone, the file format, the command."""
 import json
@@ -13,7 +13,8 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 import univae
 from univae import generate as G
-from univae import prior as P
+from univae import density as P
+from univae import prior as prior_command
 from univae.data import load_sentences, split
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 
@@ -331,7 +332,7 @@ def trained_dir(tmp_path):
 
 def test_command_fits_on_the_train_split(trained_dir, capsys):
     directory, corpus = trained_dir
-    assert P.main(["--checkpoint", str(directory), "--components", "2", "--seed", "1"]) == 0
+    assert prior_command.main(["--checkpoint", str(directory), "--components", "2", "--seed", "1"]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1 and "2 components" in out and "held-out" in out, out
     prior = univae.UniVAE.from_pretrained(str(directory)).fitted_prior
@@ -365,7 +366,7 @@ def test_command_errors_are_one_line(trained_dir, capsys, case, message):
         argv = ["--checkpoint", str(directory), "--components", "0"]
     elif case == "not a dir":
         argv = ["--checkpoint", str(directory / "nothing")]
-    assert P.main(argv) == 2
+    assert prior_command.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and message in err, err
     assert not (directory / "prior.safetensors").exists()

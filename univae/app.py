@@ -238,7 +238,8 @@ def create_app(model, checkpoint=""):
 
 def load_model(path, device="cpu"):
     """A univae checkpoint directory -> the model in eval mode on `device`; AppError names what is wrong."""
-    from univae.checkpoint import CheckpointError, load_trained
+    from univae.checkpoint import CheckpointError
+    from univae.model import load_trained
 
     try:
         return load_trained(path, device)

@@ -1,7 +1,9 @@
 """Checkpoint I/O: HF BERT/RoFormer directories through an explicit key table, and our own format.
 
 Our checkpoint directory: config.json ({"univae": {...}}), model.safetensors, vocab.txt,
-tokenizer_config.json, and prior.safetensors when the model has a fitted prior (univae.prior).
+tokenizer_config.json, and prior.safetensors when the model has a fitted prior (univae.density).
+This module reads and writes those files; it does not know the model classes, which build
+themselves from what it reads (UniVAE.from_pretrained, Transformer.from_pretrained).
 Every file is written to a temporary name and moved into place with os.replace, so a crash
 mid-save never leaves a half-written file under the real name. Nothing here
 unpickles code: weights come from safetensors, or torch.load(weights_only=True) for .bin files.
@@ -9,6 +11,7 @@ unpickles code: weights come from safetensors, or torch.load(weights_only=True) 
 import json
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -180,72 +183,63 @@ def _check_vocab(config, tokenizer, directory):
         raise ValueError(f"{directory}: vocab.txt has {n} tokens but config.json says vocab_size={config.vocab_size}")
 
 
-def load_transformer(path, **overrides):
-    """A HF BERT/RoFormer directory -> our Transformer with its weights (the plain backbone)."""
-    from univae.model import Transformer
-
+def read_hf_backbone(path, **overrides):
+    """A HF BERT/RoFormer directory (or a bundled backbone's name) -> (UniVAEConfig, its state dict
+    under transformers' names). The caller maps the weights onto its model (convert_hf_state_dict)."""
     path = resolve_path(path)
-    config = from_hf_config(read_config(path), **overrides)
-    transformer = Transformer(config)
-    sd, has_head = convert_hf_state_dict(read_hf_weights(path), transformer)
-    transformer.load_state_dict(sd, strict=has_head)
-    return transformer
+    return from_hf_config(read_config(path), **overrides), read_hf_weights(path)
 
 
 # Fields a user may change when loading a trained univae checkpoint; the rest fix the architecture.
 RUNTIME_FIELDS = ("attn", "hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
-def load_univae(path, **overrides):
-    """A univae checkpoint dir (everything) or a HF BERT/RoFormer dir (fresh latent heads) -> UniVAE."""
-    from univae.model import UniVAE
+@dataclass
+class Checkpoint:
+    """What a checkpoint directory holds, read and checked, before any model is built."""
+    path: str
+    config: UniVAEConfig
+    tokenizer: object
+    state_dict: dict  # ours for a univae checkpoint; transformers' names for a HF backbone
+    is_univae: bool  # False: a HF BERT/RoFormer directory (the latent heads start fresh)
 
+
+def read_checkpoint(path, **overrides):
+    """A univae checkpoint directory, a HF BERT/RoFormer directory or a bundled backbone's name ->
+    Checkpoint. Every problem is a FileNotFoundError or ValueError naming the file."""
     path = resolve_path(path)
     raw = read_config(path)
     tokenizer = load_tokenizer(path) if os.path.exists(os.path.join(path, "vocab.txt")) else None
-    if "univae" in raw:
-        saved = raw["univae"]
-        clash = {k: v for k, v in overrides.items() if k not in RUNTIME_FIELDS and k in saved and saved[k] != v}
-        if clash:
-            k, v = next(iter(clash.items()))
-            raise ValueError(f"{path}: the checkpoint fixes {k}={saved[k]!r}; cannot override it with {v!r}")
-        try:
-            config = UniVAEConfig.from_dict(saved, **overrides)
-        except (TypeError, AttributeError) as e:  # a hand-edited or damaged config.json: wrong types
-            raise ValueError(f"{os.path.join(path, 'config.json')}: bad univae config ({e})") from None
+    if "univae" not in raw:
+        config = from_hf_config(raw, **overrides)
         if tokenizer is None:
             raise FileNotFoundError(f"{path}: no vocab.txt")
         _check_vocab(config, tokenizer, path)
-        model = UniVAE(config, tokenizer)
-        weights = os.path.join(path, "model.safetensors")
-        if not os.path.exists(weights):
-            raise FileNotFoundError(f"{path}: no model.safetensors")
-        try:
-            model.load_state_dict(read_safetensors(weights))
-        except RuntimeError as e:
-            raise ValueError(f"{path}: weights do not match config.json: {str(e).splitlines()[1].strip()}") from None
-        from univae.prior import PRIOR_FILE, load_prior  # here: `python -m univae.prior` must not find it imported
-
-        if os.path.exists(os.path.join(path, PRIOR_FILE)):  # the density sampling draws from
-            model.fitted_prior = load_prior(os.path.join(path, PRIOR_FILE), model)
-        return model
-    config = from_hf_config(raw, **overrides)
+        return Checkpoint(path, config, tokenizer, read_hf_weights(path), is_univae=False)
+    saved = raw["univae"]
+    clash = {k: v for k, v in overrides.items() if k not in RUNTIME_FIELDS and k in saved and saved[k] != v}
+    if clash:
+        k, v = next(iter(clash.items()))
+        raise ValueError(f"{path}: the checkpoint fixes {k}={saved[k]!r}; cannot override it with {v!r}")
+    try:
+        config = UniVAEConfig.from_dict(saved, **overrides)
+    except (TypeError, AttributeError) as e:  # a hand-edited or damaged config.json: wrong types
+        raise ValueError(f"{os.path.join(path, 'config.json')}: bad univae config ({e})") from None
     if tokenizer is None:
         raise FileNotFoundError(f"{path}: no vocab.txt")
     _check_vocab(config, tokenizer, path)
-    model = UniVAE(config, tokenizer)
-    sd, has_head = convert_hf_state_dict(read_hf_weights(path), model.transformer)
-    model.transformer.load_state_dict(sd, strict=has_head)
-    return model
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"{path}: no model.safetensors")
+    return Checkpoint(path, config, tokenizer, read_safetensors(weights), is_univae=True)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: its message is one line naming the path and the problem."""
 
 
-def load_trained(path, device="cpu", **overrides):
-    """A trained univae checkpoint directory -> the model in eval mode on `device`, for the commands
-    that use one (sample.py, python -m univae.app). Anything wrong -> CheckpointError, one line."""
+def check_trained(path):
+    """Refuse, with one line (CheckpointError), a path that is not a trained univae checkpoint."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}: train one with `python train.py` (or pass --checkpoint DIR)")
     try:
@@ -256,11 +250,6 @@ def load_trained(path, device="cpu", **overrides):
         raise CheckpointError(f"cannot load checkpoint: {e}") from None
     if not is_univae:
         raise CheckpointError(f"{path} is not a univae checkpoint (no config.json with a \"univae\" section)")
-    try:
-        model = load_univae(path, **overrides)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load checkpoint: {e}") from None
-    return model.to(device).eval()
 
 
 def _atomic(path, write):
@@ -274,21 +263,14 @@ def _write_json(obj, path):
         json.dump(obj, f, indent=2, ensure_ascii=False)
 
 
-def save_univae(model, directory):
+def save_univae(config, state_dict, tokenizer, directory):
+    """config.json ({"univae": ...}), model.safetensors and the tokenizer files, each written atomically."""
     os.makedirs(directory, exist_ok=True)
-    config = model.config.to_dict()
-    _atomic(os.path.join(directory, "config.json"), lambda p: _write_json({"univae": config}, p))
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic(os.path.join(directory, "config.json"), lambda p: _write_json({"univae": config.to_dict()}, p))
+    sd = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     _atomic(os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
-    if model.tokenizer is not None:
-        save_tokenizer(model.tokenizer, directory)
-    from univae.prior import PRIOR_FILE
-
-    prior_path = os.path.join(directory, PRIOR_FILE)
-    if model.fitted_prior is not None:
-        model.fitted_prior.save(prior_path)  # atomic like the rest
-    elif os.path.exists(prior_path):  # a prior fitted to other weights must not be loaded with these
-        os.remove(prior_path)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
 
 
 # ----------------------------------------------------------------------------- writing HF directories

@@ -241,7 +241,7 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     prior_components: int = field(default=8, metadata={
         "help": "after training, fit a Gaussian mixture of this many components to the training codes; sampling and "
-                "edits draw from it (univae/prior.py; 0: none, draw from the training prior)"})
+                "edits draw from it (univae/density.py; 0: none, draw from the training prior)"})
     # the VAE objective and the remedies for posterior collapse (univae/objective.py has the formula)
     kl_weight: float = field(default=1.0, metadata={"help": "beta, the weight of the KL term (non-vMF latents)"})
     kl_reduction: str = field(default="per-token", metadata={

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from univae import data as D
 from univae import metrics as M
+from univae.rundir import read_train_args, split_corpus
 
 # two-sided 95% Student t quantiles by degrees of freedom (a table, not scipy)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -68,7 +69,6 @@ def load_labelled(checkpoint, threads=1):
 
     import torch
 
-    from univae.evaluate import read_train_args
     from univae.model import UniVAE
 
     torch.set_num_threads(threads)
@@ -82,13 +82,11 @@ def load_labelled(checkpoint, threads=1):
 def labelled_data(train_args, maxlen):
     """The checkpoint's corpus (train_args.json) as Labelled, or None when it has no labels. Split as
     univae.evaluate reloads it (same limit, text field and split seed)."""
-    from univae.evaluate import _split_corpus
-
     corpus = (train_args or {}).get("corpus") or ""
     labels = D.labelled_sentences(corpus, maxlen - 2) if corpus else None
     if labels is None:
         return None
-    splits, seed = _split_corpus(corpus, maxlen, train_args)
+    splits, seed = split_corpus(corpus, maxlen, train_args)
     pick = lambda names: [(s, labels[s]) for name in names for s in splits[name] if s in labels]
     return Labelled(train=pick(["train"]), held_out=pick(["val", "test"]), corpus=corpus, split_seed=seed)
 

@@ -36,11 +36,11 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `latent.kl_per_dim` | mean KL per layer and dim, (n_latent, z_dim); present only for families whose KL splits over dims (Gaussian; gmm: its z part; not vMF or VQ) |
 | `latent.codebook.perplexity`, `.used_fraction`, `.restarts` | vq only, per latent layer: exp(entropy) of the codes the sentences pick (at most min(N, K)), the fraction of the K codes picked at least once, dead-code restarts during training; `latent.mi` is then H(codes) |
 | `latent.mixture.usage`, `.usage_entropy`, `.mi_c`, `.dispersion`, `.mean_spread`, `.mean_std` | gmm only, per latent layer: component usage mean_x q(c\|x) and its entropy (nats, at most log K), I(x; c), DEM-VAE's dispersion, mean pairwise distance between component means and the components' root-mean variance |
-| `prior.uniform`, `prior.fitted` | one block per prior, each of `n_samples` sentences decoded from its draws (--n-samples, decoding in `settings.prior_decoding`): `uniform` is the training prior, `fitted` the density fitted to the training codes (univae.prior); `fitted` is null without one (the note says so) |
+| `prior.uniform`, `prior.fitted` | one block per prior, each of `n_samples` sentences decoded from its draws (--n-samples, decoding in `settings.prior_decoding`): `uniform` is the training prior, `fitted` the density fitted to the training codes (univae.density); `fitted` is null without one (the note says so) |
 | each prior block | `n_samples`; `distinct_1`, `distinct_2` (distinct char uni/bigrams / all, over all samples); `self_bleu` (mean sentence BLEU of each sample against all others, lower = more diverse); `novelty` (share not a sentence of the training split; null without train_args.json); `first_char_plausibility` (share whose first char is among the 100 most frequent first chars of the training split's sentences; null without train_args.json) and `first_char_ratio` (that over `prior.data_first_char_plausibility`); `ended_with_sep` (share that produced [SEP] before maxlen); `mean_length` |
 | `prior.default` | the prior sample.py draws from (prior="auto": `fitted` when there is one, else `uniform`); the top-level `prior.n_samples`, `.distinct_1`, ... `.mean_length` repeat its block, as before there were two |
 | `prior.data_mean_length`, `.data_first_char_plausibility` | the evaluated (held-out) sentences' mean length and first-character plausibility |
-| `prior.fitted_spread` | the fitted prior's draws: each component's standard deviation times this (univae.prior.SAMPLE_SPREAD, as sample.py draws) |
+| `prior.fitted_spread` | the fitted prior's draws: each component's standard deviation times this (univae.density.SAMPLE_SPREAD, as sample.py draws) |
 | `prior.data_distinct_1`, `.data_distinct_2`, `.data_self_bleu`, `.data_n` | the same diversity scores for the first `data_n` (≤ n_samples) held-out sentences: what real sentences score at that count |
 | `control.prior`, `.n_sentences`, `.edits_per_sentence` | the multi-scale control redraws dims from `prior` (`fitted` when the checkpoint has one, else `uniform`), `edits_per_sentence` times (--control-edits) for each of the first `n_sentences` evaluated sentences (--control-sentences), all decoded greedily |
 | `control.per_layer` | one row per latent layer (lowest first): that layer's dims redrawn |
@@ -63,7 +63,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 import warnings
@@ -77,11 +76,11 @@ from univae import metrics as M
 from univae.diagnostics import latent_metrics
 from univae.generate import Decoding, decode_ids, edit_size, edit_z, layer_span, parse_dims
 from univae.model import UniVAE
-from univae.prior import SAMPLE_SPREAD
+from univae.density import SAMPLE_SPREAD
+from univae.rundir import ARGS_FILE, checkpoint_step, read_train_args, split_corpus
 from univae.tokenizer import detokenize, encode_texts
 
 SPLITS = ("train", "val", "test")
-TRAIN_ARGS = "train_args.json"  # written by train.py beside each step-N checkpoint (univae.training)
 PRIOR_NAMES = ("uniform", "fitted")  # the report's prior blocks, in this order
 FIRST_CHARS = 100  # first-character plausibility: the training split's 100 most frequent first characters
 
@@ -97,41 +96,15 @@ def chunks(xs, size):
 
 # ----------------------------------------------------------------------------- checkpoint and data
 
-def read_train_args(checkpoint):
-    path = os.path.join(checkpoint, TRAIN_ARGS)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def checkpoint_step(checkpoint):
-    m = re.fullmatch(r"step-(\d+)", os.path.basename(os.path.realpath(checkpoint)))
-    return int(m.group(1)) if m else None
-
-
-def _split_corpus(corpus, maxlen, train_args):
-    """Load `corpus` and split it as train.py did: same limit, text field, split seed and val rule."""
-    same = bool(train_args) and train_args.get("corpus") == corpus
-    args = train_args if same else {}
-    sentences, _ = D.load_sentences(corpus, limit=maxlen - 2, text_field=args.get("text_field", "text"),
-                                    strict=args.get("strict", False))
-    seed = (train_args or {}).get("split_seed", 0)
-    # train.py splits with val_fraction=0 when it got a separate --val file; the test split does not
-    # depend on it (cut first), but the train split does, and novelty needs that one.
-    val_fraction = 0.0 if args.get("val") else 0.02
-    return D.split(sentences, seed=seed, val_fraction=val_fraction), seed
-
-
 def load_data(spec, maxlen, train_args):
     """--data -> (sentences, source description, training sentences or None, notes)."""
     notes = []
     corpus, _, split_name = spec.rpartition(":")
     if corpus and split_name in SPLITS:
-        splits, seed = _split_corpus(corpus, maxlen, train_args)
+        splits, seed = split_corpus(corpus, maxlen, train_args)
         texts, source = splits[split_name], f"{split_name} split (seed {seed}) of {corpus}"
         if not train_args:
-            notes.append(f"no {TRAIN_ARGS} in the checkpoint: split seed 0 assumed")
+            notes.append(f"no {ARGS_FILE} in the checkpoint: split seed 0 assumed")
         elif train_args.get("corpus") != corpus:
             notes.append(f"the checkpoint was trained on {train_args.get('corpus')}, not {corpus}")
     else:
@@ -143,7 +116,7 @@ def load_data(spec, maxlen, train_args):
     train_texts = None
     if train_args and train_args.get("corpus"):
         if splits is None or train_args["corpus"] != corpus:
-            splits, _ = _split_corpus(train_args["corpus"], maxlen, train_args)
+            splits, _ = split_corpus(train_args["corpus"], maxlen, train_args)
         train_texts = splits["train"]
     return texts, source, train_texts, notes
 
@@ -327,7 +300,7 @@ def prior_section(model, n_samples, data_texts, train_texts, decoding, n_example
     if "fitted" not in priors:
         notes.append("no fitted prior in the checkpoint (python -m univae.prior fits one): only the training prior is sampled")
     if train_texts is None:
-        notes.append(f"novelty, first-character plausibility: no {TRAIN_ARGS} in the checkpoint, so no training corpus to compare with")
+        notes.append(f"novelty, first-character plausibility: no {ARGS_FILE} in the checkpoint, so no training corpus to compare with")
     if notes:
         section["note"] = "; ".join(notes)
     return section, examples, samples[section["default"]]
@@ -423,7 +396,7 @@ def downstream_section(model, train_args, seed, batch_size):
     if data is None:
         corpus = (train_args or {}).get("corpus")
         return {"transfer": None, "augmentation": None,
-                "note": f"skipped: the training corpus ({corpus or f'unknown, no {TRAIN_ARGS}'}) has no labels "
+                "note": f"skipped: the training corpus ({corpus or f'unknown, no {ARGS_FILE}'}) has no labels "
                         "(builtin:reviews has: its pos/neg files)"}
     section, notes = {"transfer": None, "augmentation": None}, []
     from univae.generate import DEFAULT_STRENGTH as strength

@@ -554,7 +554,7 @@ def edit_z(model, z, dims, n, component=None, prior="auto"):
     """n copies of z (D,) with `dims` redrawn; untouched dims keep their exact values.
 
     With a fitted prior (model.uses_fitted_prior: prior "auto" or "fitted", no gmm `component`), the
-    redrawn dims come from its conditional given the kept dims (univae.prior); otherwise they are
+    redrawn dims come from its conditional given the kept dims (univae.density); otherwise they are
     the same dims of fresh training-prior draws (gmm: from mixture `component` if given). A vMF
     layer that is only partly replaced has its replaced part rescaled so the layer stays on its
     sphere (fill_spheres; the fitted prior does the same); a wholly replaced one is a draw on the

@@ -1,14 +1,13 @@
-"""A masked-LM phase for the shared Transformer before the VAE phase (train.py --mlm-fraction).
+"""BERT's masked-LM corruption and loss on the shared Transformer, for `python -m univae.pretrain`.
 
 UniVAE assumes a pretrained BERT: the same layers read the source bidirectionally and decode the
-target causally, and the latent bottleneck only has to learn what to pass. Trained from scratch
-in a few minutes, the bottleneck is learned while the layers are still learning the language.
-A short BERT-style masked-LM phase first (Devlin et al. 2019: 15% of the real tokens are chosen;
-of those 80% become [MASK], 10% a random token, 10% stay) gives the shared layers the language.
+target causally, and the latent bottleneck only has to learn what to pass. Masked-LM pretraining
+(Devlin et al. 2019: 15% of the real tokens are chosen; of those 80% become [MASK], 10% a random
+token, 10% stay) gives the shared layers the language before the VAE is fine-tuned on top.
 
-Each step puts its sentences where UniVAE will later see them, alternating between the source slot
-(positions 0.., segment 0) and the target slot (positions maxlen.., segment 1), so both halves'
-position and segment embeddings are trained. Attention is bidirectional over the real tokens.
+A sentence may sit where UniVAE will later see it in either half: the source slot (positions 0..,
+segment 0) or the target slot (positions maxlen.., segment 1), so that both halves' position and
+segment embeddings are trained. Attention is bidirectional over the real tokens.
 """
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """The backbone (post-LN BERT or RoFormer encoder) and UniVAE on top of it.
 
-UniVAE's forward, in one screen (DESIGN.md):
+UniVAE's forward, in one screen (docs/design.md):
 
     h = embed(input_ids, token_type_ids, positions)           # (B, S, d), S = 2*maxlen
     for l, layer in enumerate(layers):
@@ -12,7 +12,7 @@ Decoding from z needs no source: a sequence [slot; target] with a one-token "sou
 hidden state is overwritten with up_l(z_l) at every latent layer, under the same masks with
 src_len = 1 (`decode_logits`, and the cached decoder in generate.py).
 """
-import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,8 @@ from einops import rearrange
 
 import masks
 from univae.attention import SplitLayout, attend, resolve
+from univae.checkpoint import CheckpointError, check_trained, convert_hf_state_dict, read_checkpoint, read_hf_backbone, save_univae
+from univae.density import PRIOR_FILE, load_prior
 from univae.config import UniVAEConfig
 from univae.latents import make_family
 
@@ -166,6 +168,15 @@ class Transformer(nn.Module):
     def logits(self, h):
         return self.head(h, self.embed.word.weight)
 
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        """A HF BERT/RoFormer directory or a bundled backbone's name -> the plain backbone with its weights."""
+        config, hf_state_dict = read_hf_backbone(path, **overrides)
+        transformer = cls(config)
+        sd, has_head = convert_hf_state_dict(hf_state_dict, transformer)
+        transformer.load_state_dict(sd, strict=has_head)
+        return transformer
+
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, positions=None):
         """Plain bidirectional encoder. attention_mask: (B, S) with 1 for real tokens, 0 for padding;
         positions (S,): default 0..S-1 (the masked-LM phase also trains the target slot, maxlen + t)."""
@@ -241,8 +252,8 @@ class UniVAE(nn.Module):
             nn.init.normal_(m.weight, std=code_sq_norm ** -0.5)
         # layer index -> index of its latent (only latent layers appear)
         self.latent_index = {l: j for j, l in enumerate(config.latent_layers)}
-        # A density fitted to the training set's posterior codes (univae.prior), saved beside the
-        # weights; sampling and edits draw from it when present (DESIGN.md, "Sampling and editing").
+        # A density fitted to the training set's posterior codes (univae.density), saved beside the
+        # weights; sampling and edits draw from it when present (docs/design.md, "Sampling and editing").
         self.fitted_prior = None
 
     # ------------------------------------------------------------------ helpers
@@ -467,13 +478,13 @@ class UniVAE(nn.Module):
 
     def sample_prior(self, n, device=None, component=None, prior="auto", spread=None):
         """n codes from the prior, (n, n_latent*z_dim). prior: "fitted" (the density fitted to the
-        training codes, univae.prior; vMF draws put back on each layer's sphere), "uniform" (the training prior: uniform on each vMF sphere,
+        training codes, univae.density; vMF draws put back on each layer's sphere), "uniform" (the training prior: uniform on each vMF sphere,
         N(0, I), uniform codes, the gmm's own mixture) or "auto" (fitted when the model has one).
         component (gmm only, training prior): the mixture component every layer draws from, or one
         per latent layer (a list); default: drawn from p(c). spread (fitted draws only): each mixture
-        component's standard deviation times this; default univae.prior.SAMPLE_SPREAD (1 = the
+        component's standard deviation times this; default univae.density.SAMPLE_SPREAD (1 = the
         fitted density itself)."""
-        from univae.prior import SAMPLE_SPREAD
+        from univae.density import SAMPLE_SPREAD
 
         device = device or self.device
         n_latent = self.config.num_latent_layers
@@ -489,7 +500,7 @@ class UniVAE(nn.Module):
         return torch.cat([self.family.prior(n, device, layer=j, component=cj) for j, cj in enumerate(per_layer)], dim=-1)
 
     def uses_fitted_prior(self, prior="auto", component=None):
-        """Whether draws for `prior` come from the fitted density (univae.prior): always for "fitted"
+        """Whether draws for `prior` come from the fitted density (univae.density): always for "fitted"
         (an error without one), for "auto" when the model has one, never for "uniform". A gmm
         `component` names a component of the training prior's own mixture, so it draws from that."""
         if prior not in ("auto", "fitted", "uniform"):
@@ -548,14 +559,30 @@ class UniVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
-        from univae.checkpoint import load_univae
-
-        return load_univae(path, **overrides)
+        """A univae checkpoint directory (everything, the fitted prior included), or a HF BERT/RoFormer
+        directory or bundled backbone name ("bundled": fresh latent heads on its weights)."""
+        ckpt = read_checkpoint(path, **overrides)
+        model = cls(ckpt.config, ckpt.tokenizer)
+        if not ckpt.is_univae:
+            sd, has_head = convert_hf_state_dict(ckpt.state_dict, model.transformer)
+            model.transformer.load_state_dict(sd, strict=has_head)
+            return model
+        try:
+            model.load_state_dict(ckpt.state_dict)
+        except RuntimeError as e:
+            raise ValueError(f"{ckpt.path}: weights do not match config.json: {str(e).splitlines()[1].strip()}") from None
+        prior_path = os.path.join(ckpt.path, PRIOR_FILE)
+        if os.path.exists(prior_path):  # the density sampling draws from
+            model.fitted_prior = load_prior(prior_path, model)
+        return model
 
     def save_pretrained(self, directory):
-        from univae.checkpoint import save_univae
-
-        save_univae(self, directory)
+        save_univae(self.config, self.state_dict(), self.tokenizer, directory)
+        prior_path = os.path.join(directory, PRIOR_FILE)
+        if self.fitted_prior is not None:
+            self.fitted_prior.save(prior_path)  # atomic like the rest
+        elif os.path.exists(prior_path):  # a prior fitted to other weights must not be loaded with these
+            os.remove(prior_path)
 
     # --- generation API (univae/generate.py) ------------------------------------------
     # Thin wrappers. **decoding are univae.generate.Decoding's fields (beam_size, length_penalty,
@@ -611,3 +638,19 @@ class UniVAE(nn.Module):
 
         strength = generate.DEFAULT_STRENGTH if strength is None else strength
         return generate.transfer(self, texts, from_texts, to_texts, strength=strength, **decoding)
+
+
+def load_transformer(path, **overrides):
+    """A HF BERT/RoFormer directory or a bundled backbone's name -> Transformer (the plain backbone)."""
+    return Transformer.from_pretrained(path, **overrides)
+
+
+def load_trained(path, device="cpu", **overrides):
+    """A trained univae checkpoint directory -> the model in eval mode on `device`, for the commands
+    that use one (sample.py, python -m univae.app). Anything wrong -> CheckpointError, one line."""
+    check_trained(path)
+    try:
+        model = UniVAE.from_pretrained(path, **overrides)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load checkpoint: {e}") from None
+    return model.to(device).eval()

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from univae import data, training
-from univae.checkpoint import load_transformer, save_hf_backbone
+from univae import data, rundir, training
+from univae.checkpoint import save_hf_backbone
 from univae.config import PRESETS, UniVAEConfig
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
-from univae.model import Transformer
+from univae.model import Transformer, load_transformer
 from univae.tokenizer import CLS, MASK, PAD, SEP, build_tokenizer, char_vocab, encode_texts, load_tokenizer
 
 BUNDLED_CORPORA = "builtin:reviews,builtin:news"
@@ -171,7 +171,7 @@ def evaluate_mlm(transformer, tokenizer, ids, rate, autocast, batch_size=256, se
 
 class Backbone:
     """What a pretraining checkpoint saves: the Transformer and its tokenizer as a transformers
-    directory (the `save_pretrained` that training.save_checkpoint calls)."""
+    directory (the `save_pretrained` that rundir.save_checkpoint calls)."""
 
     def __init__(self, transformer, tokenizer, dtype=torch.float32):
         self.transformer, self.tokenizer, self.dtype = transformer, tokenizer, dtype
@@ -267,13 +267,13 @@ class Pretrainer:
 
     def save(self):
         if not training.all_finite(self.transformer):
-            raise training.TrainingError(f"the weights at step {self.step} are not finite; not saved")
+            raise rundir.TrainingError(f"the weights at step {self.step} are not finite; not saved")
         state = self.training_state()
         if self.master:
-            path = training.save_checkpoint(self.cfg.out, self.step, Backbone(self.transformer, self.tokenizer),
+            path = rundir.save_checkpoint(self.cfg.out, self.step, Backbone(self.transformer, self.tokenizer),
                                             state, self.run_args)
             self.log(f"saved {path}")
-            training.prune_checkpoints(self.cfg.out, self.cfg.keep_last)
+            rundir.prune_checkpoints(self.cfg.out, self.cfg.keep_last)
         if self.world > 1:
             dist.barrier()
 
@@ -373,19 +373,19 @@ def main(argv=None):
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     out = given.get("out", PretrainConfig.out)
     resume_dir = (os.path.join(out, "last") if given.get("resume") == "last" else given.get("resume"))
-    lock = training.RunLock(out)
+    lock = rundir.RunLock(out)
     state = None
     try:
         if rank == 0:
             lock.check()
         saved = {}
         if resume_dir:
-            state, saved = training.load_training_state(resume_dir)
+            state, saved = rundir.load_training_state(resume_dir)
         fields = {f.name for f in dataclasses.fields(PretrainConfig)}
         cfg = PretrainConfig(**{**{k: v for k, v in saved.items() if k in fields},
                                 **{k: v for k, v in given.items() if k in fields}})
         device = training.pick_device(cfg.device, cfg.precision, local_rank)
-        if not resume_dir and os.path.isdir(out) and training.RunLock.contents(out) and not cfg.overwrite:
+        if not resume_dir and os.path.isdir(out) and rundir.RunLock.contents(out) and not cfg.overwrite:
             raise ValueError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
         torch.manual_seed(cfg.seed)
         train, val = load_corpora(cfg, log)
@@ -396,7 +396,7 @@ def main(argv=None):
             tokenizer = build_tokenizer(char_vocab(train, min_count=cfg.min_char_count))
             tokenizer.do_lower_case = True
             transformer = Transformer(cfg.backbone_config(tokenizer.get_vocab_size()))
-    except (training.TrainingError, FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
+    except (rundir.TrainingError, FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     c = transformer.config
@@ -412,8 +412,8 @@ def main(argv=None):
         log(f"resumed from {resume_dir} at step {trainer.step}")
     if rank == 0:
         lock.acquire()
-        if not resume_dir and training.RunLock.contents(out):
-            training.clear_out_dir(out)
+        if not resume_dir and rundir.RunLock.contents(out):
+            rundir.clear_out_dir(out)
         trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
 
     def on_signal(signum, frame):
@@ -431,7 +431,7 @@ def main(argv=None):
             with open(os.path.join(cfg.export, "README.md"), "w", encoding="utf-8") as f:
                 f.write(model_card(cfg, argv, len(train_ids), len(val), metrics, trainer, started))
             log(f"exported the backbone ({cfg.export_dtype}) and its model card to {cfg.export}")
-    except training.TrainingError as e:
+    except rundir.TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     finally:
