@@ -27,17 +27,32 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from univae import data as D
+from univae import training
 from univae.checkpoint import read_config
-from univae.config import (BOW_FLAGS, BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TRAINING, PRESETS, TrainConfig,
-                           from_hf_config, preset)
+from univae.config import (
+    BOW_FLAGS,
+    BUNDLED_MODEL,
+    BUNDLED_TRAINING,
+    PRESET_TRAINING,
+    PRESETS,
+    TrainConfig,
+    from_hf_config,
+    preset,
+)
+from univae.density import PRIOR_FILE, fit_prior
 from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
-from univae.density import PRIOR_FILE, fit_prior
 from univae.objective import VAEObjective, char_class_token_masks
+from univae.rundir import (
+    RunLock,
+    RunLocked,
+    TrainingError,
+    clear_out_dir,
+    load_training_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
-from univae import training
-from univae.rundir import (RunLock, RunLocked, TrainingError, clear_out_dir, load_training_state, prune_checkpoints,
-                           save_checkpoint)
 from univae.training import all_finite, evaluate, keep_freed_memory, lr_at, param_groups, peak_rss_mb, setup_distributed
 
 
@@ -683,7 +698,7 @@ def show(model, val_sentences, n=5):
     print(f"\nedit: replace {'code positions' if vq else 'latent dims'} {dims} (the lowest latent layer) of \"{texts[0]}\":")
     for s in model.edit(texts[0], dims, n=3):
         print(f"  {s}")
-    print(f"\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")
+    print("\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from common import device_arg, interleaved, machine_note, ms, ratio, setup, table  # noqa: E402 (sets sys.path)
 
 import masks  # noqa: E402

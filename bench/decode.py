@@ -26,7 +26,6 @@ import sys
 import time
 
 import torch
-
 from common import device_arg, interleaved, machine_note, setup, sync, table  # noqa: E402 (sets sys.path)
 
 import univae  # noqa: E402

@@ -29,7 +29,6 @@ import sys
 import time
 
 import torch
-
 from common import device_arg, flop_counter, interleaved, machine_note, ms, ratio, setup, sync, table  # noqa: E402 (sets sys.path)
 
 from univae import data as D  # noqa: E402

@@ -34,7 +34,6 @@ import copy
 import importlib.util
 
 import torch
-
 from common import device_arg, flop_counter, interleaved, machine_note, ms, ratio, setup, table  # noqa: E402 (sets sys.path)
 
 import masks  # noqa: E402

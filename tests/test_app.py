@@ -19,12 +19,11 @@ import torch
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")  # TestClient
 from fastapi.testclient import TestClient  # noqa: E402
+from test_sample import SENTENCES, ckpt, corpus_ckpt  # noqa: E402, F401 (fixtures)
 
 import univae  # noqa: E402
 from univae import app as explorer  # noqa: E402
 from univae.tokenizer import build_tokenizer, char_vocab  # noqa: E402
-
-from test_sample import SENTENCES, ckpt, corpus_ckpt  # noqa: E402, F401 (fixtures)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -41,16 +41,16 @@ from torch._dynamo.utils import counters
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+from conftest import random_joined  # noqa: E402
+from test_generate import _model  # noqa: E402
+from test_train import ROOT, SENTENCES, base_args  # noqa: E402
+
 import masks  # noqa: E402
 import train  # noqa: E402
 import univae  # noqa: E402
 from univae import generate as G  # noqa: E402
 from univae.attention import attend  # noqa: E402
 from univae.model import _build_mask  # noqa: E402
-
-from conftest import random_joined  # noqa: E402
-from test_generate import _model  # noqa: E402
-from test_train import ROOT, SENTENCES, base_args  # noqa: E402
 
 SRC, B, H, D = 16, 4, 2, 16  # flex's CUDA kernels need a head size of at least 16 (D = 16: the debug preset's)
 LENGTHS = [16, 9, 1, 5]

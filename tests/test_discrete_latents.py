@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_joined
 from torch.distributions import Categorical, MixtureSameFamily, Normal, kl_divergence
 
-from conftest import random_joined
 from univae import generate as G
 from univae.config import TrainConfig, preset
 from univae.diagnostics import collapse_warning, latent_metrics, mutual_information

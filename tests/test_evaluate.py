@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import univae
 from univae import data as D
 from univae import evaluate as E
-from univae import rundir
 from univae import metrics as M
+from univae import rundir
 from univae.diagnostics import latent_metrics
 from univae.latents import vmf_log_normalizer
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts

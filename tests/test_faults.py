@@ -12,20 +12,16 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import ROOT, SENTENCES, corpus  # noqa: F401 (corpus is a fixture)
+from test_train import base_args as args_for
 
+import sample
 import train
 import univae
 from univae import evaluate as E
 from univae import rundir as T
 from univae.config import BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TRAINING, TrainConfig
 from univae.objective import VAEObjective
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import sample  # noqa: E402  (the CLI at the repo root)
-
-from test_train import SENTENCES, corpus  # noqa: F401 (corpus is a fixture)
-from test_train import base_args as args_for
 
 
 def exit_and_err(capsys, argv):

@@ -15,7 +15,6 @@ from univae.attention import BACKENDS
 from univae.latents import vmf_mean_cosine
 from univae.tokenizer import build_tokenizer, detokenize
 
-
 DENSE_BACKENDS = [b for b in BACKENDS if b != "flex"]  # flex: test_flex_backend, kept minimal (compiles)
 
 

@@ -7,11 +7,11 @@ import os
 
 import pytest
 import torch
+from golden.record import SAMPLE_MODES, TRAIN_FLAGS, corpus_file
 from safetensors.torch import load_file
 
 import sample
 import train
-from golden.record import SAMPLE_MODES, TRAIN_FLAGS, corpus_file
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 with open(os.path.join(GOLDEN, "golden.json"), encoding="utf-8") as f:

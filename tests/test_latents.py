@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import random_joined
 from torch.distributions import Normal, kl_divergence
 
-from conftest import random_joined
 from univae.config import TrainConfig, preset
 from univae.diagnostics import active_units, collapse_warning, expected_codes, kl_per_dim, mutual_information
 from univae.latents import VMF, Gaussian, vmf_mean_cosine

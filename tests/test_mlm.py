@@ -1,6 +1,5 @@
 """Masked-LM pieces (univae/mlm.py, used by python -m univae.pretrain): BERT's corruption rates, and
 the loss against transformers' BertForMaskedLM on the same batch, in both slots."""
-import pytest
 import torch
 
 import univae

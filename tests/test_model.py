@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
+from conftest import random_joined
 
 import univae
-from conftest import random_joined
 from univae.latents import VMF, log_bessel_iv, vmf_kl_uniform, vmf_mean_cosine
 
 
@@ -281,7 +281,6 @@ def test_trimmed_halves_equal_full_forward(model):
     from univae.data import join
 
     ids, tt = random_joined(model, seed=10, lengths=[2, 5, 4, 1])
-    m = model.config.maxlen
     short = 5 + 2
     trimmed_ids, trimmed_tt = join(ids[:, :short])
     z = model.sample_prior(4)

@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 import torch._dynamo
+from conftest import random_joined
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,7 +26,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import masks
 import univae.attention
 import univae.model
-from conftest import random_joined
 from univae import generate as G
 from univae.attention import SplitLayout
 from univae.config import preset

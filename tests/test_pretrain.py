@@ -3,7 +3,6 @@
 exact, held-out sentences stay held out, bad input is one line; the shipped backbone loads and
 knows the language."""
 import json
-import os
 import subprocess
 import sys
 
@@ -11,17 +10,15 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from test_train import ROOT, SENTENCES
 
 import univae
 from univae import data, pretrain, training
 from univae.checkpoint import convert_hf_state_dict, to_hf_state_dict
-from univae.model import load_transformer
 from univae.config import UniVAEConfig
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
-from univae.model import Transformer
+from univae.model import Transformer, load_transformer
 from univae.tokenizer import encode_texts, load_tokenizer
-
-from test_train import ROOT, SENTENCES
 
 HF_CLASSES = {"bert": transformers.BertForMaskedLM, "roformer": transformers.RoFormerForMaskedLM}
 

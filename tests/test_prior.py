@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 import univae
-from univae import generate as G
 from univae import density as P
+from univae import generate as G
 from univae import prior as prior_command
 from univae.data import load_sentences, split
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts

@@ -1,16 +1,15 @@
 """Attribute transfer and augmentation filtering (issue 15): the direction and the move against hand
 computations, strength 0 against the reconstruction, sample.py --transfer's rows and its bad input,
 augment's dedupe against a constructed decoder output, the downstream helpers."""
-import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_sample import SENTENCES, _trained_checkpoint, ckpt, run, run_json, vq_ckpt  # noqa: F401 (fixtures)
 
 import univae
 from univae import downstream as DS
 from univae import generate as G
-from test_sample import SENTENCES, _trained_checkpoint, ckpt, run, run_json, vq_ckpt  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Evaluate a UniVAE checkpoint: one command, a report.json, a readable report.md and PNG plots.
+r"""Evaluate a UniVAE checkpoint: one command, a report.json, a readable report.md and PNG plots.
 
     python -m univae.evaluate --checkpoint runs/default/last                 # test split of its corpus
     python -m univae.evaluate --checkpoint DIR --data my_test.txt --out eval/ --replace-dims 0:32
@@ -73,10 +73,10 @@ from tqdm import tqdm
 
 from univae import data as D
 from univae import metrics as M
+from univae.density import SAMPLE_SPREAD
 from univae.diagnostics import latent_metrics
 from univae.generate import Decoding, decode_ids, edit_size, edit_z, layer_span, parse_dims
 from univae.model import UniVAE
-from univae.density import SAMPLE_SPREAD
 from univae.rundir import ARGS_FILE, checkpoint_step, read_train_args, split_corpus
 from univae.tokenizer import detokenize, encode_texts
 

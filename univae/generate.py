@@ -29,7 +29,6 @@ import torch.nn.functional as F
 import masks
 from univae.tokenizer import CLS, MASK, PAD, SEP, detokenize, encode_texts
 
-
 # ----------------------------------------------------------------------------- decoders
 
 class KVCache:

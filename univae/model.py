@@ -22,9 +22,16 @@ from einops import rearrange
 
 import masks
 from univae.attention import SplitLayout, attend, resolve
-from univae.checkpoint import CheckpointError, check_trained, convert_hf_state_dict, read_checkpoint, read_hf_backbone, save_univae
-from univae.density import PRIOR_FILE, load_prior
+from univae.checkpoint import (
+    CheckpointError,
+    check_trained,
+    convert_hf_state_dict,
+    read_checkpoint,
+    read_hf_backbone,
+    save_univae,
+)
 from univae.config import UniVAEConfig
+from univae.density import PRIOR_FILE, load_prior
 from univae.latents import make_family
 
 ACTIVATIONS = {

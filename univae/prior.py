@@ -14,12 +14,20 @@ import time
 import torch
 
 # the density's names stay importable from here too (univae.prior.fit_prior, FittedPrior, ...)
-from univae.density import (DEFAULT_COMPONENTS, DEFAULT_MAX_SENTENCES, PRIOR_FILE, SAMPLE_SPREAD, FittedPrior,  # noqa: F401
-                            _one_line, fit_gmm, fit_prior, load_prior)
+from univae.density import (  # noqa: F401
+    DEFAULT_COMPONENTS,
+    DEFAULT_MAX_SENTENCES,
+    PRIOR_FILE,
+    SAMPLE_SPREAD,
+    FittedPrior,
+    _one_line,
+    fit_gmm,
+    fit_prior,
+    load_prior,
+)
 from univae.model import UniVAE
 from univae.rundir import ARGS_FILE, read_train_args, split_corpus
 from univae.tokenizer import encode_texts
-
 
 # ----------------------------------------------------------------------------- command
 

@@ -152,7 +152,7 @@ class RunLock:
         pid = self._holder(fd)
         os.close(fd)
         raise RunLocked(f"--out {os.path.dirname(self.path)} is in use by a live run"
-                        + (f" (pid {pid})" if pid else "") + f"; wait for it, stop it, or choose another --out")
+                        + (f" (pid {pid})" if pid else "") + "; wait for it, stop it, or choose another --out")
 
     def check(self):
         """Refuse at once if a live run holds the lock; read-only otherwise (takes nothing)."""
