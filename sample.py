@@ -44,6 +44,7 @@ alpha), or sampling with --temperature / --top-k / --top-p (or --do-sample); --n
 object per output line on stdout and nothing else; warnings go to stderr. Errors are one line on
 stderr and a non-zero exit.
 """
+
 import argparse
 import collections
 import json
@@ -84,43 +85,96 @@ def build_parser():
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="DIR", help="a univae checkpoint directory")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reconstruct", nargs="+", metavar="TEXT", help="decode these sentences' codes")
-    mode.add_argument("--input", metavar="FILE", help="reconstruct every line of FILE (- for stdin); with "
-                      "--replace-dims, edit every line")
+    mode.add_argument(
+        "--input",
+        metavar="FILE",
+        help="reconstruct every line of FILE (- for stdin); with --replace-dims, edit every line",
+    )
     mode.add_argument("--text", help="the sentence to edit with --replace-dims")
     mode.add_argument("--interpolate", nargs=2, metavar=("A", "B"))
     mode.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="A is to B as C is to ?")
     mode.add_argument("--augment", metavar="FILE", help="variants of every line of FILE (- for stdin)")
-    mode.add_argument("--codes", metavar="CODES", help='--latent vq: decode these code indices, one per latent layer '
-                      '(lowest first), e.g. "12 7 301 5"')
-    p.add_argument("--transfer", nargs=2, metavar=("FROM_FILE", "TO_FILE"),
-                   help="with --input FILE: move every line of FILE from FROM_FILE's attribute to TO_FILE's "
-                   "(one sentence per line each)")
-    p.add_argument("--strength", type=float, help=f"--transfer: how far to move (default {generate.DEFAULT_STRENGTH}; "
-                   "1 = the gap between the two sets' means, 0 = the plain reconstruction)")
-    p.add_argument("--direction", choices=("probe", "mean"), help="--transfer: a linear probe's normal between the "
-                   "codes (default) or the plain difference of their means")
-    p.add_argument("--component", type=int, metavar="C",
-                   help="--latent gmm: draw from mixture component C (prior samples, --replace-dims edits)")
-    p.add_argument("--prior", choices=("auto", "fitted", "uniform"),
-                   help="what prior draws and --replace-dims edits come from: the checkpoint's fitted prior, the "
-                   "training prior, or auto (default: fitted when the checkpoint has one)")
-    p.add_argument("--prior-spread", type=float, metavar="S",
-                   help="prior samples from the fitted prior: each mixture component's standard deviation times S "
-                   "(default 0.5, univae.density.SAMPLE_SPREAD; 1 = the fitted density)")
+    mode.add_argument(
+        "--codes",
+        metavar="CODES",
+        help='--latent vq: decode these code indices, one per latent layer (lowest first), e.g. "12 7 301 5"',
+    )
+    p.add_argument(
+        "--transfer",
+        nargs=2,
+        metavar=("FROM_FILE", "TO_FILE"),
+        help="with --input FILE: move every line of FILE from FROM_FILE's attribute to TO_FILE's "
+        "(one sentence per line each)",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        help=f"--transfer: how far to move (default {generate.DEFAULT_STRENGTH}; "
+        "1 = the gap between the two sets' means, 0 = the plain reconstruction)",
+    )
+    p.add_argument(
+        "--direction",
+        choices=("probe", "mean"),
+        help="--transfer: a linear probe's normal between the codes (default) or the plain difference of their means",
+    )
+    p.add_argument(
+        "--component",
+        type=int,
+        metavar="C",
+        help="--latent gmm: draw from mixture component C (prior samples, --replace-dims edits)",
+    )
+    p.add_argument(
+        "--prior",
+        choices=("auto", "fitted", "uniform"),
+        help="what prior draws and --replace-dims edits come from: the checkpoint's fitted prior, the "
+        "training prior, or auto (default: fitted when the checkpoint has one)",
+    )
+    p.add_argument(
+        "--prior-spread",
+        type=float,
+        metavar="S",
+        help="prior samples from the fitted prior: each mixture component's standard deviation times S "
+        "(default 0.5, univae.density.SAMPLE_SPREAD; 1 = the fitted density)",
+    )
     p.add_argument("--n", type=int, help=f"outputs per input (defaults: {DEFAULT_N})")
-    p.add_argument("--replace-dims", metavar="RANGES", help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
-                   f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus")
+    p.add_argument(
+        "--replace-dims",
+        metavar="RANGES",
+        help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
+        f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus",
+    )
     p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
-    p.add_argument("--spread", type=spread, default=1.0, metavar="S[,S...]", help="noise scale for --augment and "
-                   "--analogy (1 = the posterior); one per latent layer, lowest first, e.g. 0,1,1 keeps the lowest")
+    p.add_argument(
+        "--spread",
+        type=spread,
+        default=1.0,
+        metavar="S[,S...]",
+        help="noise scale for --augment and "
+        "--analogy (1 = the posterior); one per latent layer, lowest first, e.g. 0,1,1 keeps the lowest",
+    )
     p.add_argument("--out", metavar="FILE", help="--augment: write the JSONL here instead of stdout")
-    p.add_argument("--keep-start", type=float, metavar="F", help="--augment: each variant keeps the line's first k "
-                   f"tokens, k drawn from 1..F x its length (default {generate.DEFAULT_KEEP_START}, 0 with --beam-size > 1; "
-                   "0 = every token from the code)")
-    p.add_argument("--candidates", type=int, default=1, metavar="M", help="--augment: decode M x n variants per line "
-                   "and keep the n that --rank puts first (default 1: no ranking)")
-    p.add_argument("--rank", choices=("round_trip", "overlap"), default="round_trip", help="--augment with "
-                   "--candidates: round_trip = cosine between the variant's own code and the line's, overlap = char F1")
+    p.add_argument(
+        "--keep-start",
+        type=float,
+        metavar="F",
+        help="--augment: each variant keeps the line's first k "
+        f"tokens, k drawn from 1..F x its length (default {generate.DEFAULT_KEEP_START}, 0 with --beam-size > 1; "
+        "0 = every token from the code)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        metavar="M",
+        help="--augment: decode M x n variants per line and keep the n that --rank puts first (default 1: no ranking)",
+    )
+    p.add_argument(
+        "--rank",
+        choices=("round_trip", "overlap"),
+        default="round_trip",
+        help="--augment with "
+        "--candidates: round_trip = cosine between the variant's own code and the line's, overlap = char F1",
+    )
     g = p.add_argument_group("decoding")
     g.add_argument("--beam-size", type=int, default=_D.beam_size)
     g.add_argument("--length-penalty", type=float, default=_D.length_penalty, help="GNMT alpha for beam search")
@@ -132,8 +186,11 @@ def build_parser():
     g.add_argument("--seed", type=int, default=_D.seed)
     g.add_argument("--batch-size", type=int, default=_D.batch_size)
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow reference)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the one-token decoding step (CUDA graphs on "
-                   "CUDA); compiles once per batch shape")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the one-token decoding step (CUDA graphs on CUDA); compiles once per batch shape",
+    )
     o = p.add_argument_group("output and runtime")
     o.add_argument("--json", action="store_true", help="one JSON object per output line on stdout, nothing else")
     o.add_argument("--with-z", action="store_true", help="--json: add each output's code z (not for --augment)")
@@ -145,18 +202,36 @@ def build_parser():
 
 def check_args(args):
     """Everything that can be checked before loading the model. Returns the mode."""
-    mode = ("reconstruct" if args.reconstruct is not None or args.input is not None else
-            "edit" if args.text is not None else
-            "interpolate" if args.interpolate else
-            "analogy" if args.analogy else
-            "augment" if args.augment is not None else
-            "codes" if args.codes is not None else "prior")
+    mode = (
+        "reconstruct"
+        if args.reconstruct is not None or args.input is not None
+        else "edit"
+        if args.text is not None
+        else "interpolate"
+        if args.interpolate
+        else "analogy"
+        if args.analogy
+        else "augment"
+        if args.augment is not None
+        else "codes"
+        if args.codes is not None
+        else "prior"
+    )
     if args.transfer is not None:
         if args.input is None or mode != "reconstruct" or args.reconstruct is not None:
-            other = next((f"--{m}" for m in ("reconstruct", "text", "interpolate", "analogy", "augment", "codes")
-                          if getattr(args, m) is not None), None)
-            raise CLIError(f"--transfer does not go with {other}: it moves the lines of --input FILE" if other else
-                           "--transfer needs --input FILE: the sentences to move, one per line")
+            other = next(
+                (
+                    f"--{m}"
+                    for m in ("reconstruct", "text", "interpolate", "analogy", "augment", "codes")
+                    if getattr(args, m) is not None
+                ),
+                None,
+            )
+            raise CLIError(
+                f"--transfer does not go with {other}: it moves the lines of --input FILE"
+                if other
+                else "--transfer needs --input FILE: the sentences to move, one per line"
+            )
         if args.replace_dims is not None:
             raise CLIError("--transfer does not go with --replace-dims: it moves the lines of --input FILE")
         mode = "transfer"
@@ -165,28 +240,34 @@ def check_args(args):
     if args.replace_dims is not None and (mode == "prior" or args.input is not None):
         mode = "edit"  # alone: held-out sentences of the checkpoint's corpus; with --input: every line of FILE
     if args.replace_dims is not None and mode != "edit":
-        raise CLIError("--replace-dims goes with --text, --input, or alone (held-out sentences of the checkpoint's "
-                       "corpus)")
+        raise CLIError(
+            "--replace-dims goes with --text, --input, or alone (held-out sentences of the checkpoint's corpus)"
+        )
     if mode == "edit" and args.replace_dims is None:
         raise CLIError("--text needs --replace-dims RANGES (e.g. 0:32) saying which latent dims to redraw")
     if args.out is not None and mode != "augment":
         raise CLIError("--out goes with --augment")
     if args.component is not None and mode not in ("prior", "edit"):
-        raise CLIError("--component chooses the mixture component of prior draws: it goes with prior sampling "
-                       "or --replace-dims")
+        raise CLIError(
+            "--component chooses the mixture component of prior draws: it goes with prior sampling or --replace-dims"
+        )
     if args.prior is not None and mode not in ("prior", "edit"):
         raise CLIError("--prior chooses what prior draws come from: it goes with prior sampling or --replace-dims")
     if args.prior == "fitted" and args.component is not None:
         raise CLIError("--component draws from the training prior's own mixture: it does not go with --prior fitted")
     if args.prior_spread is not None and (mode != "prior" or not args.prior_spread > 0):
-        raise CLIError(f"--prior-spread {args.prior_spread}: a positive scale of the fitted prior's draws, "
-                       "for prior sampling (no --text/--input/--augment...)")
+        raise CLIError(
+            f"--prior-spread {args.prior_spread}: a positive scale of the fitted prior's draws, "
+            "for prior sampling (no --text/--input/--augment...)"
+        )
     args.prior = args.prior or "auto"
     if mode == "codes":
         try:
             args.code_ids = [int(x) for x in args.codes.replace(",", " ").split()]
         except ValueError:
-            raise CLIError(f"--codes {args.codes!r}: expected integers separated by spaces, e.g. \"12 7 301 5\"") from None
+            raise CLIError(
+                f'--codes {args.codes!r}: expected integers separated by spaces, e.g. "12 7 301 5"'
+            ) from None
         if not args.code_ids:
             raise CLIError("--codes is empty: give one code index per latent layer")
     if args.n is not None and mode not in DEFAULT_N:
@@ -214,9 +295,17 @@ def check_args(args):
             raise CLIError("empty text: every input sentence needs at least one character")
     try:
         args.decoding = dict(
-            beam_size=args.beam_size, length_penalty=args.length_penalty, do_sample=True if args.do_sample else None,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, no_repeat_ngram=args.no_repeat_ngram,
-            seed=args.seed, batch_size=args.batch_size, use_cache=not args.no_cache, compile_step=args.compile,
+            beam_size=args.beam_size,
+            length_penalty=args.length_penalty,
+            do_sample=True if args.do_sample else None,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            no_repeat_ngram=args.no_repeat_ngram,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            use_cache=not args.no_cache,
+            compile_step=args.compile,
         )
         Decoding(**args.decoding)
     except ValueError as e:
@@ -259,10 +348,13 @@ def attribute_lines(model, path):
     limit = model.config.maxlen - 2
     fit = [s for s in lines if len(model.tokenizer.encode(s, add_special_tokens=False).ids) <= limit]
     if not fit:
-        raise CLIError(f"{path}: every line is longer than maxlen - 2 = {limit} tokens; --transfer needs sentences "
-                       "that fit")
+        raise CLIError(
+            f"{path}: every line is longer than maxlen - 2 = {limit} tokens; --transfer needs sentences that fit"
+        )
     if len(fit) < len(lines):
-        warnings.warn(f"{path}: skipped {len(lines) - len(fit)} of {len(lines)} lines longer than maxlen - 2 = {limit} tokens")
+        warnings.warn(
+            f"{path}: skipped {len(lines) - len(fit)} of {len(lines)} lines longer than maxlen - 2 = {limit} tokens"
+        )
     return fit
 
 
@@ -279,13 +371,15 @@ def held_out_sentences(checkpoint, maxlen):
     except (OSError, ValueError) as e:
         raise CLIError(f"cannot read {os.path.join(checkpoint, ARGS_FILE)} ({e}): {hint}") from None
     if not train_args or not train_args.get("corpus"):
-        raise CLIError(f"{checkpoint} has no {ARGS_FILE} naming its training corpus, so no held-out sentences "
-                       f"to edit: {hint}")
+        raise CLIError(
+            f"{checkpoint} has no {ARGS_FILE} naming its training corpus, so no held-out sentences to edit: {hint}"
+        )
     try:
         texts, source, _, _ = load_data(f"{train_args['corpus']}:test", maxlen, train_args)
     except (OSError, ValueError) as e:  # CorpusError is a ValueError
-        raise CLIError(f"cannot read the checkpoint's corpus {train_args['corpus']} ({' '.join(str(e).split())}): "
-                       f"{hint}") from None
+        raise CLIError(
+            f"cannot read the checkpoint's corpus {train_args['corpus']} ({' '.join(str(e).split())}): {hint}"
+        ) from None
     texts = texts[:HELD_OUT_EDITS]
     return texts, f"the first {len(texts)} sentences of the {source}"
 
@@ -315,8 +409,10 @@ def run(model, mode, args):
     if args.prior == "fitted" and model.fitted_prior is None:
         if c.latent == "vq":
             raise CLIError("a vq checkpoint has no fitted prior: its draws are uniform codes (--prior uniform)")
-        raise CLIError(f"{args.checkpoint} has no fitted prior: fit one with "
-                       f"`python -m univae.prior --checkpoint {args.checkpoint}`, or use --prior uniform")
+        raise CLIError(
+            f"{args.checkpoint} has no fitted prior: fit one with "
+            f"`python -m univae.prior --checkpoint {args.checkpoint}`, or use --prior uniform"
+        )
     try:
         generate.layer_spreads(model, args.spread)
     except ValueError as e:  # "spread has 3 values, but ..." / "spread must be non-negative, ..."
@@ -326,8 +422,10 @@ def run(model, mode, args):
         if c.latent != "vq":
             raise CLIError(f"--codes needs a --latent vq checkpoint; this one's latent family is {c.latent}")
         if len(args.code_ids) != c.num_latent_layers:
-            raise CLIError(f"--codes has {len(args.code_ids)} codes, but the model has {c.num_latent_layers} latent "
-                           "layers: give one code per layer, lowest first")
+            raise CLIError(
+                f"--codes has {len(args.code_ids)} codes, but the model has {c.num_latent_layers} latent "
+                "layers: give one code per layer, lowest first"
+            )
         bad = [x for x in args.code_ids if not 0 <= x < c.codebook_size]
         if bad:
             raise CLIError(f"--codes: {bad[0]} is not a code; codes are 0..{c.codebook_size - 1}")
@@ -340,8 +438,9 @@ def run(model, mode, args):
         records.append({"mode": mode, **fields})
 
     if mode == "prior":
-        out, z = generate.sample(model, n, return_z=True, component=args.component, prior=args.prior,
-                                 spread=args.prior_spread, **opts)
+        out, z = generate.sample(
+            model, n, return_z=True, component=args.component, prior=args.prior, spread=args.prior_spread, **opts
+        )
         for i, s in enumerate(out):
             add(z[i], input=None, output=s, index=i, prior=prior_used)
     elif mode == "reconstruct":
@@ -355,15 +454,30 @@ def run(model, mode, args):
             _, ranges = generate.parse_dims(args.replace_dims, generate.edit_size(model))
         except ValueError as e:
             raise CLIError(f"--replace-dims: {e}") from None
-        texts = [args.text] if args.text is not None else read_lines(args.input) if args.input is not None else args.held_out
+        texts = (
+            [args.text]
+            if args.text is not None
+            else read_lines(args.input)
+            if args.input is not None
+            else args.held_out
+        )
         check_lengths(model, texts, args.strict)
         k = 1 if c.latent == "vq" else c.z_dim  # vq: the ranges are code positions, one per layer
         layers = sorted({d // k for a, b in ranges for d in range(a, b)})
-        out, z = generate.edit(model, texts, args.replace_dims, n, return_z=True, component=args.component,
-                               prior=args.prior, **opts)
+        out, z = generate.edit(
+            model, texts, args.replace_dims, n, return_z=True, component=args.component, prior=args.prior, **opts
+        )
         for i, s in enumerate(out):  # the n variants of each sentence together
-            add(z[i], input=texts[i // n], output=s, index=i % n, replace_dims=args.replace_dims,
-                dims=[list(r) for r in ranges], latent_layers=layers, prior=prior_used)
+            add(
+                z[i],
+                input=texts[i // n],
+                output=s,
+                index=i % n,
+                replace_dims=args.replace_dims,
+                dims=[list(r) for r in ranges],
+                latent_layers=layers,
+                prior=prior_used,
+            )
     elif mode == "interpolate":
         check_lengths(model, args.interpolate, args.strict)
         out, z = generate.interpolate(model, *args.interpolate, args.steps, return_z=True, **opts)
@@ -383,24 +497,38 @@ def run(model, mode, args):
         texts = read_lines(args.input)
         check_lengths(model, texts, args.strict)
         from_texts, to_texts = (attribute_lines(model, path) for path in args.transfer)
-        out, z = generate.transfer(model, texts, from_texts, to_texts, strength=args.strength, method=args.direction,
-                                   return_z=True, **opts)
+        out, z = generate.transfer(
+            model, texts, from_texts, to_texts, strength=args.strength, method=args.direction, return_z=True, **opts
+        )
         for i, (t, s) in enumerate(zip(texts, out)):
             add(z[i], input=t, output=s, strength=args.strength, direction=args.direction)
     elif mode == "augment":
         texts = read_lines(args.augment)
         check_lengths(model, texts, args.strict)
-        variants_of = generate.augment(model, texts, n, spread=args.spread, candidates=args.candidates,
-                                       rank=args.rank, keep_start=args.keep_start, **opts)
+        variants_of = generate.augment(
+            model,
+            texts,
+            n,
+            spread=args.spread,
+            candidates=args.candidates,
+            rank=args.rank,
+            keep_start=args.keep_start,
+            **opts,
+        )
         for j, (t, variants) in enumerate(zip(texts, variants_of)):
             for i, s in enumerate(variants):
-                records.append({"mode": mode, "input": t, "output": s, "index": i, "input_index": j, "spread": args.spread})
+                records.append(
+                    {"mode": mode, "input": t, "output": s, "index": i, "input_index": j, "spread": args.spread}
+                )
             if not variants:  # keep the input in the table and the JSONL even when every variant was dropped
-                records.append({"mode": mode, "input": t, "output": None, "index": None, "input_index": j, "spread": args.spread})
+                records.append(
+                    {"mode": mode, "input": t, "output": None, "index": None, "input_index": j, "spread": args.spread}
+                )
     return records
 
 
 # ----------------------------------------------------------------------------- output
+
 
 def _width(s):
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
@@ -428,16 +556,25 @@ def print_table(mode, records, args, model, out):
         _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
     elif mode in ("reconstruct", "transfer"):
         if mode == "transfer":
-            print(f"moved from {args.transfer[0]} towards {args.transfer[1]} ({args.direction} direction, strength "
-                  f"{args.strength:g})", file=out)
+            print(
+                f"moved from {args.transfer[0]} towards {args.transfer[1]} ({args.direction} direction, strength "
+                f"{args.strength:g})",
+                file=out,
+            )
         _table(["input", "output"], [[r["input"], r["output"]] for r in records], out)
     elif mode == "edit":  # what was replaced once, then each sentence with its variants indented below it
         r0 = records[0]
-        what = (f"code positions {r0['replace_dims']} of {model.config.num_latent_layers}" if model.config.latent == "vq"
-                else f"dims {r0['replace_dims']} of {model.config.latent_dim}")
+        what = (
+            f"code positions {r0['replace_dims']} of {model.config.num_latent_layers}"
+            if model.config.latent == "vq"
+            else f"dims {r0['replace_dims']} of {model.config.latent_dim}"
+        )
         source = {"fitted": "the fitted prior's conditional given the kept dims", "uniform": "the training prior"}
-        print(f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest), "
-              f"redrawn from {source[r0['prior']]}", file=out)
+        print(
+            f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest), "
+            f"redrawn from {source[r0['prior']]}",
+            file=out,
+        )
         if args.held_out_source:
             print(f"sentences: {args.held_out_source}", file=out)
         for text, variants in _edit_groups(records):
@@ -456,7 +593,12 @@ def print_table(mode, records, args, model, out):
     elif mode == "augment":
         rows, last = [], None
         for r in records:
-            rows.append(["" if r["input_index"] == last else r["input"], "(no new variant)" if r["output"] is None else r["output"]])
+            rows.append(
+                [
+                    "" if r["input_index"] == last else r["input"],
+                    "(no new variant)" if r["output"] is None else r["output"],
+                ]
+            )
             last = r["input_index"]
         _table(["input", "variants"], rows, out)
 

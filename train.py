@@ -12,6 +12,7 @@ the newest N step-N checkpoints. The steps, in order: settle the settings (a pur
 the data, build the model, objective and optimiser, then Trainer.fit runs the loop and show()
 prints a few reconstructions, samples and an edit.
 """
+
 import argparse
 import contextlib
 import dataclasses
@@ -79,20 +80,32 @@ MODEL_FLAGS = {
     "maxlen": (int, "tokens per half, [CLS] and [SEP] included (reference: 32)"),
     "num_latent_layers": (int, "top layers that carry a latent (reference: 4)"),
     "z_dim": (int, "latent dims per latent layer (reference: 16)"),
-    "latent": (str, "latent family: vmf (fixed kappa, constant KL), gaussian (learned variance, KL to N(0, I)), "
-                    "vq (a codebook per latent layer: discrete codes) or gmm (Gaussian-mixture prior, DEM-VAE)"),
+    "latent": (
+        str,
+        "latent family: vmf (fixed kappa, constant KL), gaussian (learned variance, KL to N(0, I)), "
+        "vq (a codebook per latent layer: discrete codes) or gmm (Gaussian-mixture prior, DEM-VAE)",
+    ),
     "kappa": (kappa_value, "vMF concentration (reference: 32), or one per latent layer, lowest first: 64,384,384"),
     "codebook_size": (int, "vq: codes per latent layer (default 512)"),
     "vq_distance": (str, "vq: nearest code by l2 or cosine (default l2)"),
     "vq_beta": (float, "vq: commitment loss weight (default 0.25)"),
     "vq_decay": (float, "vq: EMA decay of the codebook (default 0.99)"),
-    "vq_dead_steps": (int, "vq: re-seed a code from the batch after this many training steps unused (default 100; 0: never)"),
+    "vq_dead_steps": (
+        int,
+        "vq: re-seed a code from the batch after this many training steps unused (default 100; 0: never)",
+    ),
     "mixture_components": (int, "gmm: mixture components per latent layer (default 5)"),
     "attn": (str, "attention backend: auto (split on CPU, flex on CUDA), eager, sdpa, flex, split"),
 }
 # Model flags that mean something for one latent family only: given with another, they are an error.
-FAMILY_FLAGS = {"codebook_size": "vq", "vq_distance": "vq", "vq_beta": "vq", "vq_decay": "vq", "vq_dead_steps": "vq",
-                "mixture_components": "gmm"}
+FAMILY_FLAGS = {
+    "codebook_size": "vq",
+    "vq_distance": "vq",
+    "vq_beta": "vq",
+    "vq_decay": "vq",
+    "vq_dead_steps": "vq",
+    "mixture_components": "gmm",
+}
 DEFAULT_TIME_BUDGET = 480.0  # seconds of training when no stopping flag is given: the default run ends within 10 min
 BUCKET = 16  # length-sort within groups of 16 batches, then trim each batch (see trim_length)
 
@@ -125,14 +138,20 @@ def parse_args(argv):
             p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
     for name, (kind, help_) in MODEL_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_)
-    p.add_argument("--resume", nargs="?", const="last", default=None,
-                   help="continue from OUT/last (bare flag) or from the given checkpoint directory")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        help="continue from OUT/last (bare flag) or from the given checkpoint directory",
+    )
     args = p.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     return given, not argv
 
 
 # ---------------------------------------------------------------------------------------------- settings
+
 
 def resume_dir_of(given):
     """The checkpoint --resume names (OUT/last for the bare flag), or None without --resume."""
@@ -185,8 +204,11 @@ def settle(given, saved_args=None):
         raise SettingsError(f"--from-scratch contradicts --init-from {given['init_from']}: choose one")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     recipe, model_recipe = recipe_under(given)
-    merged = {**recipe, **{k: v for k, v in (saved_args or {}).items() if k in train_fields},
-              **{k: v for k, v in given.items() if k in train_fields}}
+    merged = {
+        **recipe,
+        **{k: v for k, v in (saved_args or {}).items() if k in train_fields},
+        **{k: v for k, v in given.items() if k in train_fields},
+    }
     if not resuming and starts_from_scratch(given):
         merged.update(init_from="", from_scratch=True)
     if not any(merged.get(k) for k in ("max_steps", "epochs", "time_budget")):
@@ -203,14 +225,17 @@ def settle(given, saved_args=None):
     if cfg.precision == "fp16" and cfg.device == "cpu":
         raise SettingsError("--precision fp16 needs CUDA; use bf16, fp32 or auto on CPU")
     if "init_from" in given and "preset" in given:
-        raise SettingsError(f"--preset {given['preset']} contradicts --init-from {cfg.init_from}: "
-                            "the checkpoint fixes the architecture")
+        raise SettingsError(
+            f"--preset {given['preset']} contradicts --init-from {cfg.init_from}: the checkpoint fixes the architecture"
+        )
     if cfg.preset not in PRESETS:
         raise SettingsError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     arch = [k for k in ARCH_FLAGS if k in given]
     if arch and (resuming or "init_from" in given):
-        raise SettingsError(f"--{arch[0].replace('_', '-')} is for runs from scratch: "
-                            f"{'the resumed' if resuming else 'the --init-from'} checkpoint fixes the architecture")
+        raise SettingsError(
+            f"--{arch[0].replace('_', '-')} is for runs from scratch: "
+            f"{'the resumed' if resuming else 'the --init-from'} checkpoint fixes the architecture"
+        )
     return cfg, model_overrides
 
 
@@ -229,12 +254,15 @@ def model_maxlen(cfg, model_overrides, resume_dir):
     if cfg.init_from:
         raw = read_config(cfg.init_from)
         if "univae" in raw:
-            raise SettingsError(f"--init-from {cfg.init_from} is a univae checkpoint; use --resume to continue training it")
+            raise SettingsError(
+                f"--init-from {cfg.init_from} is a univae checkpoint; use --resume to continue training it"
+            )
         return from_hf_config(raw, **model_overrides).maxlen
     return preset(cfg.preset, **model_overrides).maxlen
 
 
 # ---------------------------------------------------------------------------------------------- building
+
 
 def load_data(cfg, maxlen, log):
     """The corpus, cut to maxlen - 2 characters per piece, as train / val / test splits."""
@@ -245,9 +273,11 @@ def load_data(cfg, maxlen, log):
         splits["val"] = val_sentences
     else:
         splits = D.split(sentences, seed=cfg.split_seed)
-    log(f"corpus {cfg.corpus}: {stats['lines']} lines, {stats['sentences']} sentences "
+    log(
+        f"corpus {cfg.corpus}: {stats['lines']} lines, {stats['sentences']} sentences "
         f"({stats['duplicates']} duplicates dropped, {stats['skipped']} bad lines skipped) -> "
-        f"train {len(splits['train'])} / val {len(splits['val'])} / test {len(splits['test'])}")
+        f"train {len(splits['train'])} / val {len(splits['val'])} / test {len(splits['test'])}"
+    )
     for message in stats["problems"]:
         log(f"  skipped {message}")
     return splits
@@ -269,12 +299,14 @@ def build_model(cfg, model_overrides, resume_dir, train_sentences):
 
 def describe(model, n_unk, n_unk_val, n_trunc):
     c = model.config
-    return (f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-            f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
-            + (f" kappa {','.join(f'{k:g}' for k in c.kappas)}" if c.latent == "vmf" else "")
-            + (f" codebook {c.codebook_size} ({c.vq_distance})" if c.latent == "vq" else "")
-            + (f" {c.mixture_components} components" if c.latent == "gmm" else "")
-            + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated")
+    return (
+        f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+        f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
+        + (f" kappa {','.join(f'{k:g}' for k in c.kappas)}" if c.latent == "vmf" else "")
+        + (f" codebook {c.codebook_size} ({c.vq_distance})" if c.latent == "vq" else "")
+        + (f" {c.mixture_components} components" if c.latent == "gmm" else "")
+        + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated"
+    )
 
 
 def unknown_share(backbone, n_unk, ids, pad_id):
@@ -288,16 +320,31 @@ def unknown_share(backbone, n_unk, ids, pad_id):
 
 
 def describe_eval(metrics, c):
-    return (f"val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
-            + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
-            + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else "")
-            + (", codebook perplexity " + "/".join(f"{p:.1f}" for p in metrics["codebook"]["perplexity"])
-               + ", used " + "/".join(f"{u:.2f}" for u in metrics["codebook"]["used_fraction"]) if "codebook" in metrics else "")
-            + (", component entropy " + "/".join(f"{h:.2f}" for h in metrics["mixture"]["usage_entropy"])
-               + ", I(x;c) " + "/".join(f"{i:.2f}" for i in metrics["mixture"]["mi_c"]) if "mixture" in metrics else ""))
+    return (
+        f"val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
+        + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
+        + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else "")
+        + (
+            ", codebook perplexity "
+            + "/".join(f"{p:.1f}" for p in metrics["codebook"]["perplexity"])
+            + ", used "
+            + "/".join(f"{u:.2f}" for u in metrics["codebook"]["used_fraction"])
+            if "codebook" in metrics
+            else ""
+        )
+        + (
+            ", component entropy "
+            + "/".join(f"{h:.2f}" for h in metrics["mixture"]["usage_entropy"])
+            + ", I(x;c) "
+            + "/".join(f"{i:.2f}" for i in metrics["mixture"]["mi_c"])
+            if "mixture" in metrics
+            else ""
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
+
 
 class Trainer:
     """One run's moving parts and its loop: `train_step`, `evaluate`, `save`, `fit`.
@@ -305,18 +352,43 @@ class Trainer:
     State that a resume must restore (optimiser, data position, RNG, step, elapsed time, objective,
     skipped-step count) goes through `training_state` / `load_state`; everything else is rebuilt."""
 
-    def __init__(self, cfg, model, objective, optimizer, batches, splits, val_ids, out, device, rank=0, world=1,
-                 lr=1e-3, run_args=None):
+    def __init__(
+        self,
+        cfg,
+        model,
+        objective,
+        optimizer,
+        batches,
+        splits,
+        val_ids,
+        out,
+        device,
+        rank=0,
+        world=1,
+        lr=1e-3,
+        run_args=None,
+    ):
         self.cfg, self.model, self.objective, self.optimizer, self.batches = cfg, model, objective, optimizer, batches
-        self.splits, self.val_ids, self.out, self.device, self.rank, self.world = splits, val_ids, out, device, rank, world
+        self.splits, self.val_ids, self.out, self.device, self.rank, self.world = (
+            splits,
+            val_ids,
+            out,
+            device,
+            rank,
+            world,
+        )
         self.master = rank == 0
         self.lr, self.run_args = lr, run_args or {}
         self.extra_params = list(objective.parameters())  # the BoW heads, if any: trained with the model
         net = model
-        if cfg.compile:  # trim_length gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
+        if (
+            cfg.compile
+        ):  # trim_length gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
             net = torch.compile(model, dynamic=False)
         if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.net = net
         dtype = training.autocast_dtype(cfg.precision, device)
         self.precision = training.precision_name(dtype)
@@ -342,8 +414,14 @@ class Trainer:
             gathered = [torch.empty_like(rng) for _ in range(self.world)]
             dist.all_gather(gathered, rng)
             rng = torch.stack(gathered)
-        s = {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped,
-             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(), "rng": {"cpu": rng}}
+        s = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "skipped_steps": self.skipped,
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.batches.state_dict(),
+            "rng": {"cpu": rng},
+        }
         if self.objective.state_dict():  # BoW heads, MDR multiplier
             s["objective"] = self.objective.state_dict()
         if self.device.type == "cuda":
@@ -355,8 +433,10 @@ class Trainer:
             self.objective.load_state_dict(state.get("objective", {}))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as e:
-            raise SettingsError(f"--resume: the checkpoint was trained with another --bow-weight, --bow-layers or --target-rate "
-                                f"({str(e).splitlines()[0]}); resume with the flags it was trained with") from None
+            raise SettingsError(
+                f"--resume: the checkpoint was trained with another --bow-weight, --bow-layers or --target-rate "
+                f"({str(e).splitlines()[0]}); resume with the flags it was trained with"
+            ) from None
         self.batches.load_state_dict(state["data"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.skipped = int(state.get("skipped_steps", 0))
@@ -376,7 +456,9 @@ class Trainer:
         src = self.batches.next_batch()
         real = src.ne(c.pad_token_id)  # on the CPU copy: no device sync
         tokens = int(real.sum()) * 2 * self.world
-        src = src[:, :trim_length(int(real.sum(1).max()), c.maxlen, 8 if cfg.compile else 1)].to(self.device, non_blocking=True)
+        src = src[:, : trim_length(int(real.sum(1).max()), c.maxlen, 8 if cfg.compile else 1)].to(
+            self.device, non_blocking=True
+        )
         with self.autocast:
             input_ids, token_type_ids = D.join(src)
             out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout, code_dropout=cfg.code_dropout)
@@ -391,7 +473,9 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         params = [*self.model.parameters(), *self.extra_params]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf, foreach=True)
-        finite = torch.isfinite(loss) & (torch.isfinite(grad_norm) | self.scaler.is_enabled())  # fp16: the scaler skips inf grads itself
+        finite = torch.isfinite(loss) & (
+            torch.isfinite(grad_norm) | self.scaler.is_enabled()
+        )  # fp16: the scaler skips inf grads itself
         if self.world > 1:  # every rank skips the same steps
             finite = finite.float()
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -404,21 +488,30 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
             self.bad_in_a_row += 1
-            self.log(f"step {self.step + 1}: non-finite loss or gradient (loss {loss.detach().item():.4g}), step skipped "
-                     f"({self.bad_in_a_row} in a row, {self.skipped} in all)")
+            self.log(
+                f"step {self.step + 1}: non-finite loss or gradient (loss {loss.detach().item():.4g}), step skipped "
+                f"({self.bad_in_a_row} in a row, {self.skipped} in all)"
+            )
             if self.bad_in_a_row >= cfg.max_bad_steps:
                 last = os.path.realpath(os.path.join(self.out, "last"))
                 raise TrainingError(
                     f"{self.bad_in_a_row} non-finite steps in a row at step {self.step + 1}; stopped without saving "
                     + (f"({self.out}/last is still {os.path.basename(last)}). " if os.path.exists(last) else ". ")
-                    + "Lower --lr, keep --grad-clip on, or try --precision fp32")
+                    + "Lower --lr, keep --grad-clip on, or try --precision fp32"
+                )
         self.step += 1
         return logs, tokens
 
     def evaluate(self):
         if self.master:
-            metrics, _ = evaluate(self.model, self.val_ids, self.splits["val"], self.cfg.eval_sentences,
-                                  autocast=self.autocast, au_delta=self.cfg.au_delta)
+            metrics, _ = evaluate(
+                self.model,
+                self.val_ids,
+                self.splits["val"],
+                self.cfg.eval_sentences,
+                autocast=self.autocast,
+                au_delta=self.cfg.au_delta,
+            )
             self.record({"step": self.step, "split": "val", **metrics})
             self.log(f"step {self.step} " + describe_eval(metrics, self.model.config))
             warning = collapse_warning(metrics, self.model.config, self.cfg.au_delta)
@@ -431,8 +524,9 @@ class Trainer:
         """step-N, then `last` -> step-N, then prune to --keep-last. Weights that are not finite are
         never written; a failed write leaves `last` at the previous complete checkpoint."""
         if not all_finite(self.model):
-            raise TrainingError(f"the weights at step {self.step} are not finite; not saved "
-                                  f"({self.out}/last is unchanged)")
+            raise TrainingError(
+                f"the weights at step {self.step} are not finite; not saved ({self.out}/last is unchanged)"
+            )
         state = self.training_state()
         if self.master:
             path = save_checkpoint(self.out, self.step, self.model, state, self.run_args)
@@ -464,8 +558,10 @@ class Trainer:
 
     def progress(self):
         """Fraction of the run done, by steps or time, whichever is further (the lr schedule's clock)."""
-        return max(self.step / self.max_steps if self.max_steps < math.inf else 0.0,
-                   self.elapsed / self.budget if self.budget < math.inf else 0.0)
+        return max(
+            self.step / self.max_steps if self.max_steps < math.inf else 0.0,
+            self.elapsed / self.budget if self.budget < math.inf else 0.0,
+        )
 
     def fit(self):
         """Train until max steps, the time budget or a signal; then save and evaluate once more.
@@ -474,11 +570,14 @@ class Trainer:
         elapsed_before, t_start = self.elapsed, time.time()
         progress = Progress(self, enabled=self.master)
         limits = ([f"{self.budget:.0f}s"] if self.budget < math.inf else []) + (
-            [f"{self.max_steps} steps"] if self.max_steps < math.inf else [])
+            [f"{self.max_steps} steps"] if self.max_steps < math.inf else []
+        )
         with self.autocast:  # `auto` picks by autocast and grad mode (univae/attention.py): ask as the step does
             backend = self.model.backend(self.device)
-        self.log(f"training on {self.device} ({self.precision}, attn {backend})"
-                 + (f" for at most {' / '.join(limits)}" if limits else ""))
+        self.log(
+            f"training on {self.device} ({self.precision}, attn {backend})"
+            + (f" for at most {' / '.join(limits)}" if limits else "")
+        )
         while self.step < self.max_steps:
             self.elapsed = elapsed_before + time.time() - t_start
             if self.should_stop():
@@ -486,9 +585,13 @@ class Trainer:
             logs, tokens = self.train_step(self.progress())
             progress.update(tokens)
             if self.step % cfg.log_every == 0:
-                row = {"step": self.step, **{k: float(v) for k, v in logs.items()},
-                       "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": progress.tokens_per_s(),
-                       "peak_rss_mb": round(peak_rss_mb())}
+                row = {
+                    "step": self.step,
+                    **{k: float(v) for k, v in logs.items()},
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "tokens_per_s": progress.tokens_per_s(),
+                    "peak_rss_mb": round(peak_rss_mb()),
+                }
                 if self.skipped:
                     row["skipped_steps"] = self.skipped
                 self.record(row)
@@ -500,8 +603,11 @@ class Trainer:
         progress.close()
         self.elapsed = elapsed_before + time.time() - t_start
         why = "signal" if self.stop_signal else ("time budget" if self.elapsed >= self.budget else "max steps")
-        self.log(f"stopped at step {self.step} ({why}, {self.elapsed:.0f}s of training"
-                 + (f", {self.skipped} non-finite steps skipped" if self.skipped else "") + ")")
+        self.log(
+            f"stopped at step {self.step} ({why}, {self.elapsed:.0f}s of training"
+            + (f", {self.skipped} non-finite steps skipped" if self.skipped else "")
+            + ")"
+        )
         self.save()
         if self.step % cfg.eval_every or self.step == 0:
             self.evaluate()
@@ -515,7 +621,11 @@ class Progress:
         self.trainer, self.enabled = trainer, enabled
         self.tty = enabled and sys.stderr.isatty()
         total = None if trainer.max_steps == math.inf else trainer.max_steps
-        self.bar = tqdm(total=total, initial=trainer.step, desc="train", dynamic_ncols=True, file=sys.stderr) if self.tty else None
+        self.bar = (
+            tqdm(total=total, initial=trainer.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+            if self.tty
+            else None
+        )
         self.tokens, self.t = 0, time.time()
 
     def update(self, tokens):
@@ -532,14 +642,20 @@ class Progress:
 
     def show(self, row):
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{row['loss']:.3f}", **({"kl": f"{row['kl']:.1f}"} if "kl" in row else {}),
-                                 tok_s=f"{row['tokens_per_s']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{row['loss']:.3f}",
+                **({"kl": f"{row['kl']:.1f}"} if "kl" in row else {}),
+                tok_s=f"{row['tokens_per_s']:.0f}",
+            )
         elif self.enabled:
             t = self.trainer
             total = "" if t.max_steps == math.inf else f"/{t.max_steps}"
             terms = "".join(f"  {k} {row[k]:.{p}f}" for k, p in (("ce", 3), ("kl", 1)) if k in row)
-            print(f"step {row['step']}{total}  loss {row['loss']:.3f}{terms}  lr {row['lr']:.2e}  "
-                  f"{row['tokens_per_s']:.0f} tok/s  {t.elapsed:.0f}s", flush=True)
+            print(
+                f"step {row['step']}{total}  loss {row['loss']:.3f}{terms}  lr {row['lr']:.2e}  "
+                f"{row['tokens_per_s']:.0f} tok/s  {t.elapsed:.0f}s",
+                flush=True,
+            )
 
     def close(self):
         if self.bar is not None:
@@ -547,6 +663,7 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------------- main
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -601,13 +718,18 @@ def main(argv=None):
     model.to(device).train()
     objective.to(device)
     lr = cfg.lr or (2e-5 if cfg.init_from else 1e-3)
-    groups = param_groups(model, cfg.weight_decay) + (param_groups(objective, cfg.weight_decay) if list(objective.parameters()) else [])
+    groups = param_groups(model, cfg.weight_decay) + (
+        param_groups(objective, cfg.weight_decay) if list(objective.parameters()) else []
+    )
     # fused: one kernel over all parameters, on CPU too (6x faster than the per-tensor loop for `small`)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
-    batches = D.Batches(train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=BUCKET,
-                        pad_id=c.pad_token_id)
+    batches = D.Batches(
+        train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=BUCKET, pad_id=c.pad_token_id
+    )
     run_args = {**dataclasses.asdict(cfg), "lr": lr, "resume": None, "world_size": world}
-    trainer = Trainer(cfg, model, objective, optimizer, batches, splits, val_ids, out, device, rank, world, lr, run_args)
+    trainer = Trainer(
+        cfg, model, objective, optimizer, batches, splits, val_ids, out, device, rank, world, lr, run_args
+    )
     if state is not None:
         try:
             trainer.load_state(state)
@@ -629,6 +751,7 @@ def main(argv=None):
         trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             trainer.writer = SummaryWriter(os.path.join(out, "tensorboard"))
         except ImportError:
             pass
@@ -668,18 +791,29 @@ def fit_sampling_prior(model, cfg, train_ids, val_ids, out, log):
         log(f"no fitted prior: {len(train_ids)} training sentences are too few; sampling uses the training prior")
         return
     t0 = time.time()
-    model.fitted_prior = fit_prior(model, train_ids, n_components=k, seed=cfg.seed,
-                                   source=f"train split (seed {cfg.split_seed}) of {cfg.corpus}", heldout_ids=val_ids)
+    model.fitted_prior = fit_prior(
+        model,
+        train_ids,
+        n_components=k,
+        seed=cfg.seed,
+        source=f"train split (seed {cfg.split_seed}) of {cfg.corpus}",
+        heldout_ids=val_ids,
+    )
     path = os.path.join(out, "last", PRIOR_FILE)
     try:
         model.fitted_prior.save(path)
     except OSError as e:
-        fail(f"could not write {path}: {e.strerror or e}; the checkpoint is complete without it "
-             f"(python -m univae.prior --checkpoint {out}/last fits one)", code=1)
+        fail(
+            f"could not write {path}: {e.strerror or e}; the checkpoint is complete without it "
+            f"(python -m univae.prior --checkpoint {out}/last fits one)",
+            code=1,
+        )
     info = model.fitted_prior.info
-    log(f"fitted prior: {info['n_components']}-component Gaussian mixture on {info['n_codes']} training codes, "
+    log(
+        f"fitted prior: {info['n_components']}-component Gaussian mixture on {info['n_codes']} training codes, "
         f"mean log-likelihood {info['mean_log_likelihood']:.1f} (val {info['heldout_mean_log_likelihood']:.1f}) "
-        f"-> {path} ({time.time() - t0:.0f}s)")
+        f"-> {path} ({time.time() - t0:.0f}s)"
+    )
 
 
 @torch.no_grad()
@@ -695,7 +829,9 @@ def show(model, val_sentences, n=5):
         print(f"  {s}")
     vq = model.config.latent == "vq"  # vq edits whole codes: --replace-dims counts code positions
     dims = f"0:{1 if vq else model.config.z_dim}"  # the lowest latent layer: the default trains it to hold the content
-    print(f"\nedit: replace {'code positions' if vq else 'latent dims'} {dims} (the lowest latent layer) of \"{texts[0]}\":")
+    print(
+        f'\nedit: replace {"code positions" if vq else "latent dims"} {dims} (the lowest latent layer) of "{texts[0]}":'
+    )
     for s in model.edit(texts[0], dims, n=3):
         print(f"  {s}")
     print("\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")

@@ -25,6 +25,7 @@ outside the timed region (the model builds them once per forward and reuses them
 their build cost is the second table, per forward). max|d| is the largest deviation from eager's
 output in the benchmark dtype.
 """
+
 import argparse
 
 import torch
@@ -60,12 +61,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     device_arg(p)
     p.add_argument("--batch", type=int, nargs="+", default=[32])
-    p.add_argument("--maxlen", type=int, nargs="+", default=[32, 64, 128], help="tokens per half; the sequence is 2*maxlen")
+    p.add_argument(
+        "--maxlen", type=int, nargs="+", default=[32, 64, 128], help="tokens per half; the sequence is 2*maxlen"
+    )
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="q, k, v dtype (training runs bf16 autocast)")
+    p.add_argument(
+        "--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="q, k, v dtype (training runs bf16 autocast)"
+    )
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--no-flex", action="store_true", help="skip flex (its CPU compile costs ~10-30 s per shape and mask)")
+    p.add_argument(
+        "--no-flex", action="store_true", help="skip flex (its CPU compile costs ~10-30 s per shape and mask)"
+    )
     args = p.parse_args()
     device = setup(args)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -119,19 +126,31 @@ def main():
                 for n in calls:
                     flops = fwd_flops.get(n, 4 * D * pairs)
                     f_t, b_t = fwd[n], both.get(n)
-                    rows.append([
-                        maxlen, B, kind, n, ms(f_t), f"{flops / f_t / 1e12:.3f}", ratio(fwd["sdpa"] / f_t),
-                        "n/a (no CPU backward)" if b_t is None else ms(b_t),
-                        "" if b_t is None else f"{3 * flops / b_t / 1e12:.3f}",
-                        "" if b_t is None else ratio(both["sdpa"] / b_t),
-                        "" if n == "dense" else f"{dev[n]:.1e}",
-                    ])
+                    rows.append(
+                        [
+                            maxlen,
+                            B,
+                            kind,
+                            n,
+                            ms(f_t),
+                            f"{flops / f_t / 1e12:.3f}",
+                            ratio(fwd["sdpa"] / f_t),
+                            "n/a (no CPU backward)" if b_t is None else ms(b_t),
+                            "" if b_t is None else f"{3 * flops / b_t / 1e12:.3f}",
+                            "" if b_t is None else ratio(both["sdpa"] / b_t),
+                            "" if n == "dense" else f"{dev[n]:.1e}",
+                        ]
+                    )
                 print(f"done B={B} maxlen={maxlen} {kind} (allowed {pairs / (B * H * S * S):.0%} of pairs)", flush=True)
 
             # what the model pays once per forward, per mask kind: the mask objects themselves
             builds = {
-                "materialize (eager, sdpa)": lambda: masks.materialize(masks.uniae(maxlen, lengths), S, S, batch=B, device=device),
-                "materialize + additive": lambda: additive(masks.materialize(masks.uniae(maxlen, lengths), S, S, batch=B, device=device).unsqueeze(1), dtype),
+                "materialize (eager, sdpa)": lambda: masks.materialize(
+                    masks.uniae(maxlen, lengths), S, S, batch=B, device=device
+                ),
+                "materialize + additive": lambda: additive(
+                    masks.materialize(masks.uniae(maxlen, lengths), S, S, batch=B, device=device).unsqueeze(1), dtype
+                ),
                 "SplitLayout (split)": lambda: SplitLayout(maxlen, lengths, True),
             }
             if not args.no_flex:
@@ -139,9 +158,27 @@ def main():
             t = interleaved(builds, args.reps, device)
             build_rows += [[maxlen, B, n, f"{t[n] * 1e3:.3f}"] for n in builds]
 
-    print("\nms: median of interleaved repetitions; TFLOP/s of useful (unmasked) work; x sdpa: speed-up over sdpa (>1 = faster)\n")
-    print(table(["maxlen", "B", "mask", "backend", "fwd ms", "fwd TFLOP/s", "fwd x sdpa", "fwd+bwd ms",
-                 "fwd+bwd TFLOP/s", "fwd+bwd x sdpa", "max|d| vs eager"], rows))
+    print(
+        "\nms: median of interleaved repetitions; TFLOP/s of useful (unmasked) work; x sdpa: speed-up over sdpa (>1 = faster)\n"
+    )
+    print(
+        table(
+            [
+                "maxlen",
+                "B",
+                "mask",
+                "backend",
+                "fwd ms",
+                "fwd TFLOP/s",
+                "fwd x sdpa",
+                "fwd+bwd ms",
+                "fwd+bwd TFLOP/s",
+                "fwd+bwd x sdpa",
+                "max|d| vs eager",
+            ],
+            rows,
+        )
+    )
     print("\nmask build, once per forward and mask kind (uniae), ms\n")
     print(table(["maxlen", "B", "mask object", "ms"], build_rows))
     print(f"\nend: {machine_note(device)}")

@@ -13,6 +13,7 @@ paired augmented - baseline difference; the same on the held-out part of the tes
     pip install -e ".[bench]"     # scikit-learn
     python bench/augment.py --checkpoint runs/default/last [--seeds 0 1 2 3 4] [--n 4]
 """
+
 import argparse
 import datetime
 import json
@@ -34,8 +35,12 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--n", type=int, default=4, help="variants per sentence (sample.py --augment --n)")
     p.add_argument("--test-size", type=int, default=DS.TEST_SIZE)
-    p.add_argument("--options", default="{}", help='augment options as JSON, e.g. \'{"spread": 0.5, "candidates": 3, '
-                   '"rank": "round_trip"}\' (default: sample.py\'s defaults)')
+    p.add_argument(
+        "--options",
+        default="{}",
+        help='augment options as JSON, e.g. \'{"spread": 0.5, "candidates": 3, '
+        '"rank": "round_trip"}\' (default: sample.py\'s defaults)',
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     try:
@@ -45,20 +50,34 @@ def main(argv=None):
     model, data = DS.load_labelled(args.checkpoint, args.threads)
     t0 = time.time()
     options = json.loads(args.options)
-    r = DS.augmentation_trial(model, data, args.sizes, args.seeds, args.n, args.test_size, augment_options=options,
-                              log=lambda row: print(json.dumps(row), file=sys.stderr))
-    print(f"# {args.checkpoint}, {datetime.date.today()}, {platform.processor() or platform.machine()}; "
-          f"augment --n {args.n} {options or '(defaults)'}; seeds {args.seeds}; test set {r['n_test']} labelled "
-          f"reviews ({r['n_test_held_out']} held out); variants equal to a test sentence: {r['variants_in_test']}\n")
-    print("| N | variants | baseline | copies | augmented | augmented − baseline | held-out: baseline | held-out: augmented − baseline |")
+    r = DS.augmentation_trial(
+        model,
+        data,
+        args.sizes,
+        args.seeds,
+        args.n,
+        args.test_size,
+        augment_options=options,
+        log=lambda row: print(json.dumps(row), file=sys.stderr),
+    )
+    print(
+        f"# {args.checkpoint}, {datetime.date.today()}, {platform.processor() or platform.machine()}; "
+        f"augment --n {args.n} {options or '(defaults)'}; seeds {args.seeds}; test set {r['n_test']} labelled "
+        f"reviews ({r['n_test_held_out']} held out); variants equal to a test sentence: {r['variants_in_test']}\n"
+    )
+    print(
+        "| N | variants | baseline | copies | augmented | augmented − baseline | held-out: baseline | held-out: augmented − baseline |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     pct = lambda xs: DS.fmt_interval(xs, digits=1, scale=100)
     for n in args.sizes:
         rows = [x for x in r["rows"] if x["n"] == n]
-        print(f"| {n} | {sum(x['variants'] for x in rows) / len(rows):.0f} | {pct([x['baseline'] for x in rows])} | "
-              f"{pct([x['copies'] for x in rows])} | {pct([x['augmented'] for x in rows])} | "
-              f"{pct([x['augmented'] - x['baseline'] for x in rows])} | {pct([x['baseline_held_out'] for x in rows])} | "
-              f"{pct([x['augmented_held_out'] - x['baseline_held_out'] for x in rows])} |")
+        print(
+            f"| {n} | {sum(x['variants'] for x in rows) / len(rows):.0f} | {pct([x['baseline'] for x in rows])} | "
+            f"{pct([x['copies'] for x in rows])} | {pct([x['augmented'] for x in rows])} | "
+            f"{pct([x['augmented'] - x['baseline'] for x in rows])} | {pct([x['baseline_held_out'] for x in rows])} | "
+            f"{pct([x['augmented_held_out'] - x['baseline_held_out'] for x in rows])} |"
+        )
     print(f"\naccuracy in %, mean over {len(args.seeds)} seeds ± 95% t-interval; {time.time() - t0:.0f} s")
 
 

@@ -5,6 +5,7 @@ an order rotated by r, and a contender's time is the median over repetitions. On
 a burst of load then hits every contender alike instead of whichever ran during it, so the ratios
 hold up far better than the absolute numbers.
 """
+
 import argparse
 import os
 import platform
@@ -18,10 +19,20 @@ import torch  # noqa: E402
 
 
 def device_arg(p: argparse.ArgumentParser):
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help=(
-        "torch.set_num_threads; default 1 on CPU: on a shared, loaded machine OpenMP's barrier waits for a "
-        "descheduled second thread dominate every timing (pass the core count on an idle machine); torch's default on CUDA"))
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda if available)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=(
+            "torch.set_num_threads; default 1 on CPU: on a shared, loaded machine OpenMP's barrier waits for a "
+            "descheduled second thread dominate every timing (pass the core count on an idle machine); torch's default on CUDA"
+        ),
+    )
 
 
 def setup(args):
@@ -49,7 +60,7 @@ def interleaved(fns, reps, device, warmup=1):
     sync(device)
     times = {n: [] for n in names}
     for r in range(reps):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             sync(device)
             t0 = time.perf_counter()
@@ -69,7 +80,9 @@ def table(headers, rows):
     """A markdown table (pastes into the README); numbers already formatted as strings."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+    line = lambda r: (
+        "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+    )
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
 
@@ -77,9 +90,15 @@ def table(headers, rows):
 def machine_note(device):
     """One line saying what these numbers were measured on, and how busy the machine was."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    what = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else platform.processor() or platform.machine()
-    return (f"torch {torch.__version__}, {device} ({what}), {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
-            f"1-min load average {load:.1f}")
+    what = (
+        torch.cuda.get_device_name(device)
+        if torch.device(device).type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    return (
+        f"torch {torch.__version__}, {device} ({what}), {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
+        f"1-min load average {load:.1f}"
+    )
 
 
 def matmul_peak(device, dtype=torch.bfloat16, n=2048, reps=5):
@@ -87,7 +106,7 @@ def matmul_peak(device, dtype=torch.bfloat16, n=2048, reps=5):
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = interleaved({"mm": lambda: a @ b}, reps, device)["mm"]
-    return 2 * n ** 3 / t
+    return 2 * n**3 / t
 
 
 def flop_counter():
@@ -104,10 +123,13 @@ def flop_counter():
     def backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
         return fc.sdpa_backward_flop_count(grad_out, q, k, v)
 
-    return fc.FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: forward,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
-    })
+    return fc.FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+        },
+    )
 
 
 def ms(seconds):

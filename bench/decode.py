@@ -20,6 +20,7 @@ compiled graphs on disk).
 maxlen 64 needs 128 positions; the BERT position table is widened to 2 * maxlen where the preset's
 is shorter (an untrained model: only the shape matters).
 """
+
 import argparse
 import math
 import sys
@@ -37,16 +38,23 @@ def build(args, maxlen, device):
     # A vocab of CJK characters, so the timed path includes detokenisation as sample.py does.
     vocab = SPECIAL_TOKENS + [chr(0x4E00 + i) for i in range(args.vocab_size - len(SPECIAL_TOKENS))]
     positions = PRESETS[args.preset].get("max_position_embeddings", UniVAEConfig.max_position_embeddings)
-    config = univae.preset(args.preset, vocab_size=args.vocab_size, maxlen=maxlen, attn=args.attn,
-                           max_position_embeddings=max(positions, 2 * maxlen))
+    config = univae.preset(
+        args.preset,
+        vocab_size=args.vocab_size,
+        maxlen=maxlen,
+        attn=args.attn,
+        max_position_embeddings=max(positions, 2 * maxlen),
+    )
     torch.manual_seed(0)
     return univae.UniVAE(config, build_tokenizer(vocab)).to(device).eval()
 
 
 def timed_run(model, z, B, opts, out, name):
     """A zero-arg callable for interleaved(): decode z in batches of B, keep the text in out[name]."""
+
     def run():
         out[name] = model.generate(z, batch_size=B, **opts)
+
     return run
 
 
@@ -84,7 +92,13 @@ def main():
             out = {}
             fns = {name: timed_run(model, z, B, opts, out, name) for name, opts in paths.items()}
             t = interleaved(fns, args.reps, device, warmup=0)
-            row = [maxlen, B, f"{n / t['cached']:.1f}", f"{n / t['recompute']:.1f}", f"{t['recompute'] / t['cached']:.1f}x"]
+            row = [
+                maxlen,
+                B,
+                f"{n / t['cached']:.1f}",
+                f"{n / t['recompute']:.1f}",
+                f"{t['recompute'] / t['cached']:.1f}x",
+            ]
             if args.compile:
                 compile_s = first_call - t["compiled"] * B / n
                 row += [f"{n / t['compiled']:.1f}", f"{t['cached'] / t['compiled']:.2f}x", f"{compile_s:.1f}"]
@@ -97,8 +111,10 @@ def main():
         headers += ["cached+compiled sent/s", "compiled / cached", "compile s"]
     print(table(headers + ["identical outputs"], rows))
     print()
-    print(f"preset {args.preset}, vocab {args.vocab_size}, attn {args.attn} -> {model.backend(device)}, greedy, "
-          f"{f'n = {args.n}' if args.n else 'n = max(B, 8)'} sentences per cell, median of {args.reps} run(s)")
+    print(
+        f"preset {args.preset}, vocab {args.vocab_size}, attn {args.attn} -> {model.backend(device)}, greedy, "
+        f"{f'n = {args.n}' if args.n else 'n = max(B, 8)'} sentences per cell, median of {args.reps} run(s)"
+    )
     print(machine_note(device))
 
 

@@ -19,6 +19,7 @@ per-step cost behaves along the sequence.
    <= 1.3x), the FLOPs of the first and last step (FlopCounterMode), and the recompute decoder's
    step (the reference's way: the whole joined sequence per token), interleaved with it.
 """
+
 import argparse
 import json
 import os
@@ -102,13 +103,26 @@ def memory_child(m, B, attn, maxlen, device):
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         step(src), step(src)
-        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * (1 if sys.platform == "darwin" else 1024)
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * (
+            1 if sys.platform == "darwin" else 1024
+        )
     print(json.dumps({"bytes": grown}))
 
 
 def peak_memory(m, B, attn, maxlen, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--_memory", str(m), str(B), attn, str(maxlen),
-           "--device", args.device, "--threads", str(torch.get_num_threads())]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_memory",
+        str(m),
+        str(B),
+        attn,
+        str(maxlen),
+        "--device",
+        args.device,
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["bytes"]
 
@@ -117,7 +131,9 @@ def train_scaling(args, device):
     maxlen = max(args.lengths + [args.batch_len])
     models = {attn: make_model(maxlen, attn, device) for attn in args.attn}
     steps = {attn: Step(models[attn], device) for attn in args.attn}
-    configs = list(dict.fromkeys([(m, args.len_batch) for m in args.lengths] + [(args.batch_len, B) for B in args.batches]))
+    configs = list(
+        dict.fromkeys([(m, args.len_batch) for m in args.lengths] + [(args.batch_len, B) for B in args.batches])
+    )
     inputs = {(m, B): batch(B, m, 1, device) for m, B in configs}
     fns = {(m, B, attn): (lambda s=steps[attn], x=inputs[(m, B)]: s(x)) for m, B in configs for attn in args.attn}
     t = interleaved(fns, args.reps, device)
@@ -126,7 +142,7 @@ def train_scaling(args, device):
         for m, B in configs:
             for attn in args.attn:
                 mem[(m, B, attn)] = peak_memory(m, B, attn, maxlen, args)
-                print(f"memory m={m} B={B} {attn}: {mem[(m, B, attn)] / 2 ** 20:.0f} MiB", flush=True)
+                print(f"memory m={m} B={B} {attn}: {mem[(m, B, attn)] / 2**20:.0f} MiB", flush=True)
 
     def rows(select):
         out = []
@@ -136,8 +152,18 @@ def train_scaling(args, device):
             real = int(inputs[(m, B)].ne(0).sum()) * 2
             for attn in args.attn:
                 k = (m, B, attn)
-                out.append([m, 2 * m, B, attn, ms(t[k]), f"{t[k] / real * 1e6:.0f}", ratio(t[(m, B, args.attn[0])] / t[k]),
-                            "n/a" if k not in mem else f"{mem[k] / 2 ** 20:.0f}"])
+                out.append(
+                    [
+                        m,
+                        2 * m,
+                        B,
+                        attn,
+                        ms(t[k]),
+                        f"{t[k] / real * 1e6:.0f}",
+                        ratio(t[(m, B, args.attn[0])] / t[k]),
+                        "n/a" if k not in mem else f"{mem[k] / 2**20:.0f}",
+                    ]
+                )
         return out
 
     head = ["half len", "seq len", "B", "attn", "ms/step", "us/token", f"x {args.attn[0]}", "peak mem growth MiB"]
@@ -158,43 +184,76 @@ def decode_scaling(args, device):
         T = maxlen - 1  # greedy decoding takes maxlen - 1 steps
         steps = [[] for _ in range(T)]
         with torch.no_grad():
+
             def run_cached():
                 decoder = G.CachedDecoder(model, z)
                 for t in range(T):
                     sync(device)
                     t0 = time.perf_counter()
-                    decoder(prefix[:, :t + 1])
+                    decoder(prefix[:, : t + 1])
                     sync(device)
                     steps[t].append(time.perf_counter() - t0)
 
             recompute = G.RecomputeDecoder(model, z)
-            fns = {"cached (all steps)": run_cached,
-                   "recompute first": lambda: recompute(prefix[:, :1]),
-                   "recompute last": lambda: recompute(prefix[:, :T])}
+            fns = {
+                "cached (all steps)": run_cached,
+                "recompute first": lambda: recompute(prefix[:, :1]),
+                "recompute last": lambda: recompute(prefix[:, :T]),
+            }
             rt = interleaved(fns, args.decode_reps, device)
             for s in steps:  # drop the warm-up pass
                 del s[0]
             med = [statistics.median(s) for s in steps]
             w = min(args.window, T // 2)  # single steps are ~ms: compare windows of w steps
-            first, middle, last = (statistics.mean(med[i:i + w]) for i in (0, (T - w) // 2, T - w))
+            first, middle, last = (statistics.mean(med[i : i + w]) for i in (0, (T - w) // 2, T - w))
             decoder = G.CachedDecoder(model, z)
             flops = []
             for t in range(T):
                 if t in (0, T - 1):
                     with flop_counter() as counter:
-                        decoder(prefix[:, :t + 1])
+                        decoder(prefix[:, : t + 1])
                     flops.append(counter.get_total_flops())
                 else:
-                    decoder(prefix[:, :t + 1])
-        rows.append([maxlen, args.decode_rows, T, ms(first), ms(middle), ms(last), ratio(last / first),
-                     f"{flops[0] / 1e6:.1f} / {flops[1] / 1e6:.1f}", ms(rt["recompute first"]), ms(rt["recompute last"]),
-                     ratio(rt["recompute last"] / last)])
+                    decoder(prefix[:, : t + 1])
+        rows.append(
+            [
+                maxlen,
+                args.decode_rows,
+                T,
+                ms(first),
+                ms(middle),
+                ms(last),
+                ratio(last / first),
+                f"{flops[0] / 1e6:.1f} / {flops[1] / 1e6:.1f}",
+                ms(rt["recompute first"]),
+                ms(rt["recompute last"]),
+                ratio(rt["recompute last"] / last),
+            ]
+        )
         print(f"decode maxlen {maxlen}: per-step ms {[round(x * 1e3, 2) for x in med]}", flush=True)
-    print(f"\ncached decoding, small preset, fp32, attn {args.decode_attn}: ms per step along the sequence (each step's "
-          f"median over {args.decode_reps} repetitions, averaged over windows of {args.window} steps: the first, the "
-          "middle and the last); recompute: the reference's whole-sequence step, interleaved\n")
-    print(table(["maxlen", "rows", "steps", "first ms", "middle ms", "last ms", "last/first", "MFLOP step 0 / last",
-                 "recompute step 0 ms", "recompute last ms", "cached speed-up (last)"], rows))
+    print(
+        f"\ncached decoding, small preset, fp32, attn {args.decode_attn}: ms per step along the sequence (each step's "
+        f"median over {args.decode_reps} repetitions, averaged over windows of {args.window} steps: the first, the "
+        "middle and the last); recompute: the reference's whole-sequence step, interleaved\n"
+    )
+    print(
+        table(
+            [
+                "maxlen",
+                "rows",
+                "steps",
+                "first ms",
+                "middle ms",
+                "last ms",
+                "last/first",
+                "MFLOP step 0 / last",
+                "recompute step 0 ms",
+                "recompute last ms",
+                "cached speed-up (last)",
+            ],
+            rows,
+        )
+    )
 
 
 def main():

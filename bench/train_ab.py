@@ -19,6 +19,7 @@ With --steps N both train exactly N steps instead (same lr schedule, same batche
 per-step training CE should then agree up to float noise if B computes what A computes; the
 table adds the largest CE difference over the logged steps.
 """
+
 import argparse
 import json
 import os
@@ -43,8 +44,18 @@ def checkout(rev, into):
 def train(tree, out, args):
     """Run tree's train.py; -> (wall seconds, metrics rows)."""
     env = {**os.environ, "PYTHONPATH": tree}
-    cmd = [sys.executable, os.path.join(tree, "train.py"), "--out", out, "--overwrite", "--prior-components", "0",
-           "--eval-sentences", "200", *args]
+    cmd = [
+        sys.executable,
+        os.path.join(tree, "train.py"),
+        "--out",
+        out,
+        "--overwrite",
+        "--prior-components",
+        "0",
+        "--eval-sentences",
+        "200",
+        *args,
+    ]
     t0 = time.time()
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=log, text=True)
@@ -65,7 +76,8 @@ def summary(rows):
         "steps": train_rows[-1]["step"] if train_rows else 0,
         "tokens_per_s": statistics.harmonic_mean([r["tokens_per_s"] for r in train_rows[1:]]),
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_rows[1:]),
-        "val_ce": val["ce"], "char_f1": val["char_f1"],
+        "val_ce": val["ce"],
+        "char_f1": val["char_f1"],
         "ce_by_step": {r["step"]: r["ce"] for r in train_rows},
     }
 
@@ -82,8 +94,10 @@ def main():
     args = limit + ["--eval-every", "100000", "--save-every", "100000", *a.args.split()]
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-    print(f"# train.py A = {a.baseline}, B = this checkout; {' '.join(args)}\n# {cpu}, {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"# train.py A = {a.baseline}, B = this checkout; {' '.join(args)}\n# {cpu}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "A"))
         trees = {"A": checkout(a.baseline, os.path.join(tmp, "A")), "B": ROOT}
@@ -93,23 +107,48 @@ def main():
                 wall, rows, peak_rss = train(trees[name], os.path.join(tmp, f"out-{name}"), args)
                 runs[name].append({**summary(rows), "peak_rss_mb": peak_rss})
                 s = runs[name][-1]
-                print(f"round {r + 1} {name}: {s['steps']} steps, {s['tokens_per_s']:.0f} tokens/s (median window "
-                      f"{s['median_tokens_per_s']:.0f}), val CE {s['val_ce']:.3f}, "
-                      f"char-F1 {s['char_f1']:.3f}, peak RSS {s['peak_rss_mb']:.0f} MB ({wall:.0f} s wall)", flush=True)
+                print(
+                    f"round {r + 1} {name}: {s['steps']} steps, {s['tokens_per_s']:.0f} tokens/s (median window "
+                    f"{s['median_tokens_per_s']:.0f}), val CE {s['val_ce']:.3f}, "
+                    f"char-F1 {s['char_f1']:.3f}, peak RSS {s['peak_rss_mb']:.0f} MB ({wall:.0f} s wall)",
+                    flush=True,
+                )
     head = ["run", "steps", "tokens/s (mean)", "tokens/s (median window)", "val CE", "val char-F1", "peak RSS MB"]
     keys = ("steps", "tokens_per_s", "median_tokens_per_s", "val_ce", "char_f1", "peak_rss_mb")
-    rows = [[f"{n}{i + 1}", s["steps"], f"{s['tokens_per_s']:.0f}", f"{s['median_tokens_per_s']:.0f}", f"{s['val_ce']:.3f}",
-             f"{s['char_f1']:.3f}", f"{s['peak_rss_mb']:.0f}"] for i in range(a.rounds) for n in ("A", "B") for s in [runs[n][i]]]
+    rows = [
+        [
+            f"{n}{i + 1}",
+            s["steps"],
+            f"{s['tokens_per_s']:.0f}",
+            f"{s['median_tokens_per_s']:.0f}",
+            f"{s['val_ce']:.3f}",
+            f"{s['char_f1']:.3f}",
+            f"{s['peak_rss_mb']:.0f}",
+        ]
+        for i in range(a.rounds)
+        for n in ("A", "B")
+        for s in [runs[n][i]]
+    ]
     med = {n: {k: statistics.median(s[k] for s in runs[n]) for k in keys} for n in runs}
-    rows.append(["B / A (medians over rounds)", f"{med['B']['steps'] / med['A']['steps']:.2f}x",
-                 f"{med['B']['tokens_per_s'] / med['A']['tokens_per_s']:.2f}x",
-                 f"{med['B']['median_tokens_per_s'] / med['A']['median_tokens_per_s']:.2f}x",
-                 f"{med['B']['val_ce'] - med['A']['val_ce']:+.3f}", f"{med['B']['char_f1'] - med['A']['char_f1']:+.3f}",
-                 f"{med['B']['peak_rss_mb'] / med['A']['peak_rss_mb']:.2f}x"])
+    rows.append(
+        [
+            "B / A (medians over rounds)",
+            f"{med['B']['steps'] / med['A']['steps']:.2f}x",
+            f"{med['B']['tokens_per_s'] / med['A']['tokens_per_s']:.2f}x",
+            f"{med['B']['median_tokens_per_s'] / med['A']['median_tokens_per_s']:.2f}x",
+            f"{med['B']['val_ce'] - med['A']['val_ce']:+.3f}",
+            f"{med['B']['char_f1'] - med['A']['char_f1']:+.3f}",
+            f"{med['B']['peak_rss_mb'] / med['A']['peak_rss_mb']:.2f}x",
+        ]
+    )
     print("\n" + table(head, rows))
     if a.steps:
-        diffs = [abs(runs["A"][i]["ce_by_step"][k] - runs["B"][i]["ce_by_step"][k])
-                 for i in range(a.rounds) for k in runs["A"][i]["ce_by_step"] if k in runs["B"][i]["ce_by_step"]]
+        diffs = [
+            abs(runs["A"][i]["ce_by_step"][k] - runs["B"][i]["ce_by_step"][k])
+            for i in range(a.rounds)
+            for k in runs["A"][i]["ce_by_step"]
+            if k in runs["B"][i]["ce_by_step"]
+        ]
         print(f"\nlargest |CE_B - CE_A| at a logged step, same steps and batches: {max(diffs):.4f}")
 
 

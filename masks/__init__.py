@@ -8,12 +8,22 @@ eager and SDPA backends (`materialize`) and the BlockMask for FlexAttention (`bl
 Every mask_mod is written with broadcasting tensor ops only (no Python branching on values), so it
 can be called on a whole index grid at once, under vmap, and inside FlexAttention's kernels.
 """
+
 import torch
 from torch.nn.attention.flex_attention import and_masks, create_block_mask, or_masks
 
 __all__ = [
-    "and_masks", "or_masks", "source_block", "target_causal", "target_sees_cls", "source_padding",
-    "independent", "uniae", "materialize", "block_mask", "default_block_size",
+    "and_masks",
+    "or_masks",
+    "source_block",
+    "target_causal",
+    "target_sees_cls",
+    "source_padding",
+    "independent",
+    "uniae",
+    "materialize",
+    "block_mask",
+    "default_block_size",
 ]
 
 
@@ -60,7 +70,9 @@ def source_padding(src_len, src_lengths):
     """
     _check_src_len(src_len)
     if src_lengths.dim() != 1 or src_lengths.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"src_lengths must be an integer tensor of shape [B], got {src_lengths.dtype} {tuple(src_lengths.shape)}")
+        raise ValueError(
+            f"src_lengths must be an integer tensor of shape [B], got {src_lengths.dtype} {tuple(src_lengths.shape)}"
+        )
     # Reading values back is a host sync (a device sync on CUDA, a graph break under torch.compile)
     # on every forward: check them only where that is free.
     if src_lengths.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -76,13 +88,13 @@ def source_padding(src_len, src_lengths):
 def independent(src_len, src_lengths=None):
     """Lower layers: source <-> source fully, target causal within target, nothing across.
 
-        q\\k  s0 s1 s2 t0 t1 t2
-        s0    1  1  1  0  0  0
-        s1    1  1  1  0  0  0
-        s2    1  1  1  0  0  0
-        t0    0  0  0  1  0  0
-        t1    0  0  0  1  1  0
-        t2    0  0  0  1  1  1
+    q\\k  s0 s1 s2 t0 t1 t2
+    s0    1  1  1  0  0  0
+    s1    1  1  1  0  0  0
+    s2    1  1  1  0  0  0
+    t0    0  0  0  1  0  0
+    t1    0  0  0  1  1  0
+    t2    0  0  0  1  1  1
     """
     mask_mod = or_masks(source_block(src_len), target_causal(src_len))
     if src_lengths is not None:
@@ -93,13 +105,13 @@ def independent(src_len, src_lengths=None):
 def uniae(src_len, src_lengths=None):
     """Upper layers: `independent`, plus every target query sees key 0 (the source [CLS]).
 
-        q\\k  s0 s1 s2 t0 t1 t2
-        s0    1  1  1  0  0  0
-        s1    1  1  1  0  0  0
-        s2    1  1  1  0  0  0
-        t0    1  0  0  1  0  0
-        t1    1  0  0  1  1  0
-        t2    1  0  0  1  1  1
+    q\\k  s0 s1 s2 t0 t1 t2
+    s0    1  1  1  0  0  0
+    s1    1  1  1  0  0  0
+    s2    1  1  1  0  0  0
+    t0    1  0  0  1  0  0
+    t1    1  0  0  1  1  0
+    t2    1  0  0  1  1  1
     """
     # Key 0 is never padding (every sentence starts with [CLS]), so the padding mask can stay inside.
     return or_masks(independent(src_len, src_lengths), target_sees_cls(src_len))

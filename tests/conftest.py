@@ -1,4 +1,5 @@
 """Shared fixtures: tiny HF BERT/RoFormer checkpoints made with transformers (no hub access)."""
+
 import os
 
 import pytest
@@ -11,8 +12,15 @@ from univae.tokenizer import SPECIAL_TOKENS
 # suite at two threads, whose float reductions differ: no test may depend on which.
 torch.set_num_threads(int(os.environ.get("UNIVAE_TEST_THREADS", "1")))
 
-CHARS = list("我你他的是了不在有人这中大为上个国和也子时道出而要于就下得可年生自会那后能对着事其里所去行过家十用发天如然作方成者多日都三小军二无同么经法当起与好看学进种将还分此心前面又定见只主没公从")
-VOCAB = SPECIAL_TOKENS + CHARS + [c for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+CHARS = list(
+    "我你他的是了不在有人这中大为上个国和也子时道出而要于就下得可年生自会那后能对着事其里所去行过家十用发天如然作方成者多日都三小军二无同么经法当起与好看学进种将还分此心前面又定见只主没公从"
+)
+VOCAB = (
+    SPECIAL_TOKENS
+    + CHARS
+    + [c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+)
 
 
 def write_vocab(directory):
@@ -24,8 +32,15 @@ def _tiny_hf(tmp_path_factory, kind, name, **extra):
 
     torch.manual_seed(0)
     common = dict(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **extra,
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **extra,
     )
     if kind.startswith("Bert"):
         config = transformers.BertConfig(**common)
@@ -67,6 +82,6 @@ def random_joined(model, B=4, seed=0, lengths=None):
     ids = torch.zeros(B, c.maxlen, dtype=torch.long)
     for i, n in enumerate(lengths):
         ids[i, 0] = 2  # [CLS]
-        ids[i, 1:n + 1] = torch.randint(5, c.vocab_size, (n,), generator=g)
+        ids[i, 1 : n + 1] = torch.randint(5, c.vocab_size, (n,), generator=g)
         ids[i, n + 1] = 3  # [SEP]
     return join(ids)

@@ -4,6 +4,7 @@ page itself driven in a real headless Chromium (Debian's /usr/bin/chromium throu
 browser download). The browser tests skip without chromium unless UNIVAE_REQUIRE_BROWSER=1 (CI sets
 it). UNIVAE_SCREENSHOT=PATH also writes a screenshot of the page there, from the checkpoint in
 UNIVAE_SCREENSHOT_CHECKPOINT (default: the debug one)."""
+
 import contextlib
 import os
 import shutil
@@ -26,8 +27,14 @@ from univae import app as explorer  # noqa: E402
 from univae.tokenizer import build_tokenizer, char_vocab  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
@@ -48,6 +55,7 @@ def post(client, path, **body):
 
 
 # ----------------------------------------------------------------------------- the API against the model's
+
 
 def test_info_describes_the_checkpoint(client):
     info = client.get("/api/info").json()
@@ -137,16 +145,19 @@ def test_too_long_input_is_truncated_with_a_notice(client, model):
     assert r["notice"].count("this model reads") == 1
 
 
-@pytest.mark.parametrize("path, body, field", [
-    ("/api/sample", {"n": 21}, "n"),
-    ("/api/sample", {"n": 0}, "n"),
-    ("/api/edit", {"text": "他在家", "layers": [0], "n": 21}, "n"),
-    ("/api/interpolate", {"a": "他", "b": "家", "steps": 13}, "steps"),
-    ("/api/interpolate", {"a": "他", "b": "家", "steps": 1}, "steps"),
-    ("/api/reconstruct", {"text": "他", "beam": 9}, "beam"),
-    ("/api/reconstruct", {"text": "他" * 1001}, "text"),
-    ("/api/reconstruct", {}, "text"),
-])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/api/sample", {"n": 21}, "n"),
+        ("/api/sample", {"n": 0}, "n"),
+        ("/api/edit", {"text": "他在家", "layers": [0], "n": 21}, "n"),
+        ("/api/interpolate", {"a": "他", "b": "家", "steps": 13}, "steps"),
+        ("/api/interpolate", {"a": "他", "b": "家", "steps": 1}, "steps"),
+        ("/api/reconstruct", {"text": "他", "beam": 9}, "beam"),
+        ("/api/reconstruct", {"text": "他" * 1001}, "text"),
+        ("/api/reconstruct", {}, "text"),
+    ],
+)
 def test_caps_are_enforced(client, path, body, field):
     r = client.post(path, json=body)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field]
@@ -157,13 +168,16 @@ def test_caps_themselves_are_allowed(client):
     assert len(post(client, "/api/interpolate", a="他", b="家", steps=12)["path"]) == 12
 
 
-@pytest.mark.parametrize("path, body, message", [
-    ("/api/reconstruct", {"text": "  "}, "empty text"),
-    ("/api/edit", {"text": "他在家", "n": 2}, "choose at least one latent layer"),
-    ("/api/edit", {"text": "他在家", "layers": [2]}, "latent layer 2 does not exist"),
-    ("/api/edit", {"text": "他在家", "dims": "10:20"}, "reaches outside the code"),
-    ("/api/sample", {"prior": "fitted"}, "no fitted prior"),
-])
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("/api/reconstruct", {"text": "  "}, "empty text"),
+        ("/api/edit", {"text": "他在家", "n": 2}, "choose at least one latent layer"),
+        ("/api/edit", {"text": "他在家", "layers": [2]}, "latent layer 2 does not exist"),
+        ("/api/edit", {"text": "他在家", "dims": "10:20"}, "reaches outside the code"),
+        ("/api/sample", {"prior": "fitted"}, "no fitted prior"),
+    ],
+)
 def test_bad_requests_say_why(client, path, body, message):
     r = client.post(path, json=body)
     assert r.status_code in (400, 501) and message in r.json()["detail"]
@@ -204,6 +218,7 @@ def test_every_latent_family(latent):
 
 # ----------------------------------------------------------------------------- a real server
 
+
 @contextlib.contextmanager
 def serving(app):
     """uvicorn in a thread on a free port of 127.0.0.1 -> the base URL."""
@@ -233,10 +248,12 @@ def test_concurrent_requests_get_their_own_answers(model):
     expected = {seed: model.edit(text, "0:8", 3, seed=seed) for seed in range(16)}
     got = {}
     with serving(explorer.create_app(model)) as url:
+
         def ask(seed):
             body = json.dumps({"text": text, "layers": [0], "n": 3, "seed": seed}).encode()
             req = urllib.request.Request(url + "/api/edit", body, {"Content-Type": "application/json"})
             got[seed] = [v["text"] for v in json.load(urllib.request.urlopen(req, timeout=60))["variants"]]
+
         threads = [threading.Thread(target=ask, args=(s,)) for s in expected]
         for t in threads:
             t.start()
@@ -246,6 +263,7 @@ def test_concurrent_requests_get_their_own_answers(model):
 
 
 # ----------------------------------------------------------------------------- the command line
+
 
 def _one_line_error(capsys, argv):
     assert explorer.main(argv) == 2
@@ -287,14 +305,22 @@ def test_listens_on_localhost_unless_told(ckpt, capsys, monkeypatch):  # noqa: F
 def test_python_m_univae_app_exits_2_on_a_missing_checkpoint(tmp_path):
     """The real command (serving itself is tested in-process above and through the browser below)."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath(REPO)}
-    bad = subprocess.run([sys.executable, "-m", "univae.app", "--checkpoint", str(tmp_path / "nope")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "univae.app", "--checkpoint", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr == f"univae.app: error: no checkpoint at {tmp_path / 'nope'}: train one with `python train.py` " \
-                         "(or pass --checkpoint DIR)\n"
+    assert (
+        bad.stderr == f"univae.app: error: no checkpoint at {tmp_path / 'nope'}: train one with `python train.py` "
+        "(or pass --checkpoint DIR)\n"
+    )
 
 
 # ----------------------------------------------------------------------------- in a real browser
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -345,8 +371,14 @@ def test_in_the_browser(browser, model, ckpt):  # noqa: F811
         variants = page.locator("#variants .variant").all_inner_texts()
         assert variants == model.edit(text, "8:16", 3, seed=0)
         changed = "".join(page.locator("#variants mark").all_inner_texts())
-        assert changed == "".join(c for v in post(TestClient(explorer.create_app(model)), "/api/edit", text=text,
-                                                  layers=[1], n=3, seed=0)["variants"] for c, m in v["marks"] if m)
+        assert changed == "".join(
+            c
+            for v in post(TestClient(explorer.create_app(model)), "/api/edit", text=text, layers=[1], n=3, seed=0)[
+                "variants"
+            ]
+            for c, m in v["marks"]
+            if m
+        )
 
         page.fill("#seed", "4")
         _click_and_wait(page, "sample", "document.querySelectorAll('#samples li').length === 3")

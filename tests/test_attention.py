@@ -1,4 +1,5 @@
 """Every backend against the eager reference, on UniVAE's masks with source padding."""
+
 import pytest
 import torch
 

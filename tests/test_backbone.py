@@ -1,4 +1,5 @@
 """Parity with transformers: tiny random HF models saved with save_pretrained, loaded by us."""
+
 import json
 
 import pytest
@@ -21,7 +22,9 @@ def _padded_batch(vocab_size, seed=0):
     return ids, token_type_ids, attention_mask
 
 
-@pytest.mark.parametrize("kind", ["BertModel", "BertForMaskedLM", "BertForPreTraining", "RoFormerModel", "RoFormerForMaskedLM"])
+@pytest.mark.parametrize(
+    "kind", ["BertModel", "BertForMaskedLM", "BertForPreTraining", "RoFormerModel", "RoFormerForMaskedLM"]
+)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_hidden_states_match_transformers(tmp_path, kind, attn):
     from conftest import VOCAB, write_vocab
@@ -29,8 +32,15 @@ def test_hidden_states_match_transformers(tmp_path, kind, attn):
     torch.manual_seed(0)
     cls = transformers.BertConfig if kind.startswith("Bert") else transformers.RoFormerConfig
     extra = {"embedding_size": 24} if kind == "RoFormerModel" else {}
-    config = cls(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=40, max_position_embeddings=64, **extra)
+    config = cls(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=64,
+        **extra,
+    )
     hf = getattr(transformers, kind)(config).eval()
     with torch.no_grad():
         for n, p in hf.named_parameters():
@@ -84,8 +94,10 @@ def test_head_tied_when_absent(hf_bert, tmp_path):
 def test_pytorch_model_bin_and_tf_names(hf_bert, tmp_path):
     """pytorch_model.bin (weights_only load) with TF-era gamma/beta LayerNorm names."""
     directory, hf = hf_bert
-    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-          for k, v in hf.state_dict().items()}
+    sd = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in hf.state_dict().items()
+    }
     torch.save(sd, tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text((directory / "config.json").read_text())
     t1, t2 = univae.load_transformer(str(tmp_path)), univae.load_transformer(str(directory))

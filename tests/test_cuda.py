@@ -30,6 +30,7 @@ Flex compiles once per shape, dtype, mask function and grad mode (univae/attenti
 shapes here are few and fixed: the training runs pad every batch to full maxlen (one shape)
 instead of trimming it (trimming is tested on CPU), and the fp16 and torchrun runs use sdpa.
 """
+
 import json
 import os
 import subprocess
@@ -71,6 +72,7 @@ def ieee_fp32():
 
 
 # ----------------------------------------------------------------------------- flex vs eager
+
 
 @pytest.mark.parametrize("factory", [masks.independent, masks.uniae])
 def test_flex_forward_and_backward_match_eager(factory):
@@ -114,6 +116,7 @@ def test_flex_model_loss_and_gradients_match_eager():
 
 # ----------------------------------------------------------------------------- train.py on CUDA
 
+
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
@@ -127,14 +130,28 @@ def _train(corpus, out, *flags, scaler_log=None):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "trim_length", lambda longest, maxlen, multiple=1: maxlen)
         if scaler_log is not None:
+
             class RecordingScaler(torch.amp.GradScaler):
                 def update(self, new_scale=None):
                     super().update(new_scale)
                     scaler_log.append(self.get_scale())
 
             mp.setattr(torch.amp, "GradScaler", RecordingScaler)
-        train.main(base_args(corpus, out, "--max-steps", str(STEPS), "--log-every", "1", "--device", "cuda",
-                             "--prior-components", "0", *flags))
+        train.main(
+            base_args(
+                corpus,
+                out,
+                "--max-steps",
+                str(STEPS),
+                "--log-every",
+                "1",
+                "--device",
+                "cuda",
+                "--prior-components",
+                "0",
+                *flags,
+            )
+        )
     rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
     return torch.tensor([r["loss"] for r in rows if "split" not in r])
 
@@ -161,10 +178,11 @@ def test_fp16_with_grad_scaler_stays_finite_and_close_to_fp32(corpus_file, fp32_
     curve = _train(corpus_file, tmp_path / "fp16", "--attn", "sdpa", "--precision", "fp16", scaler_log=scales)
     assert len(scales) == STEPS and torch.isfinite(curve).all()
     halvings = sum(b < a for a, b in zip(scales, scales[1:]))
-    assert min(scales) >= 2.0 ** 8, f"the loss scale collapsed: {scales}"
+    assert min(scales) >= 2.0**8, f"the loss scale collapsed: {scales}"
     _close(curve[0], fp32_curve[0], 0.01, "step-1 loss")
-    torch.testing.assert_close(curve, fp32_curve, rtol=0.05, atol=0,
-                               msg=f"fp16 vs fp32 loss curve ({halvings} steps skipped by the scaler)")
+    torch.testing.assert_close(
+        curve, fp32_curve, rtol=0.05, atol=0, msg=f"fp16 vs fp32 loss curve ({halvings} steps skipped by the scaler)"
+    )
     model = univae.UniVAE.from_pretrained(str(tmp_path / "fp16" / "last"))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -172,10 +190,30 @@ def test_fp16_with_grad_scaler_stays_finite_and_close_to_fp32(corpus_file, fp32_
 def test_torchrun_one_process_nccl(corpus_file, tmp_path):
     assert torch.distributed.is_nccl_available()
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29547",
-           os.path.join(ROOT, "train.py"),
-           *base_args(corpus_file, out, "--max-steps", "6", "--save-every", "3", "--device", "cuda", "--attn", "sdpa",
-                      "--prior-components", "0")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "1",
+        "--master-port",
+        "29547",
+        os.path.join(ROOT, "train.py"),
+        *base_args(
+            corpus_file,
+            out,
+            "--max-steps",
+            "6",
+            "--save-every",
+            "3",
+            "--device",
+            "cuda",
+            "--attn",
+            "sdpa",
+            "--prior-components",
+            "0",
+        ),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "training on cuda:0" in res.stdout and "stopped at step 6" in res.stdout
@@ -185,6 +223,7 @@ def test_torchrun_one_process_nccl(corpus_file, tmp_path):
 
 
 # ----------------------------------------------------------------------------- compiled decoding, CUDA graphs
+
 
 @pytest.fixture
 def cuda_graph_counts(monkeypatch):

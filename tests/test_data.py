@@ -1,5 +1,6 @@
 """univae.data against hand-worked expectations: normalisation, segmentation, corpus reading,
 splits and batches."""
+
 import json
 import re
 
@@ -39,7 +40,10 @@ def test_segment_short_line_unchanged():
 
 def test_segment_prefers_period_over_comma():
     # 21 chars > 12: split at 。 first; each half fits, so the inner ， is never used
-    assert segment("我们去公园玩，天气很好。明天再去，好不好？", 12) == ["我们去公园玩，天气很好。", "明天再去，好不好？"]
+    assert segment("我们去公园玩，天气很好。明天再去，好不好？", 12) == [
+        "我们去公园玩，天气很好。",
+        "明天再去，好不好？",
+    ]
 
 
 def test_segment_greedy_merge_keeps_inner_punctuation_strips_ends():

@@ -1,6 +1,7 @@
 """VQ and Gaussian-mixture latents: quantisation, straight-through gradients and the EMA codebook
 against hand computations; the mixture's KL, dispersion and MI terms against closed forms and
 Monte-Carlo estimates; the model, objective and diagnostics around them."""
+
 import math
 
 import pytest
@@ -26,6 +27,7 @@ def tiny(latent, **overrides):
 
 
 # ----------------------------------------------------------------------------- VQ
+
 
 @pytest.mark.parametrize("distance", ["l2", "cosine"])
 def test_vq_picks_the_nearest_code(distance):
@@ -190,6 +192,7 @@ def test_vq_objective_and_diagnostics():
 
 # ----------------------------------------------------------------------------- the mixture
 
+
 def random_mixture(components=3, z_dim=4, layers=2, seed=0):
     torch.manual_seed(seed)
     family = GaussianMixture(layers, z_dim, components)
@@ -211,8 +214,12 @@ def test_dispersion_is_nonnegative_and_zero_when_the_components_are_equal():
     expected_kl = (q * kl_divergence(post, Normal(m, (0.5 * s).exp())).sum(-1)).sum(-1)
     precision = (q[..., None] * (-s).exp()).sum(1)
     bar = Normal((q[..., None] * (-s).exp() * m).sum(1) / precision, precision.rsqrt())
-    torch.testing.assert_close(expected_kl - kl_divergence(Normal(mu, (0.5 * logvar).exp()), bar).sum(-1),
-                               family.dispersion(params, 0).double(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        expected_kl - kl_divergence(Normal(mu, (0.5 * logvar).exp()), bar).sum(-1),
+        family.dispersion(params, 0).double(),
+        atol=1e-5,
+        rtol=1e-4,
+    )
     # all components equal (or one component carrying all of q(c|x)): no dispersion
     with torch.no_grad():
         family.prior_mean[1] = family.prior_mean[1, :1]
@@ -238,8 +245,10 @@ def test_mixture_elbo_terms_match_a_monte_carlo_estimate():
         log_q = family.component_log_probs(params).gather(-1, c.T).T + family.log_q(z, params)
         torch.testing.assert_close((log_q - log_p).mean(0), kl, atol=0.03, rtol=0.01)
         # the marginal prior log p(z) against torch's mixture; KL to it is at most the joint KL above
-        mixture = MixtureSameFamily(Categorical(logits=torch.zeros(3)),
-                                    torch.distributions.Independent(Normal(family.prior_mean[1], (0.5 * family.prior_logvar[1]).exp()), 1))
+        mixture = MixtureSameFamily(
+            Categorical(logits=torch.zeros(3)),
+            torch.distributions.Independent(Normal(family.prior_mean[1], (0.5 * family.prior_logvar[1]).exp()), 1),
+        )
         torch.testing.assert_close(family.log_prior(z[:100], 1), mixture.log_prob(z[:100]))
         marginal_kl = (family.log_q(z, params) - family.log_prior(z, 1)).mean(0)
         assert bool((marginal_kl <= kl + 0.03).all())
@@ -290,6 +299,7 @@ def test_mixture_model_and_objective(tmp_path):
     assert out.dispersion.shape == (2, 8) and bool((out.dispersion <= out.kl_per_dim + 1e-5).all())
     # no weight decay on the prior; the checkpoint keeps it
     from univae.training import param_groups
+
     decayed = {id(p) for p in param_groups(model, 0.1)[0]["params"]}
     assert id(model.family.prior_mean) not in decayed and id(model.down[0].weight) in decayed
     model.save_pretrained(tmp_path)

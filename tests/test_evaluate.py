@@ -1,5 +1,6 @@
 """univae.evaluate: the likelihood pieces against the model's own forward and analytic values, and
 the whole report end to end on an untrained debug checkpoint laid out as train.py writes it."""
+
 import json
 import math
 
@@ -17,13 +18,38 @@ from univae.latents import vmf_log_normalizer
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 
 SENTENCES = [
-    "今天天气很好", "我们去公园散步", "这家酒店的服务很周到", "房间干净整洁", "早餐的种类太少了",
-    "交通非常方便", "前台的态度很差", "价格有点贵", "下次还会再来", "床很舒服睡得很好",
-    "这本书写得很精彩", "故事情节引人入胜", "翻译质量一般", "快递送得很快", "包装有点破损",
-    "屏幕显示效果不错", "电池续航时间太短", "键盘手感很好", "系统运行流畅", "性价比很高",
-    "周围的环境很安静", "停车不太方便", "服务员很热情", "菜的味道一般", "窗外的风景很美",
-    "网速太慢了", "隔音效果不好", "洗澡水不够热", "总体来说还可以", "值得推荐给朋友",
-    "iphone 手机很好用", "我爱北京天安门",
+    "今天天气很好",
+    "我们去公园散步",
+    "这家酒店的服务很周到",
+    "房间干净整洁",
+    "早餐的种类太少了",
+    "交通非常方便",
+    "前台的态度很差",
+    "价格有点贵",
+    "下次还会再来",
+    "床很舒服睡得很好",
+    "这本书写得很精彩",
+    "故事情节引人入胜",
+    "翻译质量一般",
+    "快递送得很快",
+    "包装有点破损",
+    "屏幕显示效果不错",
+    "电池续航时间太短",
+    "键盘手感很好",
+    "系统运行流畅",
+    "性价比很高",
+    "周围的环境很安静",
+    "停车不太方便",
+    "服务员很热情",
+    "菜的味道一般",
+    "窗外的风景很美",
+    "网速太慢了",
+    "隔音效果不好",
+    "洗澡水不够热",
+    "总体来说还可以",
+    "值得推荐给朋友",
+    "iphone 手机很好用",
+    "我爱北京天安门",
 ]
 
 
@@ -39,13 +65,27 @@ def run_dir(tmp_path_factory):
     out = root / "run"
     ckpt = out / "step-3"
     model.save_pretrained(str(ckpt))
-    (ckpt / "train_args.json").write_text(json.dumps({"corpus": str(corpus), "split_seed": 1, "val": ""}), encoding="utf-8")
+    (ckpt / "train_args.json").write_text(
+        json.dumps({"corpus": str(corpus), "split_seed": 1, "val": ""}), encoding="utf-8"
+    )
     (out / "last").symlink_to("step-3")
-    rows = [{"step": 1, "loss": 5.0, "ce": 5.0, "kl": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
-            {"step": 2, "loss": 4.0, "ce": 4.0, "kl": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
-            {"step": 2, "split": "val", "ce": 4.5, "bits_per_char": 6.0, "kl": 3.0, "kl_per_layer": [1.5, 1.5],
-             "exact_match": 0.0, "char_f1": 0.1}]
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo', encoding="utf-8")
+    rows = [
+        {"step": 1, "loss": 5.0, "ce": 5.0, "kl": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
+        {"step": 2, "loss": 4.0, "ce": 4.0, "kl": 3.0, "lr": 1e-3, "tokens_per_s": 100.0},
+        {
+            "step": 2,
+            "split": "val",
+            "ce": 4.5,
+            "bits_per_char": 6.0,
+            "kl": 3.0,
+            "kl_per_layer": [1.5, 1.5],
+            "exact_match": 0.0,
+            "char_f1": 0.1,
+        },
+    ]
+    (out / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo', encoding="utf-8"
+    )
     return out, corpus
 
 
@@ -55,6 +95,7 @@ def model(run_dir):
 
 
 # ----------------------------------------------------------------------------- likelihood pieces
+
 
 def test_log_sphere_area_known_values():
     assert E.log_sphere_area(2) == pytest.approx(math.log(2 * math.pi))  # the unit circle's circumference
@@ -85,10 +126,12 @@ def test_importance_weighted_against_a_recomputation(model):
         torch.manual_seed(0)  # the same draws, in the same order: layer by layer, rows b*K + k
         params = [p.repeat_interleave(K, dim=0) for p in model.posterior_params(ids)]
         zs = [family.sample(p) for p in params]
-        log_q = sum(vmf_log_normalizer(16.0, 8) + 16.0 * (z * F.normalize(p, dim=-1)).sum(-1) for z, p in zip(zs, params))
-        log_p = 2 * -math.log(math.pi ** 4 / 3)
+        log_q = sum(
+            vmf_log_normalizer(16.0, 8) + 16.0 * (z * F.normalize(p, dim=-1)).sum(-1) for z, p in zip(zs, params)
+        )
+        log_p = 2 * -math.log(math.pi**4 / 3)
         joined, token_types = D.join(ids.repeat_interleave(K, dim=0))
-        out = [model(joined[i:i + 1], token_types[i:i + 1], z=torch.cat(zs, -1)[i:i + 1]) for i in range(2 * K)]
+        out = [model(joined[i : i + 1], token_types[i : i + 1], z=torch.cat(zs, -1)[i : i + 1]) for i in range(2 * K)]
         ll = torch.stack([-o.ce * o.n_tokens for o in out])
     log_w = (ll + log_p - log_q).double().view(2, K)
     torch.testing.assert_close(log_px, torch.logsumexp(log_w, 1) - math.log(K), atol=1e-4, rtol=1e-6)
@@ -149,15 +192,20 @@ def test_control_scores_on_literal_strings():
     # pattern: 很 kept 1/1, then 0/1; 很好。 kept 2/3, then 3/3
     assert s["pattern_kept"] == pytest.approx((1 + 0 + 2 / 3 + 1) / 4)
     assert s["changed"] == pytest.approx(3 / 4)  # only "很好" equals its reconstruction
-    assert s["char_f1"] == pytest.approx(M.mean(M.char_f1(o, t) for o, t in zip(outputs, [texts[0]] * 2 + [texts[1]] * 2)))
+    assert s["char_f1"] == pytest.approx(
+        M.mean(M.char_f1(o, t) for o, t in zip(outputs, [texts[0]] * 2 + [texts[1]] * 2))
+    )
     assert E.control_scores(texts, outputs[::2], reconstructions, 1, None)["content_kept"] is None  # no IDF corpus
     with pytest.raises(ValueError):
         E.control_scores(texts, outputs, reconstructions, 3, classes)
 
 
 def test_lowest_vs_top():
-    rows = [{"name": "layer 1", "content_kept": 0.75, "pattern_kept": 0.5}, {"name": "layer 2", "content_kept": 0.5, "pattern_kept": 0.25},
-            {"name": "layer 3", "content_kept": 0.25, "pattern_kept": float("nan")}]
+    rows = [
+        {"name": "layer 1", "content_kept": 0.75, "pattern_kept": 0.5},
+        {"name": "layer 2", "content_kept": 0.5, "pattern_kept": 0.25},
+        {"name": "layer 3", "content_kept": 0.25, "pattern_kept": float("nan")},
+    ]
     out = E.lowest_vs_top(rows)
     assert (out["lowest"], out["top"]) == ("layer 1", "layer 3")
     assert out["content_kept"] == {"lowest": 0.75, "top": 0.25, "diff": 0.5}
@@ -180,6 +228,7 @@ def test_read_metrics_keeps_the_last_row_per_step(run_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
+
 def test_split_spec_reproduces_the_training_split(run_dir):
     """CORPUS:SPLIT is that corpus loaded and split as train.py did, with the checkpoint's split seed;
     the training sentences (for novelty) are the train split."""
@@ -196,16 +245,54 @@ def test_split_spec_reproduces_the_training_split(run_dir):
 def test_report_end_to_end(run_dir, model, capsys):
     out, corpus = run_dir
     report_dir = out / "eval"
-    argv = ["--checkpoint", str(out / "last"), "--data", str(corpus), "--max-sentences", "12", "--out", str(report_dir),
-            "--n-samples", "6", "--iw-samples", "3", "--iw-sentences", "4", "--beam-size", "2", "--interp-paths", "2",
-            "--interp-steps", "3", "--replace-dims", "0:4", "--batch-size", "16", "--n-examples", "2"]
+    argv = [
+        "--checkpoint",
+        str(out / "last"),
+        "--data",
+        str(corpus),
+        "--max-sentences",
+        "12",
+        "--out",
+        str(report_dir),
+        "--n-samples",
+        "6",
+        "--iw-samples",
+        "3",
+        "--iw-sentences",
+        "4",
+        "--beam-size",
+        "2",
+        "--interp-paths",
+        "2",
+        "--interp-steps",
+        "3",
+        "--replace-dims",
+        "0:4",
+        "--batch-size",
+        "16",
+        "--n-examples",
+        "2",
+    ]
     assert E.main(argv) == 0
     printed = capsys.readouterr().out
     assert "reconstruction, greedy" in printed and "IW NLL" in printed
 
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
-    assert set(report) >= {"checkpoint", "data", "settings", "reconstruction", "likelihood", "latent", "prior",
-                           "control", "interpolation", "training", "plots", "examples", "notes"}
+    assert set(report) >= {
+        "checkpoint",
+        "data",
+        "settings",
+        "reconstruction",
+        "likelihood",
+        "latent",
+        "prior",
+        "control",
+        "interpolation",
+        "training",
+        "plots",
+        "examples",
+        "notes",
+    }
     assert report["checkpoint"]["step"] == 3
     test = SENTENCES[:12]
     assert report["data"]["n_sentences"] == 12 and report["data"]["n_available"] == len(SENTENCES)
@@ -222,14 +309,18 @@ def test_report_end_to_end(run_dir, model, capsys):
         assert isinstance(lk[key], float) and lk[key] > 0, key
     # untrained: CE near log V; vMF: the KL is the same analytic constant in every layer
     assert lk["ce"] == pytest.approx(math.log(model.config.vocab_size), rel=0.2)
-    assert lt["kl_per_layer"] == pytest.approx(model.family.kl_consts * 2) and lt["kl"] == pytest.approx(2 * model.family.kl_consts[0])
+    assert lt["kl_per_layer"] == pytest.approx(model.family.kl_consts * 2) and lt["kl"] == pytest.approx(
+        2 * model.family.kl_consts[0]
+    )
     # MI and AU are univae.diagnostics' on the posterior params of the evaluated sentences
     ids, _, _ = encode_texts(model.tokenizer, test, model.config.maxlen)
     with torch.no_grad():
         expected = latent_metrics(model.family, model.posterior_params(ids))
     # the sampled estimator can dip slightly below 0 on a near-collapsed (untrained) model
     assert lt["mi"] == pytest.approx(expected["mi"], abs=1e-5) and -0.05 <= lt["mi"] <= math.log(12) + 1e-6
-    assert lt["au"] == expected["au"] and lt["au_per_layer"] == expected["au_per_layer"] and len(lt["mi_per_layer"]) == 2
+    assert (
+        lt["au"] == expected["au"] and lt["au_per_layer"] == expected["au_per_layer"] and len(lt["mi_per_layer"]) == 2
+    )
 
     pr = report["prior"]
     assert pr["n_samples"] == 6 and len(report["examples"]["prior"]) == 2
@@ -260,18 +351,32 @@ def test_report_end_to_end(run_dir, model, capsys):
             assert 0 <= row[key] <= 1, key
     lvt = ctl["lowest_vs_top"]
     assert lvt["content_kept"]["lowest"] == ctl["per_layer"][0]["content_kept"]
-    assert lvt["pattern_kept"]["diff"] == pytest.approx(ctl["per_layer"][0]["pattern_kept"] - ctl["per_layer"][-1]["pattern_kept"])
+    assert lvt["pattern_kept"]["diff"] == pytest.approx(
+        ctl["per_layer"][0]["pattern_kept"] - ctl["per_layer"][-1]["pattern_kept"]
+    )
 
     it = report["interpolation"]
     assert it["n_paths"] == 2 and it["steps"] == 3 and 0 <= it["step_edit_distance"] <= 1
-    assert [e["path"][0] for e in report["examples"]["interpolation"]] == [model.reconstruct(test[0])[0], model.reconstruct(test[2])[0]]
+    assert [e["path"][0] for e in report["examples"]["interpolation"]] == [
+        model.reconstruct(test[0])[0],
+        model.reconstruct(test[2])[0],
+    ]
     assert report["training"]["last_step"] == 2 and report["training"]["last_val"]["char_f1"] == 0.1
 
     for name in report["plots"].values():
         assert (report_dir / name).stat().st_size > 1000
     md = (report_dir / "report.md").read_text(encoding="utf-8")
-    for heading in ("## Headline", "## Checkpoint", "## Data", "## Reconstruction", "## Likelihood and latent health",
-                    "## Prior samples", "## Multi-scale control", "## Interpolation", "## Training curves"):
+    for heading in (
+        "## Headline",
+        "## Checkpoint",
+        "## Data",
+        "## Reconstruction",
+        "## Likelihood and latent health",
+        "## Prior samples",
+        "## Multi-scale control",
+        "## Interpolation",
+        "## Training curves",
+    ):
         assert heading in md
     assert "![control](control.png)" in md and "![training curves](training_curves.png)" in md
     assert "| content kept | pattern kept |" in md and "| lowest − top |" in md and "first char plausible" in md
@@ -295,9 +400,34 @@ def test_report_for_vq_and_gmm(run_dir, tmp_path, latent, capsys):
     with torch.no_grad():  # one training forward: the fresh codebook is seeded from the batch
         model(*D.join(encode_texts(tok, SENTENCES, model.config.maxlen)[0]))
     model.save_pretrained(str(tmp_path / "ckpt"))
-    argv = ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(corpus), "--max-sentences", "6", "--out", str(tmp_path / "eval"),
-            "--n-samples", "3", "--iw-samples", "2", "--iw-sentences", "2", "--beam-size", "2", "--interp-paths", "1",
-            "--interp-steps", "3", "--batch-size", "16", "--n-examples", "1", "--replace-dims", "1" if latent == "vq" else "0:4"]
+    argv = [
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--data",
+        str(corpus),
+        "--max-sentences",
+        "6",
+        "--out",
+        str(tmp_path / "eval"),
+        "--n-samples",
+        "3",
+        "--iw-samples",
+        "2",
+        "--iw-sentences",
+        "2",
+        "--beam-size",
+        "2",
+        "--interp-paths",
+        "1",
+        "--interp-steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--n-examples",
+        "1",
+        "--replace-dims",
+        "1" if latent == "vq" else "0:4",
+    ]
     assert E.main(argv) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
     md = (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
@@ -311,9 +441,13 @@ def test_report_for_vq_and_gmm(run_dir, tmp_path, latent, capsys):
     else:
         assert lk["iw_nll"] > 0 and lk["neg_elbo"] >= lk["iw_nll"] - 1e-6
         mx = lt["mixture"]
-        assert len(mx["usage"][0]) == 5 and 0 <= mx["usage_entropy"][0] <= math.log(5) + 1e-6 and "component usage" in md
+        assert (
+            len(mx["usage"][0]) == 5 and 0 <= mx["usage_entropy"][0] <= math.log(5) + 1e-6 and "component usage" in md
+        )
     headline = capsys.readouterr().out
-    assert ("codebook (per layer)" in headline) == (latent == "vq") and ("mixture (per layer)" in headline) == (latent == "gmm")
+    assert ("codebook (per layer)" in headline) == (latent == "vq") and ("mixture (per layer)" in headline) == (
+        latent == "gmm"
+    )
 
 
 class ConstantPrior:
@@ -340,10 +474,38 @@ def test_report_with_a_fitted_prior(run_dir, model, tmp_path):
     the rows can be recomputed exactly."""
     out, corpus = run_dir
     classes = M.bundled_char_classes()  # tiny_idf's
-    args = E.parse_args(["--checkpoint", str(out / "last"), "--data", str(corpus), "--max-sentences", "6", "--out", str(tmp_path),
-                         "--n-samples", "4", "--n-examples", "4", "--iw-samples", "2", "--iw-sentences", "2", "--beam-size", "2",
-                         "--interp-paths", "1", "--interp-steps", "2", "--batch-size", "16", "--control-sentences", "4",
-                         "--control-edits", "2"])
+    args = E.parse_args(
+        [
+            "--checkpoint",
+            str(out / "last"),
+            "--data",
+            str(corpus),
+            "--max-sentences",
+            "6",
+            "--out",
+            str(tmp_path),
+            "--n-samples",
+            "4",
+            "--n-examples",
+            "4",
+            "--iw-samples",
+            "2",
+            "--iw-sentences",
+            "2",
+            "--beam-size",
+            "2",
+            "--interp-paths",
+            "1",
+            "--interp-steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--control-sentences",
+            "4",
+            "--control-edits",
+            "2",
+        ]
+    )
     context = E.prepare(args)
     z0 = model.encode([SENTENCES[20]])[0]
     context["model"].fitted_prior = fitted = ConstantPrior(z0)

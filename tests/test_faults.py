@@ -1,6 +1,7 @@
 """The faults a run must survive, and the settings it settles before touching anything: corrupt
 checkpoint files (one line naming the file, in train.py --resume, sample.py and univae.evaluate),
 non-finite steps, one run per --out, a failing disk, --keep-last, and logs a person can read."""
+
 import errno
 import os
 import shutil
@@ -36,6 +37,7 @@ def weights(path):
 
 # ----------------------------------------------------------------------------- settle: pure and layered
 
+
 def test_settle_layers_defaults_recipe_saved_args_and_flags(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # the default run fine-tunes the bundled backbone with its measured recipe
@@ -69,19 +71,25 @@ def test_settle_layers_defaults_recipe_saved_args_and_flags(tmp_path, monkeypatc
     cfg, overrides = train.settle({"hidden_size": 96, "num_hidden_layers": 5, "num_latent_layers": 2})
     assert overrides == {"hidden_size": 96, "num_hidden_layers": 5, "num_latent_layers": 2} and cfg.init_from == ""
     assert train.preset(cfg.preset, **overrides).num_hidden_layers == 5
-    for given, message in [({"codebook_size": 8}, "for --latent vq"), ({"preset": "huge"}, "unknown --preset"),
-                           ({"init_from": "x", "preset": "small"}, "contradicts --init-from"),
-                           ({"init_from": "x", "from_scratch": True}, "contradicts --init-from"),
-                           ({"batch_size": 0}, "--batch-size"), ({"keep_last": -1}, "--keep-last"),
-                           ({"max_bad_steps": 0}, "--max-bad-steps"), ({"precision": "fp16", "device": "cpu"}, "CUDA"),
-                           ({"init_from": "x", "hidden_size": 64}, "from scratch"),
-                           ({"resume": "last", "num_hidden_layers": 6}, "from scratch")]:
+    for given, message in [
+        ({"codebook_size": 8}, "for --latent vq"),
+        ({"preset": "huge"}, "unknown --preset"),
+        ({"init_from": "x", "preset": "small"}, "contradicts --init-from"),
+        ({"init_from": "x", "from_scratch": True}, "contradicts --init-from"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"keep_last": -1}, "--keep-last"),
+        ({"max_bad_steps": 0}, "--max-bad-steps"),
+        ({"precision": "fp16", "device": "cpu"}, "CUDA"),
+        ({"init_from": "x", "hidden_size": 64}, "from scratch"),
+        ({"resume": "last", "num_hidden_layers": 6}, "from scratch"),
+    ]:
         with pytest.raises(train.SettingsError, match=message.replace("-", r"\-")):
             train.settle(given)
     assert os.listdir(tmp_path) == []  # pure: nothing read or written
 
 
 # ----------------------------------------------------------------------------- corrupt checkpoint files
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -103,9 +111,14 @@ def damaged_copy(run_dir, tmp_path, name, how):
 
 
 @pytest.mark.parametrize("how", ["truncated", "zeroed"])
-@pytest.mark.parametrize("name, tools", [("model.safetensors", ("train", "sample", "evaluate")),
-                                         ("config.json", ("train", "sample", "evaluate")),
-                                         ("training_state.pt", ("train",))])
+@pytest.mark.parametrize(
+    "name, tools",
+    [
+        ("model.safetensors", ("train", "sample", "evaluate")),
+        ("config.json", ("train", "sample", "evaluate")),
+        ("training_state.pt", ("train",)),
+    ],
+)
 def test_a_damaged_checkpoint_file_is_one_line_naming_it(run_dir, tmp_path, capsys, name, tools, how):
     out, path = damaged_copy(run_dir, tmp_path, name, how)
     before = sorted(os.listdir(out))
@@ -115,7 +128,10 @@ def test_a_damaged_checkpoint_file_is_one_line_naming_it(run_dir, tmp_path, caps
         elif tool == "sample":
             code, err = sample.main(["--checkpoint", str(out / "last"), "--n", "1"]), capsys.readouterr().err
         else:
-            code, err = E.main(["--checkpoint", str(out / "last"), "--out", str(tmp_path / "eval")]), capsys.readouterr().err
+            code, err = (
+                E.main(["--checkpoint", str(out / "last"), "--out", str(tmp_path / "eval")]),
+                capsys.readouterr().err,
+            )
         assert code != 0, tool
         lines = err.strip().splitlines()
         assert len(lines) == 1 and name in lines[0] and "Traceback" not in err, (tool, err)
@@ -123,6 +139,7 @@ def test_a_damaged_checkpoint_file_is_one_line_naming_it(run_dir, tmp_path, caps
 
 
 # ----------------------------------------------------------------------------- non-finite steps
+
 
 def poison(monkeypatch, steps, kind):
     """Make the objective's loss (kind "loss") or only its gradient ("grad": the loss value stays
@@ -162,7 +179,9 @@ def test_a_non_finite_step_is_skipped_and_counted(corpus, tmp_path, monkeypatch,
 def test_non_finite_steps_in_a_row_stop_the_run_without_saving(corpus, tmp_path, monkeypatch, capsys):
     poison(monkeypatch, set(range(5, 100)), "loss")
     out = tmp_path / "o"
-    code, err = exit_and_err(capsys, args_for(corpus, out, "--max-steps", "50", "--save-every", "5", "--max-bad-steps", "3"))
+    code, err = exit_and_err(
+        capsys, args_for(corpus, out, "--max-steps", "50", "--save-every", "5", "--max-bad-steps", "3")
+    )
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "3 non-finite steps in a row at step 8" in err and "still step-5" in err
     assert os.path.realpath(out / "last") == str(out / "step-5")
@@ -183,7 +202,9 @@ def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(VAEObjective, "update_multiplier", corrupting)
     out = tmp_path / "o"
-    code, err = exit_and_err(capsys, args_for(corpus, out, "--max-steps", "10", "--save-every", "5", "--max-bad-steps", "100"))
+    code, err = exit_and_err(
+        capsys, args_for(corpus, out, "--max-steps", "10", "--save-every", "5", "--max-bad-steps", "100")
+    )
     assert code == 1 and "not finite; not saved" in err and len(err.strip().splitlines()) == 1
     assert os.path.realpath(out / "last") == str(out / "step-5")
     assert all(torch.isfinite(t).all() for t in weights(out / "last").values())
@@ -191,10 +212,14 @@ def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch, capsy
 
 # ----------------------------------------------------------------------------- one run per --out
 
+
 def test_a_live_run_locks_out_and_a_killed_one_leaves_a_stale_lock_that_resume_takes(corpus, tmp_path, capsys):
     out = tmp_path / "live"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
-           *args_for(corpus, out, "--save-every", "2", "--max-steps", "100000", "--log-every", "1")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        *args_for(corpus, out, "--save-every", "2", "--max-steps", "100000", "--log-every", "1"),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         deadline = time.time() + 120
@@ -213,15 +238,21 @@ def test_a_live_run_locks_out_and_a_killed_one_leaves_a_stale_lock_that_resume_t
     step = torch.load(out / "last" / "training_state.pt", weights_only=True)["step"]
     train.main(["--out", str(out), "--resume", "--max-steps", str(step + 2)])
     captured = capsys.readouterr().out
-    assert f"left by pid {proc.pid}, which is no longer running" in captured and f"stopped at step {step + 2}" in captured
+    assert (
+        f"left by pid {proc.pid}, which is no longer running" in captured and f"stopped at step {step + 2}" in captured
+    )
     assert not (out / ".lock").exists()
 
 
 # ----------------------------------------------------------------------------- a failing disk
 
-@pytest.mark.parametrize("owner, name", [(torch, "save"), (univae.checkpoint, "save_file")],
-                         ids=["training_state.pt", "model.safetensors"])
-def test_an_io_error_while_saving_keeps_last_at_the_previous_checkpoint(corpus, tmp_path, monkeypatch, capsys, owner, name):
+
+@pytest.mark.parametrize(
+    "owner, name", [(torch, "save"), (univae.checkpoint, "save_file")], ids=["training_state.pt", "model.safetensors"]
+)
+def test_an_io_error_while_saving_keeps_last_at_the_previous_checkpoint(
+    corpus, tmp_path, monkeypatch, capsys, owner, name
+):
     real, calls = getattr(owner, name), []
 
     def failing(*a, **k):
@@ -242,6 +273,7 @@ def test_an_io_error_while_saving_keeps_last_at_the_previous_checkpoint(corpus, 
 
 # ----------------------------------------------------------------------------- --keep-last
 
+
 @pytest.mark.parametrize("keep, expected", [(2, [8, 10]), (0, [2, 4, 6, 8, 10]), (1, [10])])
 def test_keep_last_keeps_the_newest_checkpoints(corpus, tmp_path, keep, expected):
     out = tmp_path / f"k{keep}"
@@ -257,14 +289,21 @@ def test_prune_never_removes_what_last_points_at(tmp_path):
     (tmp_path / "step-x").mkdir()  # not a checkpoint name: left alone
     (tmp_path / "last").symlink_to("step-1")  # e.g. resumed from an older step into the same --out
     removed = T.prune_checkpoints(str(tmp_path), 1)
-    assert sorted(os.listdir(tmp_path)) == ["last", "step-1", "step-3", "step-x"] and removed == [str(tmp_path / "step-2")]
+    assert sorted(os.listdir(tmp_path)) == ["last", "step-1", "step-3", "step-x"] and removed == [
+        str(tmp_path / "step-2")
+    ]
 
 
 # ----------------------------------------------------------------------------- logs
 
+
 def test_logs_off_a_terminal_are_plain_lines(corpus, tmp_path):
     out = tmp_path / "log"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args_for(corpus, out, "--max-steps", "30", "--log-every", "5")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        *args_for(corpus, out, "--max-steps", "30", "--log-every", "5"),
+    ]
     with open(tmp_path / "train.log", "w") as f:
         subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=300, check=True)
     text = (tmp_path / "train.log").read_text(encoding="utf-8")

@@ -1,6 +1,7 @@
 """Decoding: the cached decoder against recompute-everything decoding (the reference's way),
 strategies against HF's logits processors and exhaustive search, latent-space operations
 against their formulas."""
+
 import itertools
 import math
 
@@ -46,6 +47,7 @@ def _step_all(model, z, steps):
 
 # ----------------------------------------------------------------------------- cached == recompute
 
+
 @pytest.mark.parametrize("attn", DENSE_BACKENDS)
 @pytest.mark.parametrize("kind", ["bert", "roformer"])
 def test_cached_logits_equal_recompute_at_every_step(hf_dirs, kind, attn):
@@ -74,7 +76,9 @@ def test_greedy_and_beam_outputs_identical_cached_and_recompute(model, attn):
     z = model.sample_prior(4)
     greedy = model.generate(z)
     assert greedy == model.generate(z, use_cache=False)
-    assert G.decode_ids(model, z, G.Decoding(beam_size=3)) == G.decode_ids(model, z, G.Decoding(beam_size=3, use_cache=False))
+    assert G.decode_ids(model, z, G.Decoding(beam_size=3)) == G.decode_ids(
+        model, z, G.Decoding(beam_size=3, use_cache=False)
+    )
     assert model.generate(z, beam_size=1) == greedy
 
 
@@ -99,6 +103,7 @@ def test_flex_backend(hf_dirs):
 
 
 # ----------------------------------------------------------------------------- compiled step
+
 
 @pytest.fixture
 def fresh_dynamo():
@@ -168,7 +173,7 @@ def test_batches_reuse_one_cached_decoder(hf_dirs, monkeypatch, beam_size):
     monkeypatch.setattr(G, "CachedDecoder", Counting)
     batched = model.generate(z, batch_size=3, beam_size=beam_size)
     assert len(built) == 2  # rows 0-2 and 3-5 share one decoder; row 6 is a batch of one
-    assert batched == [model.generate(z[i:i + 1], beam_size=beam_size)[0] for i in range(7)]
+    assert batched == [model.generate(z[i : i + 1], beam_size=beam_size)[0] for i in range(7)]
     decoder = G.CachedDecoder(model, z[:3])
     with pytest.raises(ValueError, match="3 rows"):
         decoder.reset(z[:2])
@@ -234,7 +239,7 @@ def test_beam_search_is_batched_per_input(model):
     torch.manual_seed(4)
     z = model.sample_prior(3)
     together = model.generate(z, beam_size=3)
-    alone = [model.generate(z[i:i + 1], beam_size=3)[0] for i in range(3)]
+    alone = [model.generate(z[i : i + 1], beam_size=3)[0] for i in range(3)]
     assert together == alone
 
 
@@ -306,6 +311,7 @@ def test_detokenize_chinese():
 
 # ----------------------------------------------------------------------------- latent-space operations
 
+
 def _layers_on_sphere(model, z):
     for zl in model.split_z(z):
         torch.testing.assert_close(zl.norm(dim=-1), torch.ones(zl.shape[:-1]))
@@ -328,7 +334,9 @@ def test_fill_spheres():
     """Partly replaced layers: kept dims to the bit, the replaced part's direction kept and its norm
     what the layer has left; wholly replaced and untouched layers left exactly as they were."""
     torch.manual_seed(17)
-    z = torch.cat([F.normalize(torch.randn(4, 8), dim=-1), 3 * torch.randn(4, 8), F.normalize(torch.randn(4, 8), dim=-1)], 1)
+    z = torch.cat(
+        [F.normalize(torch.randn(4, 8), dim=-1), 3 * torch.randn(4, 8), F.normalize(torch.randn(4, 8), dim=-1)], 1
+    )
     replaced = torch.tensor([1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15])  # 3 dims of layer 0, all of layer 1, none of 2
     drawn = z.clone()
     drawn[:, replaced] = torch.randn(4, len(replaced))
@@ -369,20 +377,42 @@ def test_edit_gaussian_branch_is_plain_replacement(model):
     torch.testing.assert_close(d, torch.zeros(16))
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("0:4", [(0, 4)]), ("0:2,14:16", [(0, 2), (14, 16)]), ("-4:", [(12, 16)]), (":3", [(0, 3)]),
-    (":", [(0, 16)]), ("-4:-2", [(12, 14)]), ("7", [(7, 8)]), ("-1", [(15, 16)]), (slice(2, 5), [(2, 5)]),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("0:4", [(0, 4)]),
+        ("0:2,14:16", [(0, 2), (14, 16)]),
+        ("-4:", [(12, 16)]),
+        (":3", [(0, 3)]),
+        (":", [(0, 16)]),
+        ("-4:-2", [(12, 14)]),
+        ("7", [(7, 8)]),
+        ("-1", [(15, 16)]),
+        (slice(2, 5), [(2, 5)]),
+    ],
+)
 def test_parse_dims(spec, expected):
     index, ranges = G.parse_dims(spec, 16)
     assert ranges == expected
     assert index.tolist() == sorted({d for a, b in expected for d in range(a, b)})
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("0:17", "outside"), ("-17:", "outside"), ("16", "outside"), ("4:4", "empty"), ("5:2", "empty"), ("16:", "empty"),
-    ("0:4:2", "no step"), ("a:b", "malformed"), ("", "malformed"), ("0:4,", "malformed"), ("1:2:", "no step"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("0:17", "outside"),
+        ("-17:", "outside"),
+        ("16", "outside"),
+        ("4:4", "empty"),
+        ("5:2", "empty"),
+        ("16:", "empty"),
+        ("0:4:2", "no step"),
+        ("a:b", "malformed"),
+        ("", "malformed"),
+        ("0:4,", "malformed"),
+        ("1:2:", "no step"),
+    ],
+)
 def test_parse_dims_rejects(spec, message):
     with pytest.raises(ValueError, match=message):
         G.parse_dims(spec, 16)
@@ -421,7 +451,9 @@ def test_perturb_z_matches_the_vmf_posterior(model):
     cos = torch.stack([(a * b).sum(-1) for a, b in zip(model.split_z(around), model.split_z(z))])
     assert abs(cos.mean().item() - vmf_mean_cosine(model.config.kappa, model.config.z_dim)) < 0.01
     half = G.perturb_z(model, z, 20000, 0.5)
-    half_angle = torch.stack([torch.acos((a * b).sum(-1).clamp(-1, 1)) for a, b in zip(model.split_z(half), model.split_z(z))])
+    half_angle = torch.stack(
+        [torch.acos((a * b).sum(-1).clamp(-1, 1)) for a, b in zip(model.split_z(half), model.split_z(z))]
+    )
     full_angle = torch.acos(cos.clamp(-1, 1))
     assert abs(half_angle.mean().item() - full_angle.mean().item() / 2) < 0.01
 
@@ -448,6 +480,7 @@ def test_perturb_z_spreads_per_layer(model):
 
 
 # ----------------------------------------------------------------------------- the API
+
 
 def test_api(model):
     texts = ["我是中国人", "你好", "他在家里看书"]

@@ -2,6 +2,7 @@
 restructure (a 40-step fp32 debug-preset run, and each sample.py mode's --json lines on the tiny
 checkpoint it left in tests/golden/tiny) must come out the same today. fp32 throughout; the float
 tolerances cover the difference between CPU kinds."""
+
 import json
 import os
 
@@ -22,9 +23,13 @@ def test_training_reproduces_the_recorded_loss_curve_and_weights(tmp_path):
     out = tmp_path / "run"
     train.main(["--corpus", corpus_file(str(tmp_path)), "--out", str(out), *TRAIN_FLAGS])
     rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8") if '"split"' not in line]
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in rows]), torch.tensor(RECORDED["loss_curve"]),
-                               rtol=1e-4, atol=1e-5)
-    ours, recorded = load_file(out / "last" / "model.safetensors"), load_file(os.path.join(GOLDEN, "tiny", "model.safetensors"))
+    torch.testing.assert_close(
+        torch.tensor([r["loss"] for r in rows]), torch.tensor(RECORDED["loss_curve"]), rtol=1e-4, atol=1e-5
+    )
+    ours, recorded = (
+        load_file(out / "last" / "model.safetensors"),
+        load_file(os.path.join(GOLDEN, "tiny", "model.safetensors")),
+    )
     assert ours.keys() == recorded.keys()
     for k in ours:
         torch.testing.assert_close(ours[k], recorded[k], rtol=1e-4, atol=1e-5, msg=k)

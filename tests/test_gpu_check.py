@@ -1,5 +1,6 @@
 """The CUDA path's CPU-checkable parts: bench/gpu_check.sh without a GPU, what the GPU machine lacks
 (snownlp, rapidfuzz), train_step.py's synthetic batches, and the CUDA choices made in plain code."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
     out = tmp_path / "out"
-    res = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), str(out)], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    res = subprocess.run(
+        ["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [res.stdout.strip()] and "no CUDA device is present" in res.stdout
     assert res.stderr == "" and not out.exists()
@@ -27,17 +33,40 @@ def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
 def test_the_cuda_modules_import_without_snownlp_and_rapidfuzz():
     """The GPU machine has neither: train.py, sample.py, the CUDA tests and the benchmarks the
     script runs must import without them (None in sys.modules makes an import fail)."""
-    code = ("import sys; sys.modules['snownlp'] = sys.modules['rapidfuzz'] = None; "
-            f"sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, 'tests')!r}, {os.path.join(ROOT, 'bench')!r}]; "
-            "import train, sample, univae.evaluate, test_cuda, train_step, decode")
+    code = (
+        "import sys; sys.modules['snownlp'] = sys.modules['rapidfuzz'] = None; "
+        f"sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, 'tests')!r}, {os.path.join(ROOT, 'bench')!r}]; "
+        "import train, sample, univae.evaluate, test_cuda, train_step, decode"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_train_step_bench_runs_on_synthetic_batches():
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "train_step.py"), "--presets", "small", "--batch", "2",
-                          "--batches", "1", "--reps", "1", "--attn", "sdpa", "--matmul", "64", "--data", "synthetic"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "bench", "train_step.py"),
+            "--presets",
+            "small",
+            "--batch",
+            "2",
+            "--batches",
+            "1",
+            "--reps",
+            "1",
+            "--attn",
+            "sdpa",
+            "--matmul",
+            "64",
+            "--data",
+            "synthetic",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "1 synthetic batches of 2 sentences" in res.stdout and "| hf:small " in res.stdout
 

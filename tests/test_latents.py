@@ -1,6 +1,7 @@
 """Gaussian latents, the VAE objective's remedies for posterior collapse, and the collapse diagnostics.
 
 Every number is checked against a closed form, a reference implementation or a hand computation."""
+
 import math
 from types import SimpleNamespace
 
@@ -27,12 +28,22 @@ def tiny(latent="gaussian", with_mask=True):
 
 def fake_out(kl_per_dim, ce=2.0, n_tokens=30, B=3, z=None, labels=None):
     """A UniVAEOutput stand-in carrying just what VAEObjective reads."""
-    return SimpleNamespace(ce=torch.tensor(ce), kl=kl_per_dim.sum(), kl_per_dim=kl_per_dim,
-                           n_tokens=torch.tensor(n_tokens), labels=torch.zeros(B, 4, dtype=torch.long) if labels is None else labels,
-                           z=z, commitment=None, kl_c=None, dispersion=None, mi_c=None)
+    return SimpleNamespace(
+        ce=torch.tensor(ce),
+        kl=kl_per_dim.sum(),
+        kl_per_dim=kl_per_dim,
+        n_tokens=torch.tensor(n_tokens),
+        labels=torch.zeros(B, 4, dtype=torch.long) if labels is None else labels,
+        z=z,
+        commitment=None,
+        kl_c=None,
+        dispersion=None,
+        mi_c=None,
+    )
 
 
 # ----------------------------------------------------------------------------- the Gaussian family
+
 
 def test_gaussian_kl_and_log_q_against_torch_and_monte_carlo():
     torch.manual_seed(0)
@@ -87,6 +98,7 @@ def test_gaussian_model_forward_terms_and_round_trip(tmp_path):
 
 # ----------------------------------------------------------------------------- the objective
 
+
 def test_objective_keeps_the_vmf_loss_and_rejects_kl_flags():
     model = tiny("vmf").train()
     ids, tt = random_joined(model, seed=2)
@@ -94,7 +106,12 @@ def test_objective_keeps_the_vmf_loss_and_rejects_kl_flags():
     loss, logs = VAEObjective(TrainConfig(), model)(out, step=0)
     assert loss is out.ce and torch.equal(out.loss, out.ce)
     assert set(logs) == {"loss", "ce", "kl"}
-    for flags in (dict(free_bits=0.5), dict(kl_anneal="linear", kl_anneal_steps=10), dict(target_rate=5.0), dict(kl_weight=0.5)):
+    for flags in (
+        dict(free_bits=0.5),
+        dict(kl_anneal="linear", kl_anneal_steps=10),
+        dict(target_rate=5.0),
+        dict(kl_weight=0.5),
+    ):
         with pytest.raises(ValueError, match="constant KL"):
             VAEObjective(TrainConfig(**flags), model)
     objective = VAEObjective(TrainConfig(bow_weight=0.5), model)
@@ -139,7 +156,21 @@ def test_kl_anneal_schedules():
     assert [kl_anneal_weight(s) for s in (0, 5, 10**6)] == [1.0, 1.0, 1.0]
     assert [kl_anneal_weight(s, "linear", 10) for s in (0, 5, 9, 10, 50)] == [0.0, 0.5, 0.9, 1.0, 1.0]
     # 2 cycles of 50 steps: 25 at 0, 12.5 ramping, the rest at 1; then 1 for good
-    hand = {0: 0.0, 24: 0.0, 25: 0.0, 30: 0.4, 37: 0.96, 38: 1.0, 49: 1.0, 50: 0.0, 74: 0.0, 80: 0.4, 99: 1.0, 100: 1.0, 500: 1.0}
+    hand = {
+        0: 0.0,
+        24: 0.0,
+        25: 0.0,
+        30: 0.4,
+        37: 0.96,
+        38: 1.0,
+        49: 1.0,
+        50: 0.0,
+        74: 0.0,
+        80: 0.4,
+        99: 1.0,
+        100: 1.0,
+        500: 1.0,
+    }
     for step, w in hand.items():
         assert kl_anneal_weight(step, "cyclical", 100, 2, 0.5, 0.25) == pytest.approx(w, abs=1e-12), step
     for n, cycles, inc, zero in ((100, 2, 0.25, 0.5), (120, 4, 0.5, 0.3), (90, 1, 0.5, 0.0)):
@@ -197,7 +228,7 @@ def test_bow_loss_matches_a_manual_computation():
     for j, head in enumerate(objective.bow):
         nll = []
         for b in range(2):
-            logits = head.weight @ z[b, 8 * j:8 * (j + 1)] + head.bias
+            logits = head.weight @ z[b, 8 * j : 8 * (j + 1)] + head.bias
             log_p = logits - torch.logsumexp(logits, 0)
             nll += [-log_p[w] for w in labels[b].tolist() if w != -100]
         per_layer.append(sum(nll) / len(nll))
@@ -219,7 +250,7 @@ def test_bow_layers_restrict_the_loss_to_the_chosen_latent_layers():
         nll += [-log_p[w] for w in labels[b].tolist() if w != -100]
     loss = objective.bow_loss(z, labels)
     torch.testing.assert_close(loss, sum(nll) / len(nll))
-    grad, = torch.autograd.grad(loss, z)
+    (grad,) = torch.autograd.grad(loss, z)
     assert torch.all(grad[:, :8] == 0) and torch.any(grad[:, 8:] != 0)  # the lowest layer's code is left alone
     assert VAEObjective(TrainConfig(bow_weight=1.0, bow_layers="0,-2"), model).bow_layers == [0]
 
@@ -259,7 +290,7 @@ def test_bow_chars_content_counts_only_the_content_tokens():
     z = torch.randn(2, 16)
     labels = torch.tensor([[7, 9, 9, 3, -100], [11, 3, -100, -100, -100]])
     content = ((0, 9), (0, 9), (1, 11))  # the two 9s and the 11; 7 and 3 are not content
-    per_layer = [bow_nll(head, z[:, 8 * j:8 * (j + 1)], content) for j, head in enumerate(objective.bow)]
+    per_layer = [bow_nll(head, z[:, 8 * j : 8 * (j + 1)], content) for j, head in enumerate(objective.bow)]
     torch.testing.assert_close(objective.bow_loss(z, labels), sum(per_layer) / 2)
     with pytest.raises(ValueError, match="needs the token masks"):
         VAEObjective(TrainConfig(bow_weight=1.0, bow_chars="content"), model)
@@ -284,22 +315,32 @@ def test_bow_chars_per_layer_give_each_layer_its_own_class():
     lowest = bow_nll(objective.bow[0], z[:, :8], ((0, 9), (0, 9), (1, 11)))
     top = bow_nll(objective.bow[1], z[:, 8:], ((0, 7), (0, 3), (1, 3)))
     torch.testing.assert_close(objective.bow_loss(z, labels), (lowest + top) / 2)
-    mixed = VAEObjective(TrainConfig(bow_weight=1.0, bow_layers="1,0", bow_chars="all,content"), model, masks_of(model, content=[9]))
-    assert mixed.bow_targets[1].all() and mixed.bow_targets[0].tolist() == masks_of(model, content=[9])["content"].tolist()
+    mixed = VAEObjective(
+        TrainConfig(bow_weight=1.0, bow_layers="1,0", bow_chars="all,content"), model, masks_of(model, content=[9])
+    )
+    assert (
+        mixed.bow_targets[1].all() and mixed.bow_targets[0].tolist() == masks_of(model, content=[9])["content"].tolist()
+    )
 
 
-@pytest.mark.parametrize("layers, chars, message", [
-    ("", "content,pattern", "one class per --bow-layers entry; name the layers"),
-    ("0,1", "content,pattern,all", "has 3 classes for the 2 layers of --bow-layers 0,1"),
-    ("0,-2", "content,pattern", "layer 0 is named twice, with --bow-chars content and pattern")])
+@pytest.mark.parametrize(
+    "layers, chars, message",
+    [
+        ("", "content,pattern", "one class per --bow-layers entry; name the layers"),
+        ("0,1", "content,pattern,all", "has 3 classes for the 2 layers of --bow-layers 0,1"),
+        ("0,-2", "content,pattern", "layer 0 is named twice, with --bow-chars content and pattern"),
+    ],
+)
 def test_bow_chars_per_layer_bad_values_are_named(layers, chars, message):
     model = tiny()
     with pytest.raises(ValueError, match=message):
         VAEObjective(TrainConfig(bow_weight=1.0, bow_layers=layers, bow_chars=chars), model, masks_of(model))
 
 
-@pytest.mark.parametrize("spec, message", [("2", "layer 2 does not exist; the model has 2 latent layers"),
-                                           ("top", "'top' is not a latent-layer index")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [("2", "layer 2 does not exist; the model has 2 latent layers"), ("top", "'top' is not a latent-layer index")],
+)
 def test_bow_layers_bad_values_are_named(spec, message):
     with pytest.raises(ValueError, match=message):
         VAEObjective(TrainConfig(bow_weight=1.0, bow_layers=spec), tiny())
@@ -328,14 +369,15 @@ def test_word_dropout_masks_only_real_target_tokens_after_cls():
     assert torch.equal(fed[:, :m], ids[:, :m]) and torch.equal(fed[:, m], ids[:, m])  # source, target [CLS]
     assert not changed[ids == 0].any()  # padding
     assert torch.all(fed[changed] == mask_id)
-    real = (ids[:, m + 1:] != 0).sum()
+    real = (ids[:, m + 1 :] != 0).sum()
     assert 0.4 < changed.sum() / real < 0.6
-    assert torch.equal(out.labels, plain.labels) and torch.equal(out.labels[:, :3], ids[:, m + 1:m + 4])
+    assert torch.equal(out.labels, plain.labels) and torch.equal(out.labels[:, :3], ids[:, m + 1 : m + 4])
     with pytest.raises(ValueError, match="no \\[MASK\\]"):
         tiny(with_mask=False).train()(ids, tt, word_dropout=0.1)
 
 
 # ----------------------------------------------------------------------------- diagnostics
+
 
 def test_mutual_information_closed_forms():
     torch.manual_seed(0)
@@ -394,9 +436,11 @@ def test_collapse_warning():
     # measure of it (collapse_warning's docstring): silent, even at AU 0 (the default run printed
     # "active units 50 of 192" here)
     vmf = preset("debug")
-    for metrics in ({"kl_per_layer": [7.0, 7.0], "au": 12, "au_per_layer": [6, 6]},
-                    {"kl_per_layer": [7.0, 7.0], "au": 0, "au_per_layer": [0, 0]},
-                    {"kl_per_layer": [0.0, 0.0], "au": 1, "au_per_layer": [1, 0]}):
+    for metrics in (
+        {"kl_per_layer": [7.0, 7.0], "au": 12, "au_per_layer": [6, 6]},
+        {"kl_per_layer": [7.0, 7.0], "au": 0, "au_per_layer": [0, 0]},
+        {"kl_per_layer": [0.0, 0.0], "au": 1, "au_per_layer": [1, 0]},
+    ):
         assert collapse_warning(metrics, vmf) is None
     small = preset("small")
     assert collapse_warning({"kl_per_layer": [7.0] * 3, "au": 50, "au_per_layer": [30, 20, 0]}, small) is None
@@ -404,10 +448,15 @@ def test_collapse_warning():
 
 def test_train_config_checks_the_objective_flags():
     assert TrainConfig(kl_anneal="cyclical", max_steps=300).kl_anneal_steps == 300
-    for bad, match in ((dict(kl_anneal="cyclical"), "kl-anneal-steps"), (dict(kl_anneal="cosine"), "kl-anneal"),
-                       (dict(kl_reduction="sum"), "kl-reduction"), (dict(word_dropout=1.0), "word-dropout"),
-                       (dict(kl_ratio_zero=0.8, kl_ratio_increase=0.3), "ratio"), (dict(free_bits=-1.0), "free-bits"),
-                       (dict(au_delta=0.0), "au-delta")):
+    for bad, match in (
+        (dict(kl_anneal="cyclical"), "kl-anneal-steps"),
+        (dict(kl_anneal="cosine"), "kl-anneal"),
+        (dict(kl_reduction="sum"), "kl-reduction"),
+        (dict(word_dropout=1.0), "word-dropout"),
+        (dict(kl_ratio_zero=0.8, kl_ratio_increase=0.3), "ratio"),
+        (dict(free_bits=-1.0), "free-bits"),
+        (dict(au_delta=0.0), "au-delta"),
+    ):
         with pytest.raises(ValueError, match=match):
             TrainConfig(**bad)
 
@@ -428,7 +477,7 @@ def test_code_dropout_feeds_the_decoder_a_prior_draw_for_one_layer():
     z = out.mu.clone()
     k = model.config.z_dim
     for b, j in enumerate(dropped.tolist()):
-        z[b, j * k:(j + 1) * k] = draws[j][b]
+        z[b, j * k : (j + 1) * k] = draws[j][b]
     model.eval()
     with torch.no_grad():
         forced = model(ids, tt, z=z)

@@ -4,22 +4,28 @@ import torch
 import masks
 
 # DESIGN.md, "The masks", src=3, tgt=3, literally.
-INDEPENDENT_6x6 = torch.tensor([
-    [1, 1, 1, 0, 0, 0],
-    [1, 1, 1, 0, 0, 0],
-    [1, 1, 1, 0, 0, 0],
-    [0, 0, 0, 1, 0, 0],
-    [0, 0, 0, 1, 1, 0],
-    [0, 0, 0, 1, 1, 1],
-], dtype=torch.bool)
-UNIAE_6x6 = torch.tensor([
-    [1, 1, 1, 0, 0, 0],
-    [1, 1, 1, 0, 0, 0],
-    [1, 1, 1, 0, 0, 0],
-    [1, 0, 0, 1, 0, 0],
-    [1, 0, 0, 1, 1, 0],
-    [1, 0, 0, 1, 1, 1],
-], dtype=torch.bool)
+INDEPENDENT_6x6 = torch.tensor(
+    [
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 1, 1],
+    ],
+    dtype=torch.bool,
+)
+UNIAE_6x6 = torch.tensor(
+    [
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 0, 0, 1, 0, 0],
+        [1, 0, 0, 1, 1, 0],
+        [1, 0, 0, 1, 1, 1],
+    ],
+    dtype=torch.bool,
+)
 
 
 def test_design_matrices_literally():
@@ -47,8 +53,9 @@ def test_composition_matches_elementwise_logic():
     assert torch.equal(masks.materialize(masks.or_masks(a, b), 6, 6), ma | mb)
     assert torch.equal(masks.materialize(masks.and_masks(a, b), 6, 6), ma & mb)
     assert not (ma & mb).any()  # the halves never overlap
-    assert torch.equal(masks.materialize(masks.or_masks(masks.independent(3), masks.target_sees_cls(3)), 6, 6),
-                       UNIAE_6x6[None])
+    assert torch.equal(
+        masks.materialize(masks.or_masks(masks.independent(3), masks.target_sees_cls(3)), 6, 6), UNIAE_6x6[None]
+    )
 
 
 def test_materialize_matches_torch_create_mask():

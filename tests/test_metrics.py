@@ -1,4 +1,5 @@
 """Text metrics on hand-made strings with values worked out by hand (or by sacrebleu itself)."""
+
 import importlib.util
 import math
 
@@ -64,14 +65,14 @@ def test_novelty():
 def test_self_bleu_by_hand():
     assert M.self_bleu(["我爱北京天安门"] * 3) == pytest.approx(100)
     # each of the two is the other's only reference: the char_bleu case above, both ways
-    assert M.self_bleu(["甲乙丙丁", "甲乙丙戊"]) == pytest.approx(100 * 2 ** -0.75)
+    assert M.self_bleu(["甲乙丙丁", "甲乙丙戊"]) == pytest.approx(100 * 2**-0.75)
     assert M.self_bleu(["一二三四", "五六七八"]) == 0.0
     assert math.isnan(M.self_bleu(["一"]))
 
 
 def test_self_bleu_equals_sacrebleu_loop():
     texts = ["我爱北京天安门", "我爱 北京", "天安门上太阳升", "iphone 手机很好用", "手机很好", "我爱我家", "北京", "好"]
-    slow = [sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1:], tokenize="zh").score for i, t in enumerate(texts)]
+    slow = [sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1 :], tokenize="zh").score for i, t in enumerate(texts)]
     assert M.self_bleu(texts) == pytest.approx(sum(slow) / len(slow), abs=1e-9)
 
 
@@ -91,11 +92,30 @@ TINY = ["好很好。", "很好。", "很贵", "甲乙丙丁！"]
 
 def test_char_classes_by_hand():
     cc = M.CharClasses(TINY)
-    assert cc.idf == pytest.approx({"好": math.log(2), "很": math.log(4 / 3), "。": math.log(2), "贵": math.log(4),
-                                    "甲": math.log(4), "乙": math.log(4), "丙": math.log(4), "丁": math.log(4), "！": math.log(4)})
+    assert cc.idf == pytest.approx(
+        {
+            "好": math.log(2),
+            "很": math.log(4 / 3),
+            "。": math.log(2),
+            "贵": math.log(4),
+            "甲": math.log(4),
+            "乙": math.log(4),
+            "丙": math.log(4),
+            "丁": math.log(4),
+            "！": math.log(4),
+        }
+    )
     assert cc.threshold == pytest.approx(math.log(2))
-    assert cc.content == {"贵", "甲", "乙", "丙", "丁"}  # ！ is as rare but punctuation; 好 sits at the median, not above
-    assert cc.is_content("戊") and not cc.is_content("～") and not cc.is_content("好")  # unseen: rare; ～ is a symbol (Sm)
+    assert cc.content == {
+        "贵",
+        "甲",
+        "乙",
+        "丙",
+        "丁",
+    }  # ！ is as rare but punctuation; 好 sits at the median, not above
+    assert (
+        cc.is_content("戊") and not cc.is_content("～") and not cc.is_content("好")
+    )  # unseen: rare; ～ is a symbol (Sm)
 
 
 def test_weighted_median_even_count_is_the_mean_of_the_middle_two():

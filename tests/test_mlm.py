@@ -1,5 +1,6 @@
 """Masked-LM pieces (univae/mlm.py, used by python -m univae.pretrain): BERT's corruption rates, and
 the loss against transformers' BertForMaskedLM on the same batch, in both slots."""
+
 import torch
 
 import univae
@@ -31,13 +32,19 @@ def test_mlm_loss_matches_transformers_bert_for_masked_lm(hf_bert):
     inputs, labels = mask_tokens(ids, 4, model.config.vocab_size, [0, 2, 3], rate=0.5)
     with torch.no_grad():
         ours, n = mlm_loss(model.transformer, inputs, labels, pad_id=0)
-        ref = hf(input_ids=inputs, attention_mask=inputs.ne(0).long(), token_type_ids=torch.zeros_like(inputs),
-                 labels=labels).loss
+        ref = hf(
+            input_ids=inputs, attention_mask=inputs.ne(0).long(), token_type_ids=torch.zeros_like(inputs), labels=labels
+        ).loss
     assert n == labels.ne(IGNORE).sum() and n > 3
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # the target slot: positions maxlen.., segment 1
         tgt, _ = mlm_loss(model.transformer, inputs, labels, pad_id=0, target_slot=True)
         m = model.config.maxlen
-        ref = hf(input_ids=inputs, attention_mask=inputs.ne(0).long(), token_type_ids=torch.ones_like(inputs),
-                 position_ids=torch.arange(m, m + inputs.shape[1])[None].expand(3, -1), labels=labels).loss
+        ref = hf(
+            input_ids=inputs,
+            attention_mask=inputs.ne(0).long(),
+            token_type_ids=torch.ones_like(inputs),
+            position_ids=torch.arange(m, m + inputs.shape[1])[None].expand(3, -1),
+            labels=labels,
+        ).loss
     torch.testing.assert_close(tgt, ref, atol=1e-5, rtol=1e-5)

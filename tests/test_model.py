@@ -1,4 +1,5 @@
 """UniVAE: information flow, bottleneck, latent ordering, vMF, backends, checkpoints."""
+
 import math
 
 import pytest
@@ -17,10 +18,15 @@ def model(request, hf_dirs):
 
 # ----------------------------------------------------------------------------- vMF
 
+
 def test_bessel_series_matches_torch_i0_i1():
     for x in (0.5, 3.0, 32.0, 80.0):
-        assert math.isclose(log_bessel_iv(0, x), math.log(torch.special.i0(torch.tensor(x, dtype=torch.float64))), rel_tol=1e-12)
-        assert math.isclose(log_bessel_iv(1, x), math.log(torch.special.i1(torch.tensor(x, dtype=torch.float64))), rel_tol=1e-12)
+        assert math.isclose(
+            log_bessel_iv(0, x), math.log(torch.special.i0(torch.tensor(x, dtype=torch.float64))), rel_tol=1e-12
+        )
+        assert math.isclose(
+            log_bessel_iv(1, x), math.log(torch.special.i1(torch.tensor(x, dtype=torch.float64))), rel_tol=1e-12
+        )
 
 
 def test_vmf_mean_cosine_matches_analytic():
@@ -38,7 +44,7 @@ def test_vmf_kl_is_the_analytic_constant():
     torch.manual_seed(0)
     family = VMF(16, 32.0)
     w = family.sample_cosine((200_000,), "cpu").double().mean().item()
-    log_area = math.log(2 * math.pi ** 8 / math.gamma(8))
+    log_area = math.log(2 * math.pi**8 / math.gamma(8))
     assert abs(family.log_norms[0] + 32 * w + log_area - vmf_kl_uniform(32, 16)) < 0.02
     assert abs(vmf_kl_uniform(32, 16) - 7.58) < 0.01
 
@@ -62,7 +68,9 @@ def test_per_layer_kappa_config_and_model(hf_dirs):
     with pytest.raises(ValueError, match="3 values for 2 latent layers"):
         univae.UniVAEConfig(num_hidden_layers=3, num_latent_layers=2, kappa=[8.0, 16.0, 32.0])
     assert univae.UniVAEConfig(num_hidden_layers=3, num_latent_layers=2, kappa=[8, 8]).kappa == 8.0  # one value
-    model = univae.UniVAE.from_pretrained(str(hf_dirs["bert"]), maxlen=12, z_dim=8, num_latent_layers=2, kappa=[8.0, 64.0])
+    model = univae.UniVAE.from_pretrained(
+        str(hf_dirs["bert"]), maxlen=12, z_dim=8, num_latent_layers=2, kappa=[8.0, 64.0]
+    )
     assert model.family.kappas == (8.0, 64.0) and model.config.kappas == [8.0, 64.0]
     out = model(random_joined(model, seed=0)[0])
     assert out.kl.item() == pytest.approx(vmf_kl_uniform(8.0, 8) + vmf_kl_uniform(64.0, 8), rel=1e-5)
@@ -77,15 +85,16 @@ def test_vmf_sample_is_reparameterised():
 
 # ----------------------------------------------------------------------------- information flow
 
+
 def test_target_is_causal(model):
     ids, tt = random_joined(model, seed=1)
     m, t = model.config.maxlen, 5
     changed = ids.clone()
-    changed[:, m + t + 1:] = torch.randint(5, model.config.vocab_size, changed[:, m + t + 1:].shape)
+    changed[:, m + t + 1 :] = torch.randint(5, model.config.vocab_size, changed[:, m + t + 1 :].shape)
     with torch.no_grad():
         a, b = model(ids, tt).logits, model(changed, tt).logits
     torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=1e-6, rtol=0)
-    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])  # the test can fail
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # the test can fail
 
 
 def test_target_sees_source_only_through_z(model):
@@ -93,7 +102,7 @@ def test_target_sees_source_only_through_z(model):
     m = model.config.maxlen
     z = model.sample_prior(ids.shape[0])
     changed = ids.clone()
-    changed[:, 1:m - 1] = torch.randint(5, model.config.vocab_size, (ids.shape[0], m - 2))
+    changed[:, 1 : m - 1] = torch.randint(5, model.config.vocab_size, (ids.shape[0], m - 2))
     changed[:, m - 1] = 3  # a full-length source: padding changes too
     with torch.no_grad():
         a, b = model(ids, tt, z=z).logits, model(changed, tt, z=z).logits
@@ -109,24 +118,27 @@ def test_decode_logits_equals_joined_forward_with_forced_z(model):
     with torch.no_grad():
         full = model(ids, tt, z=z).logits
         for T in (m, 5, 1):
-            torch.testing.assert_close(model.decode_logits(z, ids[:, m:m + T]), full[:, :T], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(model.decode_logits(z, ids[:, m : m + T]), full[:, :T], atol=1e-5, rtol=1e-5)
 
 
 def test_latent_dims_are_ordered_lowest_layer_first(model):
     ids, _ = random_joined(model, seed=4)
     src = ids[:, : model.config.maxlen]
     seen = {}
-    hooks = [mod.register_forward_hook(lambda mod, i, o, j=j: seen.__setitem__(j, o)) for j, mod in enumerate(model.down)]
+    hooks = [
+        mod.register_forward_hook(lambda mod, i, o, j=j: seen.__setitem__(j, o)) for j, mod in enumerate(model.down)
+    ]
     with torch.no_grad():
         z = model.encode_ids(src)
     for h in hooks:
         h.remove()
     k = model.config.z_dim
     for j in range(model.config.num_latent_layers):
-        torch.testing.assert_close(z[:, j * k:(j + 1) * k], torch.nn.functional.normalize(seen[j], dim=-1))
+        torch.testing.assert_close(z[:, j * k : (j + 1) * k], torch.nn.functional.normalize(seen[j], dim=-1))
     # and each slice drives its own layer: changing the first slice changes nothing below that layer's input
-    assert model.config.latent_layers == list(range(model.config.num_hidden_layers - model.config.num_latent_layers,
-                                                    model.config.num_hidden_layers))
+    assert model.config.latent_layers == list(
+        range(model.config.num_hidden_layers - model.config.num_latent_layers, model.config.num_hidden_layers)
+    )
 
 
 def test_encode_equals_joined_forward_posterior_mean(model):
@@ -145,14 +157,17 @@ def test_loss_counts_real_target_tokens_and_sep(model):
     m = model.config.maxlen
     assert out.n_tokens.item() == sum(n + 1 for n in [3, 7, 10, 1])  # tokens + [SEP]
     logp = out.logits[:, :-1].log_softmax(-1)
-    tgt = ids[:, m + 1:]
+    tgt = ids[:, m + 1 :]
     real = tgt != 0
     ref = -logp.gather(-1, tgt[..., None])[..., 0][real].mean()
     torch.testing.assert_close(out.ce, ref)
-    assert out.kl.item() == pytest.approx(model.config.num_latent_layers * vmf_kl_uniform(model.config.kappa, 8), rel=1e-5)
+    assert out.kl.item() == pytest.approx(
+        model.config.num_latent_layers * vmf_kl_uniform(model.config.kappa, 8), rel=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- backends
+
 
 def test_backends_agree_on_forward_and_gradients(model):
     ids, tt = random_joined(model, seed=7)
@@ -163,7 +178,10 @@ def test_backends_agree_on_forward_and_gradients(model):
         model.zero_grad()
         out = model(ids, tt, z=z)
         out.loss.backward()
-        results[attn] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        results[attn] = (
+            out.logits.detach(),
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+        )
     for attn in ("sdpa", "split"):
         torch.testing.assert_close(results[attn][0], results["eager"][0], atol=1e-5, rtol=1e-5)
         for n, g in results["eager"][1].items():
@@ -211,8 +229,10 @@ def test_pruned_split_forward_computes_only_the_rows_read(model):
     ids, tt = random_joined(model, seed=12)
     B, m, L = ids.shape[0], model.config.maxlen, model.config.num_hidden_layers
     rows = {}
-    hooks = [layer.ffn_in.register_forward_hook(lambda mod, inp, out, l=l: rows.__setitem__(l, inp[0].shape[:2]))
-             for l, layer in enumerate(model.transformer.layers)]
+    hooks = [
+        layer.ffn_in.register_forward_hook(lambda mod, inp, out, l=l: rows.__setitem__(l, inp[0].shape[:2]))
+        for l, layer in enumerate(model.transformer.layers)
+    ]
     model.config.attn = "split"
     with torch.no_grad():
         model(ids, tt)
@@ -224,7 +244,7 @@ def test_pruned_split_forward_computes_only_the_rows_read(model):
 
 def test_decode_logits_agree_across_backends(model):
     ids, _ = random_joined(model, seed=8)
-    tgt = ids[:, model.config.maxlen:]
+    tgt = ids[:, model.config.maxlen :]
     z = model.sample_prior(ids.shape[0])
     out = {}
     with torch.no_grad():
@@ -240,9 +260,12 @@ def test_decode_logits_agree_across_backends(model):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 def test_save_load_round_trip_is_exact(model, tmp_path):
     model.save_pretrained(tmp_path)
-    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     loaded = univae.UniVAE.from_pretrained(str(tmp_path)).eval()
     assert loaded.config == model.config
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):

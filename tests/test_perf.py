@@ -8,6 +8,7 @@ by timing, so they hold on a loaded machine:
     the cached decoder builds no mask per step, and its per-step FLOPs stay flat along the sequence
     train.py's allocator setting keeps a step's big tensors in the heap (glibc)
 """
+
 import ctypes
 import ctypes.util
 import os
@@ -68,7 +69,10 @@ def _masks_seen_by_layers(monkeypatch):
 
 # ----------------------------------------------------------------------------- masks once per forward
 
-@pytest.mark.parametrize("attn, builder", [("eager", "materialize"), ("sdpa", "materialize"), ("flex", "block_mask"), ("split", None)])
+
+@pytest.mark.parametrize(
+    "attn, builder", [("eager", "materialize"), ("sdpa", "materialize"), ("flex", "block_mask"), ("split", None)]
+)
 def test_masks_are_built_once_per_forward_one_per_kind(monkeypatch, attn, builder):
     # flex without compiling: this counts calls, and compiling flex on CPU costs ~20 s
     monkeypatch.setattr(univae.attention, "_flex_compiled", univae.attention.flex_attention)
@@ -106,14 +110,20 @@ def test_cached_decoder_builds_no_mask_per_step(monkeypatch):
         assert calls.n["materialize"] == 2  # the two (maxlen + 1)^2 masks, once
         prefix = torch.randint(5, model.config.vocab_size, (2, 4))
         for t in range(4):
-            decoder(prefix[:, :t + 1])
+            decoder(prefix[:, : t + 1])
     assert calls.n == {"materialize": 2, "block_mask": 0}
 
 
 # ----------------------------------------------------------------------------- one fused QKV matmul
 
+
 class _Matmuls(TorchDispatchMode):
-    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default}
+    OPS = {
+        torch.ops.aten.mm.default,
+        torch.ops.aten.addmm.default,
+        torch.ops.aten.bmm.default,
+        torch.ops.aten.baddbmm.default,
+    }
 
     def __init__(self):
         super().__init__()
@@ -136,11 +146,13 @@ def test_layer_issues_one_fused_qkv_matmul():
 
 # ----------------------------------------------------------------------------- torch.compile
 
+
 def _train_step(net):
     def step(ids, tt):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = net(ids, tt)
         out.loss.backward()
+
     return step
 
 
@@ -174,6 +186,7 @@ def test_training_forward_is_one_graph_without_host_syncs(attn):
 
 # ----------------------------------------------------------------------------- cached decoding
 
+
 def _sdpa_cpu(q, k, v, *args, out_shape=None, **kwargs):
     return flop_counter.sdpa_flop_count(q, k, v)
 
@@ -196,7 +209,7 @@ def test_cached_decoder_flops_per_step_stay_flat(attn):
     prefix = torch.randint(5, c.vocab_size, (3, c.maxlen))
     with torch.no_grad():
         decoder = G.CachedDecoder(model, z)
-        per_step = [_flops(lambda: decoder(prefix[:, :t + 1])) for t in range(c.maxlen)]
+        per_step = [_flops(lambda: decoder(prefix[:, : t + 1])) for t in range(c.maxlen)]
         uncached_last = _flops(lambda: model.decode_logits(z, prefix))
     assert per_step[0] > 0
     assert per_step[-1] <= 1.3 * per_step[0], per_step
@@ -204,7 +217,7 @@ def test_cached_decoder_flops_per_step_stay_flat(attn):
     assert per_step[-1] * c.maxlen / 2 < uncached_last
 
 
-MALLINFO = '''
+MALLINFO = """
 import ctypes, ctypes.util, sys
 import torch
 from univae.training import keep_freed_memory
@@ -221,17 +234,24 @@ x = torch.ones(48 << 20, dtype=torch.uint8)  # over glibc's largest automatic mm
 mapped = libc.mallinfo2().hblkhd
 del x
 print(mapped >> 20, libc.mallinfo2().fordblks >> 20)
-'''
+"""
 
 
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2"), reason="needs glibc >= 2.33")
 def test_keep_freed_memory_serves_big_tensors_from_the_heap_and_keeps_them():
     """train.py's allocator setting: a step's 48 MB tensor comes from the heap, not a fresh mmap, and
     its memory stays in the heap once freed (by default: mmapped, and unmapped on free)."""
+
     def run(mode):  # in a fresh process: the setting is process-wide
-        out = subprocess.run([sys.executable, "-c", MALLINFO, mode], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", MALLINFO, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ).stdout
         return [int(v) for v in out.split()]
+
     mapped, _ = run("default")
     assert mapped >= 48
     mapped, free_after = run("keep")

@@ -2,6 +2,7 @@
 (BertForMaskedLM / RoFormerForMaskedLM and AutoTokenizer load it and agree with us), resume is
 exact, held-out sentences stay held out, bad input is one line; the shipped backbone loads and
 knows the language."""
+
 import json
 import subprocess
 import sys
@@ -32,16 +33,46 @@ def corpus(tmp_path):
 
 
 def run(corpus, out, *extra):
-    pretrain.main(["--corpus", corpus, "--out", str(out), "--preset", "debug", "--batch-size", "16",
-                   "--precision", "fp32", "--log-every", "2", "--eval-every", "1000", "--eval-sentences", "8",
-                   "--warmup", "2", *extra])
+    pretrain.main(
+        [
+            "--corpus",
+            corpus,
+            "--out",
+            str(out),
+            "--preset",
+            "debug",
+            "--batch-size",
+            "16",
+            "--precision",
+            "fp32",
+            "--log-every",
+            "2",
+            "--eval-every",
+            "1000",
+            "--eval-sentences",
+            "8",
+            "--warmup",
+            "2",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("model_type, extra", [("bert", {}), ("roformer", {"embedding_size": 16})])
 def test_hf_names_round_trip_through_the_key_table(model_type, extra):
     torch.manual_seed(0)
-    c = UniVAEConfig(model_type=model_type, vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=64, num_latent_layers=1, maxlen=8, **extra)
+    c = UniVAEConfig(
+        model_type=model_type,
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_latent_layers=1,
+        maxlen=8,
+        **extra,
+    )
     ours = Transformer(c)
     hf_sd = to_hf_state_dict(ours)
     assert f"{model_type}.encoder.layer.2.attention.self.key.bias" in hf_sd
@@ -71,8 +102,9 @@ def test_pretrain_writes_a_directory_transformers_loads_with_the_same_logits(cor
         real = inputs.ne(0)
         torch.testing.assert_close(mine[real], ref.logits[real], atol=1e-5, rtol=1e-5)
         chosen = labels.ne(IGNORE)
-        torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(ref.logits[chosen], labels[chosen]),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            loss, torch.nn.functional.cross_entropy(ref.logits[chosen], labels[chosen]), atol=1e-5, rtol=1e-5
+        )
     card = (export / "README.md").read_text(encoding="utf-8")
     assert f"python -m univae.pretrain --corpus {corpus}" in card and "4 steps" in card
     # and train.py fine-tunes it through --init-from
@@ -87,8 +119,9 @@ def test_pretrain_resumes_exactly(corpus, tmp_path):
     wa, wb = load_file(a / "step-8" / "model.safetensors"), load_file(b / "step-8" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     w4 = load_file(a / "step-4" / "model.safetensors")
-    assert not torch.equal(w4["bert.encoder.layer.0.attention.self.query.weight"],
-                           wa["bert.encoder.layer.0.attention.self.query.weight"])
+    assert not torch.equal(
+        w4["bert.encoder.layer.0.attention.self.query.weight"], wa["bert.encoder.layer.0.attention.self.query.weight"]
+    )
     rows = [json.loads(line) for line in open(a / "metrics.jsonl", encoding="utf-8")]
     assert [r["step"] for r in rows if "split" not in r] == [2, 4, 6, 8]
     assert rows[-1]["split"] == "val" and 0 <= rows[-1]["mlm_accuracy"] <= 1
@@ -116,9 +149,12 @@ def test_bad_input_is_one_line_and_touches_nothing(corpus, tmp_path, capsys):
     out = tmp_path / "out"
     assert "needs at least 100" in _error(["--corpus", str(small), "--max-steps", "2", "--out", str(out)], capsys)
     assert "--max-steps or --time-budget" in _error(["--corpus", corpus, "--out", str(out)], capsys)
-    assert "--model-type must be bert or roformer" in _error(["--model-type", "gpt2", "--max-steps", "1", "--out", str(out)],
-                                                              capsys)
-    assert "nothing to resume" in _error(["--resume", str(tmp_path / "nope"), "--max-steps", "1", "--out", str(out)], capsys)
+    assert "--model-type must be bert or roformer" in _error(
+        ["--model-type", "gpt2", "--max-steps", "1", "--out", str(out)], capsys
+    )
+    assert "nothing to resume" in _error(
+        ["--resume", str(tmp_path / "nope"), "--max-steps", "1", "--out", str(out)], capsys
+    )
     assert not out.exists()
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -128,9 +164,33 @@ def test_bad_input_is_one_line_and_touches_nothing(corpus, tmp_path, capsys):
 
 def test_torchrun_two_cpu_processes(corpus, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537",
-           "-m", "univae.pretrain", "--corpus", corpus, "--out", str(out), "--preset", "debug", "--batch-size", "8",
-           "--precision", "fp32", "--max-steps", "4", "--save-every", "2", "--eval-sentences", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29537",
+        "-m",
+        "univae.pretrain",
+        "--corpus",
+        corpus,
+        "--out",
+        str(out),
+        "--preset",
+        "debug",
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--eval-sentences",
+        "8",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("stopped at step 4") == 1  # only rank 0 logs
@@ -140,8 +200,11 @@ def test_torchrun_two_cpu_processes(corpus, tmp_path):
 
 
 def test_precision_auto_follows_the_hardware(tmp_path):
-    for flags, fast in [("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_bf16 amx_tile", True),
-                        ("fpu sse avx2 fma", False)]:
+    for flags, fast in [
+        ("fpu avx2 avx512f avx512_bf16", True),
+        ("fpu avx2 amx_bf16 amx_tile", True),
+        ("fpu sse avx2 fma", False),
+    ]:
         info = tmp_path / "cpuinfo"
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         assert training.cpu_has_fast_bf16(str(info)) is fast
@@ -168,12 +231,20 @@ def test_fine_tuning_bad_input_is_one_line(corpus, tmp_path, capsys, hf_bert):
     few.write_text("今天天气很好\n房间太小了\n", encoding="utf-8")
     assert "need at least 3 sentences" in error("--init-from", str(hf_bert[0]), "--corpus", str(few))
     for name, damage, message in [
-        ("short-vocab", lambda d: (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n", encoding="utf-8"),
-         "vocab.txt has 4 tokens but config.json says vocab_size"),
+        (
+            "short-vocab",
+            lambda d: (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n", encoding="utf-8"),
+            "vocab.txt has 4 tokens but config.json says vocab_size",
+        ),
         ("gpt2", lambda d: (d / "config.json").write_text(json.dumps({"model_type": "gpt2"})), "model_type 'gpt2'"),
-        ("no-encoder", lambda d: save_file({k: v for k, v in load_file(d / "model.safetensors").items()
-                                            if "encoder" not in k}, d / "model.safetensors"),
-         "missing weights for: layers.0"),
+        (
+            "no-encoder",
+            lambda d: save_file(
+                {k: v for k, v in load_file(d / "model.safetensors").items() if "encoder" not in k},
+                d / "model.safetensors",
+            ),
+            "missing weights for: layers.0",
+        ),
     ]:
         broken = tmp_path / name
         shutil.copytree(hf_bert[0], broken)

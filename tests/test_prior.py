@@ -1,6 +1,7 @@
 """The fitted prior (univae/density.py, python -m univae.prior): EM against a known mixture, densities against
 torch.distributions, the conditional against the textbook Gaussian formulas, sphere projection,
 the uniform path against the training prior, the RNG left alone, the file format, the command."""
+
 import json
 import os
 
@@ -23,14 +24,18 @@ CHARS = "牙龈出血要吃什么药今天气很好我喜欢手机这是一个�
 
 def corpus_sentences(n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return ["".join(CHARS[i] for i in torch.randint(len(CHARS), (int(L),), generator=g))
-            for L in torch.randint(4, 12, (n,), generator=g)]
+    return [
+        "".join(CHARS[i] for i in torch.randint(len(CHARS), (int(L),), generator=g))
+        for L in torch.randint(4, 12, (n,), generator=g)
+    ]
 
 
 def tiny_model(latent="vmf", seed=0, **overrides):
     vocab = char_vocab([CHARS])
     torch.manual_seed(seed)
-    return univae.UniVAE(univae.preset("debug", vocab_size=len(vocab), latent=latent, **overrides), build_tokenizer(vocab))
+    return univae.UniVAE(
+        univae.preset("debug", vocab_size=len(vocab), latent=latent, **overrides), build_tokenizer(vocab)
+    )
 
 
 def source_ids(model, texts):
@@ -42,7 +47,9 @@ def fitted():
     """A debug vMF model (2 latent layers x 8 dims) with a 3-component prior fitted to 2 posterior
     samples of each of 200 sentences."""
     model = tiny_model().eval()
-    model.fitted_prior = P.fit_prior(model, source_ids(model, corpus_sentences(200)), n_components=3, samples_per_sentence=2)
+    model.fitted_prior = P.fit_prior(
+        model, source_ids(model, corpus_sentences(200)), n_components=3, samples_per_sentence=2
+    )
     return model
 
 
@@ -61,6 +68,7 @@ def reference(prior):
 
 # ----------------------------------------------------------------------------- EM and the density
 
+
 def test_em_recovers_a_known_mixture():
     """Three well-separated Gaussians: EM's weights, means and covariances are the moments of each
     true cluster's own points (what maximum likelihood gives when the clusters do not overlap), and
@@ -69,7 +77,10 @@ def test_em_recovers_a_known_mixture():
     truth.means = torch.tensor([[0.0, 0, 0], [10, 0, 0], [0, 10, -10]], dtype=torch.float64)
     g = torch.Generator().manual_seed(2)
     labels = torch.multinomial(truth.weights, 6000, replacement=True, generator=g)
-    x = truth.means[labels] + (truth.scale_tril[labels] @ torch.randn(6000, 3, 1, generator=g, dtype=torch.float64))[..., 0]
+    x = (
+        truth.means[labels]
+        + (truth.scale_tril[labels] @ torch.randn(6000, 3, 1, generator=g, dtype=torch.float64))[..., 0]
+    )
     weights, means, scale_tril, info = P.fit_gmm(x, 3, seed=0)
     assert info["converged"] and info["n_iter"] < 100
     order = torch.cdist(truth.means, means).argmin(-1)  # each true component's nearest fitted one
@@ -89,14 +100,18 @@ def test_em_recovers_a_known_mixture():
     again = P.fit_gmm(x, 3, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(again[:3], (weights, means, scale_tril)))
     # the reported mean log-likelihood is that of the returned mixture
-    assert info["mean_log_likelihood"] == pytest.approx(P.FittedPrior(weights, means, scale_tril, 3).log_prob(x).mean().item())
+    assert info["mean_log_likelihood"] == pytest.approx(
+        P.FittedPrior(weights, means, scale_tril, 3).log_prob(x).mean().item()
+    )
 
 
 def test_log_prob_matches_torch_distributions():
     prior = random_mixture(4, 6, seed=3)
     z = torch.cat([reference(prior).sample((50,)), 10 * torch.randn(10, 6, dtype=torch.float64)])  # near and far
     torch.testing.assert_close(prior.log_prob(z), reference(prior).log_prob(z), atol=1e-6, rtol=0)
-    torch.testing.assert_close(prior.log_prob(z.float()), reference(prior).log_prob(z.float().double()), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        prior.log_prob(z.float()), reference(prior).log_prob(z.float().double()), atol=1e-6, rtol=0
+    )
 
 
 def test_sample_is_a_draw_from_the_mixture():
@@ -104,7 +119,9 @@ def test_sample_is_a_draw_from_the_mixture():
     z = prior.sample(100_000, generator=torch.Generator().manual_seed(0)).double()
     mean = (prior.weights[:, None] * prior.means).sum(0)
     torch.testing.assert_close(z.mean(0), mean, atol=0.03, rtol=0)
-    second = (prior.weights[:, None, None] * (prior.covariance + prior.means[:, :, None] * prior.means[:, None, :])).sum(0)
+    second = (
+        prior.weights[:, None, None] * (prior.covariance + prior.means[:, :, None] * prior.means[:, None, :])
+    ).sum(0)
     torch.testing.assert_close(z.T @ z / len(z) - mean[:, None] * mean, second - mean[:, None] * mean, atol=0.1, rtol=0)
     g = torch.Generator().manual_seed(5)
     assert torch.equal(prior.sample(7, generator=g), prior.sample(7, generator=torch.Generator().manual_seed(5)))
@@ -121,6 +138,7 @@ def test_spread_scales_each_component_standard_deviation():
 
 
 # ----------------------------------------------------------------------------- the conditional
+
 
 def textbook(mean, cov, keep, z_kept):
     """mu_B + S_BA S_AA^-1 (z_A - mu_A), S_BB - S_BA S_AA^-1 S_AB with explicit inverses."""
@@ -163,6 +181,7 @@ def test_conditional_component_posterior_and_means():
 
 
 # ----------------------------------------------------------------------------- codes on spheres
+
 
 def on_spheres(model, z):
     for zl in model.split_z(z):
@@ -221,7 +240,7 @@ def old_edit_z(model, z, index, n):
         if 0 < part.numel() < k:
             keep = torch.ones(out.shape[1], dtype=torch.bool)
             keep[part] = False
-            keep[: j * k] = keep[(j + 1) * k:] = False
+            keep[: j * k] = keep[(j + 1) * k :] = False
             room = (1 - out[:, keep].pow(2).sum(-1, keepdim=True)).clamp_min(0).sqrt()
             out[:, part] = F.normalize(out[:, part], dim=-1) * room
     return out
@@ -242,8 +261,11 @@ def test_uniform_is_the_training_prior_exactly(fitted):
         assert torch.equal(got, old_edit_z(model, z, G.parse_dims(spec, 16)[0], 5))
     # auto (and fitted) draw from the fitted prior; fitted without one, or with a component, is an error
     draws = []
-    for draw in (lambda: model.sample_prior(6), lambda: model.sample_prior(6, prior="fitted"),
-                 lambda: model.fitted_prior.sample(6, spread=P.SAMPLE_SPREAD)):
+    for draw in (
+        lambda: model.sample_prior(6),
+        lambda: model.sample_prior(6, prior="fitted"),
+        lambda: model.fitted_prior.sample(6, spread=P.SAMPLE_SPREAD),
+    ):
         torch.manual_seed(2)
         draws.append(draw())
     assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
@@ -276,11 +298,17 @@ def test_vq_gets_no_fitted_prior():
 
 # ----------------------------------------------------------------------------- file
 
+
 def test_save_load_round_trip(fitted, tmp_path):
     model = fitted
     model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors", "prior.safetensors",
-                                            "tokenizer_config.json", "vocab.txt"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "config.json",
+        "model.safetensors",
+        "prior.safetensors",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
     path = tmp_path / P.PRIOR_FILE
     assert set(load_file(path)) == {"weights", "means", "scale_tril"}  # safetensors and JSON, nothing pickled
     with safe_open(path, "pt") as f:
@@ -293,8 +321,10 @@ def test_save_load_round_trip(fitted, tmp_path):
     a, za = model.sample(4, seed=0, return_z=True)
     b, zb = loaded.sample(4, seed=0, return_z=True)
     assert a == b and torch.equal(za, zb)
-    assert torch.equal(model.edit(["今天天气很好"], "0:5", 3, seed=1, return_z=True)[1],
-                       loaded.edit(["今天天气很好"], "0:5", 3, seed=1, return_z=True)[1])
+    assert torch.equal(
+        model.edit(["今天天气很好"], "0:5", 3, seed=1, return_z=True)[1],
+        loaded.edit(["今天天气很好"], "0:5", 3, seed=1, return_z=True)[1],
+    )
     # a model without one saved over the directory takes the stale prior away with it
     bare = tiny_model()
     bare.save_pretrained(tmp_path)
@@ -318,6 +348,7 @@ def test_bad_prior_files(fitted, tmp_path):
 
 # ----------------------------------------------------------------------------- python -m univae.prior
 
+
 @pytest.fixture
 def trained_dir(tmp_path):
     """A checkpoint dir as train.py leaves it: weights plus train_args.json naming a corpus file."""
@@ -325,8 +356,9 @@ def trained_dir(tmp_path):
     corpus.write_text("\n".join(corpus_sentences(150, seed=1)) + "\n", encoding="utf-8")
     directory = tmp_path / "ckpt"
     tiny_model().save_pretrained(directory)
-    (directory / "train_args.json").write_text(json.dumps({"corpus": str(corpus), "text_field": "text",
-                                                           "split_seed": 3, "val": None}))
+    (directory / "train_args.json").write_text(
+        json.dumps({"corpus": str(corpus), "text_field": "text", "split_seed": 3, "val": None})
+    )
     return directory, corpus
 
 
@@ -343,14 +375,17 @@ def test_command_fits_on_the_train_split(trained_dir, capsys):
     assert not (directory / "prior.safetensors.tmp").exists()
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no train_args", "train_args.json"),
-    ("missing corpus", "no such file"),
-    ("vq", "vq"),
-    ("too many components", "needs at least"),
-    ("bad flag", "--components"),
-    ("not a dir", "not a directory"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no train_args", "train_args.json"),
+        ("missing corpus", "no such file"),
+        ("vq", "vq"),
+        ("too many components", "needs at least"),
+        ("bad flag", "--components"),
+        ("not a dir", "not a directory"),
+    ],
+)
 def test_command_errors_are_one_line(trained_dir, capsys, case, message):
     directory, corpus = trained_dir
     argv = ["--checkpoint", str(directory), "--components", "2"]

@@ -1,6 +1,7 @@
 """sample.py on a tiny untrained checkpoint (debug preset), in-process through main(argv):
 every mode's output, --json lines, cached == recompute, --replace-dims (on given sentences and on
 the checkpoint's own held-out ones), --prior, one-line errors."""
+
 import json
 import os
 import shutil
@@ -66,8 +67,10 @@ def corpus_ckpt(ckpt, tmp_path_factory):
     (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     directory = root / "ckpt"
     shutil.copytree(ckpt, directory)
-    (directory / "train_args.json").write_text(json.dumps(
-        {"corpus": str(root / "corpus.txt"), "text_field": "text", "split_seed": 3, "val": None}), encoding="utf-8")
+    (directory / "train_args.json").write_text(
+        json.dumps({"corpus": str(root / "corpus.txt"), "text_field": "text", "split_seed": 3, "val": None}),
+        encoding="utf-8",
+    )
     assert univae.prior.main(["--checkpoint", str(directory), "--components", "2"]) == 0
     return str(directory)
 
@@ -85,6 +88,7 @@ def run_json(capsys, ckpt, *argv):
 
 
 # ----------------------------------------------------------------------------- modes
+
 
 def test_prior(capsys, ckpt):
     lines = run_json(capsys, ckpt, "--n", "4", "--seed", "0")
@@ -112,6 +116,7 @@ def test_reconstruct_args_file_and_stdin(capsys, ckpt, tmp_path, monkeypatch):
     from_file = run_json(capsys, ckpt, "--input", str(f))
     assert from_file == lines
     import io
+
     monkeypatch.setattr(sys, "stdin", io.StringIO(SENTENCES[0] + "\n"))
     assert run_json(capsys, ckpt, "--input", "-") == lines[:1]
 
@@ -139,10 +144,15 @@ def test_edit_held_out_sentences_of_the_checkpoints_corpus(capsys, corpus_ckpt):
     sentences, _ = load_sentences(corpus, limit=univae.preset("debug").maxlen - 2)
     held_out = split(sentences, seed=3)["test"]
     assert len(held_out) == sample.HELD_OUT_EDITS and held_out != split(sentences, seed=0)["test"]  # the seed matters
-    assert [r["input"] for r in lines] == [t for t in held_out for _ in range(2)] and [r["index"] for r in lines] == [0, 1] * 5
+    assert [r["input"] for r in lines] == [t for t in held_out for _ in range(2)] and [r["index"] for r in lines] == [
+        0,
+        1,
+    ] * 5
     assert set(lines[0]) == {"mode", "input", "output", "index", "replace_dims", "dims", "latent_layers", "prior", "z"}
-    assert all(r["mode"] == "edit" and r["prior"] == "fitted" and r["dims"] == [[0, 4]] and r["latent_layers"] == [0]
-               for r in lines)
+    assert all(
+        r["mode"] == "edit" and r["prior"] == "fitted" and r["dims"] == [[0, 4]] and r["latent_layers"] == [0]
+        for r in lines
+    )
     base = run_json(capsys, corpus_ckpt, "--reconstruct", *held_out, "--with-z")
     z, z0 = torch.tensor([r["z"] for r in lines]), torch.tensor([r["z"] for r in base]).repeat_interleave(2, dim=0)
     assert torch.equal(z[:, 4:], z0[:, 4:]) and (z[:, :4] != z0[:, :4]).all()
@@ -152,16 +162,22 @@ def test_edit_held_out_sentences_of_the_checkpoints_corpus(capsys, corpus_ckpt):
     head, *blocks = out.split("\n\n")
     assert code == 0 and head.splitlines() == [
         "replaced dims 0:4 of 16 (latent layers 0; 0 = lowest), redrawn from the fitted prior's conditional given "
-        "the kept dims", f"sentences: the first 5 sentences of the test split (seed 3) of {corpus}"]
+        "the kept dims",
+        f"sentences: the first 5 sentences of the test split (seed 3) of {corpus}",
+    ]
+
     def shown(a, b):  # two variants: both, or one with its count when they are the same sentence
         return ["    " + a, "    " + b] if a != b else ["    " + a + "  (×2)"]
-    assert [b.splitlines() for b in blocks] == [[t, *shown(lines[2 * i]["output"], lines[2 * i + 1]["output"])]
-                                                for i, t in enumerate(held_out)]
+
+    assert [b.splitlines() for b in blocks] == [
+        [t, *shown(lines[2 * i]["output"], lines[2 * i + 1]["output"])] for i, t in enumerate(held_out)
+    ]
 
 
 def test_edit_table_shows_a_variant_drawn_twice_once_with_its_count(capsys, ckpt, monkeypatch):
     def fake_edit(model, texts, dims, n, return_z=False, **kwargs):
         return ["甲乙", "丙", "甲乙"], torch.zeros(3, model.config.latent_dim)
+
     monkeypatch.setattr(sample.generate, "edit", fake_edit)
     code, out, _ = run(capsys, "--checkpoint", ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--n", "3")
     assert code == 0 and out.split("\n\n")[1].splitlines() == [SENTENCES[0], "    甲乙  (×2)", "    丙"]
@@ -173,7 +189,9 @@ def test_edit_every_line_of_a_file(capsys, ckpt, tmp_path):
     f = tmp_path / "in.txt"
     f.write_text("\n".join(SENTENCES[:3]) + "\n", encoding="utf-8")
     lines = run_json(capsys, ckpt, "--input", str(f), "--replace-dims=-5:", "--n", "3", "--seed", "0")
-    assert [(r["input"], r["index"], r["prior"]) for r in lines] == [(t, i, "uniform") for t in SENTENCES[:3] for i in range(3)]
+    assert [(r["input"], r["index"], r["prior"]) for r in lines] == [
+        (t, i, "uniform") for t in SENTENCES[:3] for i in range(3)
+    ]
     # the same draws as editing the sentences through the API in one call
     model = univae.UniVAE.from_pretrained(ckpt)
     assert [r["output"] for r in lines] == model.edit(SENTENCES[:3], "-5:", 3, seed=0)
@@ -184,19 +202,32 @@ def test_prior_choice(capsys, corpus_ckpt):
     from univae.prior import SAMPLE_SPREAD
 
     for flag, spread, draw in (
-            (None, None, lambda: model.fitted_prior.sample(3, spread=SAMPLE_SPREAD)),
-            ("fitted", None, lambda: model.fitted_prior.sample(3, spread=SAMPLE_SPREAD)),
-            ("fitted", "1", lambda: model.fitted_prior.sample(3)),  # --prior-spread 1: the fitted density itself
-            ("uniform", None, lambda: torch.cat([model.family.prior(3, layer=j) for j in range(2)], dim=-1))):
-        lines = run_json(capsys, corpus_ckpt, "--n", "3", "--seed", "0", "--with-z", *(["--prior", flag] if flag else []),
-                         *(["--prior-spread", spread] if spread else []))
+        (None, None, lambda: model.fitted_prior.sample(3, spread=SAMPLE_SPREAD)),
+        ("fitted", None, lambda: model.fitted_prior.sample(3, spread=SAMPLE_SPREAD)),
+        ("fitted", "1", lambda: model.fitted_prior.sample(3)),  # --prior-spread 1: the fitted density itself
+        ("uniform", None, lambda: torch.cat([model.family.prior(3, layer=j) for j in range(2)], dim=-1)),
+    ):
+        lines = run_json(
+            capsys,
+            corpus_ckpt,
+            "--n",
+            "3",
+            "--seed",
+            "0",
+            "--with-z",
+            *(["--prior", flag] if flag else []),
+            *(["--prior-spread", spread] if spread else []),
+        )
         torch.manual_seed(0)
         assert torch.equal(torch.tensor([r["z"] for r in lines]), draw()), flag
         assert [r["prior"] for r in lines] == [flag or "fitted"] * 3
-    code, out, err = run(capsys, "--checkpoint", corpus_ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8",
-                         "--prior-spread", "0.5")
+    code, out, err = run(
+        capsys, "--checkpoint", corpus_ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--prior-spread", "0.5"
+    )
     assert code == 2 and out == "" and "--prior-spread 0.5" in err
-    edits = run_json(capsys, corpus_ckpt, "--text", SENTENCES[1], "--replace-dims", "0:8", "--prior", "uniform", "--n", "2")
+    edits = run_json(
+        capsys, corpus_ckpt, "--text", SENTENCES[1], "--replace-dims", "0:8", "--prior", "uniform", "--n", "2"
+    )
     assert [r["prior"] for r in edits] == ["uniform"] * 2
 
 
@@ -230,14 +261,18 @@ def test_augment(capsys, ckpt, tmp_path):
     for g in groups:
         assert g["input"] not in g["outputs"] and len(set(g["outputs"])) == len(g["outputs"]) <= 4
     out_file = tmp_path / "aug.jsonl"
-    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--out", str(out_file))
+    code, out, err = run(
+        capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--out", str(out_file)
+    )
     assert code == 0 and "variants" in out and "wrote 5 lines" in err
     assert [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()] == groups
     lines = run_json(capsys, ckpt, "--augment", str(f), "--n", "4", "--seed", "0")
     assert [r["output"] for r in lines] == [o for g in groups for o in g["outputs"]]
     # one spread per latent layer (the debug preset has 2): all zero draws every variant from the
     # posterior mean itself, so only the kept start varies them; a wrong count is named
-    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--spread", "0,0")
+    code, out, err = run(
+        capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--spread", "0,0"
+    )
     zero = [json.loads(line) for line in out.splitlines()]
     code1, out1, _ = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "4", "--seed", "0", "--spread", "0")
     assert code == code1 == 0 and zero == [json.loads(line) for line in out1.splitlines()]
@@ -257,30 +292,34 @@ def test_truncation_warns_or_fails_with_strict(capsys, ckpt):
 
 # ----------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("argv, message", [
-    (["--text", "今天", "--replace-dims", "0:17"], "outside the code"),
-    (["--text", "今天", "--replace-dims=-17:"], "outside the code"),
-    (["--text", "今天", "--replace-dims", "3:3"], "empty"),
-    (["--text", "今天", "--replace-dims", "0-4"], "malformed"),
-    (["--text", "今天", "--replace-dims", "0:4:2"], "no step"),
-    (["--text", "今天"], "--replace-dims"),
-    (["--replace-dims", "0:4"], "no train_args.json"),  # held-out sentences: works with one (test above)
-    (["--reconstruct", "今天", "--replace-dims", "0:4"], "--replace-dims goes with --text, --input, or alone"),
-    (["--prior", "fitted"], "python -m univae.prior --checkpoint"),
-    (["--text", "今天", "--replace-dims", "0:4", "--prior", "fitted"], "python -m univae.prior --checkpoint"),
-    (["--prior", "bogus"], "invalid choice"),
-    (["--interpolate", "a", "b", "--prior", "uniform"], "--prior"),
-    (["--prior", "fitted", "--component", "0"], "--component"),
-    (["--reconstruct", ""], "empty text"),
-    (["--text", " ", "--replace-dims", "0:4"], "empty text"),
-    (["--input", "/nonexistent/file.txt"], "cannot read"),
-    (["--n", "0"], "at least 1"),
-    (["--interpolate", "a", "b", "--steps", "1"], "--steps"),
-    (["--beam-size", "2", "--top-k", "5"], "beam search"),
-    (["--top-p", "0"], "top-p"),
-    (["--out", "x.jsonl"], "--augment"),
-    (["--bogus"], "unrecognized"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--text", "今天", "--replace-dims", "0:17"], "outside the code"),
+        (["--text", "今天", "--replace-dims=-17:"], "outside the code"),
+        (["--text", "今天", "--replace-dims", "3:3"], "empty"),
+        (["--text", "今天", "--replace-dims", "0-4"], "malformed"),
+        (["--text", "今天", "--replace-dims", "0:4:2"], "no step"),
+        (["--text", "今天"], "--replace-dims"),
+        (["--replace-dims", "0:4"], "no train_args.json"),  # held-out sentences: works with one (test above)
+        (["--reconstruct", "今天", "--replace-dims", "0:4"], "--replace-dims goes with --text, --input, or alone"),
+        (["--prior", "fitted"], "python -m univae.prior --checkpoint"),
+        (["--text", "今天", "--replace-dims", "0:4", "--prior", "fitted"], "python -m univae.prior --checkpoint"),
+        (["--prior", "bogus"], "invalid choice"),
+        (["--interpolate", "a", "b", "--prior", "uniform"], "--prior"),
+        (["--prior", "fitted", "--component", "0"], "--component"),
+        (["--reconstruct", ""], "empty text"),
+        (["--text", " ", "--replace-dims", "0:4"], "empty text"),
+        (["--input", "/nonexistent/file.txt"], "cannot read"),
+        (["--n", "0"], "at least 1"),
+        (["--interpolate", "a", "b", "--steps", "1"], "--steps"),
+        (["--beam-size", "2", "--top-k", "5"], "beam search"),
+        (["--top-p", "0"], "top-p"),
+        (["--out", "x.jsonl"], "--augment"),
+        (["--bogus"], "unrecognized"),
+    ],
+)
 def test_bad_arguments_give_one_line(capsys, ckpt, argv, message):
     code, out, err = run(capsys, "--checkpoint", ckpt, *argv)
     assert code != 0 and out == ""
@@ -310,10 +349,13 @@ def test_bad_input_file(capsys, ckpt, tmp_path):
 
 # ----------------------------------------------------------------------------- vq codes, gmm components
 
+
 def _trained_checkpoint(tmp_path_factory, latent, steps=40, **overrides):
     vocab = char_vocab(SENTENCES)
     torch.manual_seed(0)
-    model = univae.UniVAE(univae.preset("debug", vocab_size=len(vocab), latent=latent, **overrides), build_tokenizer(vocab))
+    model = univae.UniVAE(
+        univae.preset("debug", vocab_size=len(vocab), latent=latent, **overrides), build_tokenizer(vocab)
+    )
     x, tt = join(encode_texts(model.tokenizer, SENTENCES, model.config.maxlen)[0])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
@@ -342,9 +384,22 @@ def test_vq_codes_decode_and_edit_by_code_position(capsys, vq_ckpt):
     assert all(len(c) == 2 and all(0 <= x < 16 for x in c) for c in codes)
     [decoded] = run_json(capsys, vq_ckpt, "--codes", " ".join(map(str, codes[0])))
     assert decoded["mode"] == "codes" and decoded["output"] == lines[0]["output"] and decoded["codes"] == codes[0]
-    cached = run_json(capsys, vq_ckpt, "--codes", f"{codes[1][0]},{codes[1][1]}", "--n", "3", "--seed", "0", "--temperature", "1")
-    recompute = run_json(capsys, vq_ckpt, "--codes", f"{codes[1][0]} {codes[1][1]}", "--n", "3", "--seed", "0",
-                         "--temperature", "1", "--no-cache")
+    cached = run_json(
+        capsys, vq_ckpt, "--codes", f"{codes[1][0]},{codes[1][1]}", "--n", "3", "--seed", "0", "--temperature", "1"
+    )
+    recompute = run_json(
+        capsys,
+        vq_ckpt,
+        "--codes",
+        f"{codes[1][0]} {codes[1][1]}",
+        "--n",
+        "3",
+        "--seed",
+        "0",
+        "--temperature",
+        "1",
+        "--no-cache",
+    )
     assert [(r["output"], r["codes"]) for r in cached] == [(r["output"], r["codes"]) for r in recompute]
     edits = run_json(capsys, vq_ckpt, "--text", SENTENCES[0], "--replace-dims", "1", "--n", "4", "--seed", "0")
     assert all(r["codes"][0] == codes[0][0] and r["latent_layers"] == [1] for r in edits)  # code 0 kept, 1 redrawn
@@ -354,15 +409,18 @@ def test_vq_codes_decode_and_edit_by_code_position(capsys, vq_ckpt):
     assert code == 0 and out.startswith("codes: 1 2")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--codes", "1 2 3"], "2 latent layers"),
-    (["--codes", "1 16"], "not a code"),
-    (["--codes", "1 x"], "integers"),
-    (["--codes", " "], "empty"),
-    (["--text", "今天", "--replace-dims", "0:3"], "outside the code"),
-    (["--n", "2", "--component", "0"], "--latent gmm"),
-    (["--prior", "fitted"], "vq checkpoint has no fitted prior"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--codes", "1 2 3"], "2 latent layers"),
+        (["--codes", "1 16"], "not a code"),
+        (["--codes", "1 x"], "integers"),
+        (["--codes", " "], "empty"),
+        (["--text", "今天", "--replace-dims", "0:3"], "outside the code"),
+        (["--n", "2", "--component", "0"], "--latent gmm"),
+        (["--prior", "fitted"], "vq checkpoint has no fitted prior"),
+    ],
+)
 def test_vq_bad_arguments(capsys, vq_ckpt, argv, message):
     code, out, err = run(capsys, "--checkpoint", vq_ckpt, *argv)
     assert code != 0 and out == "" and len(err.splitlines()) == 1 and message in err, err
@@ -374,10 +432,15 @@ def test_gmm_component_sampling(capsys, gmm_ckpt, ckpt):
     torch.manual_seed(0)
     z = model.sample_prior(3, component=2)
     assert torch.allclose(torch.tensor([r["z"] for r in a]), z)
-    assert len(run_json(capsys, gmm_ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--component", "1", "--n", "2")) == 2
-    for checkpoint, argv, message in [(gmm_ckpt, ["--component", "3"], "components 0..2"),
-                                      (gmm_ckpt, ["--reconstruct", "今天", "--component", "0"], "prior sampling"),
-                                      (gmm_ckpt, ["--codes", "1 2"], "--latent vq"),
-                                      (ckpt, ["--component", "0"], "--latent gmm")]:
+    assert (
+        len(run_json(capsys, gmm_ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--component", "1", "--n", "2"))
+        == 2
+    )
+    for checkpoint, argv, message in [
+        (gmm_ckpt, ["--component", "3"], "components 0..2"),
+        (gmm_ckpt, ["--reconstruct", "今天", "--component", "0"], "prior sampling"),
+        (gmm_ckpt, ["--codes", "1 2"], "--latent vq"),
+        (ckpt, ["--component", "0"], "--latent gmm"),
+    ]:
         code, out, err = run(capsys, "--checkpoint", checkpoint, *argv)
         assert code != 0 and out == "" and len(err.splitlines()) == 1 and message in err, err

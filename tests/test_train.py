@@ -1,4 +1,5 @@
 """train.py end to end on the debug preset: exact resume, errors, HF init, kill safety, torchrun."""
+
 import json
 import os
 import signal
@@ -15,11 +16,34 @@ import univae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = [
-    "今天天气很好", "我喜欢这本书", "酒店的服务很周到", "房间太小了", "价格便宜质量不错", "物流速度很快",
-    "这个手机的屏幕很清楚", "味道一般般", "下次还会再来", "不推荐购买", "包装很精美", "快递员态度很好",
-    "电池续航时间太短", "书的内容很有意思", "早餐种类比较少", "位置很方便交通便利", "声音有点大",
-    "整体感觉还可以", "性价比很高", "客服回复很及时", "颜色和图片一样", "尺寸偏小", "孩子很喜欢",
-    "用了一个月就坏了", "质量太差了", "非常满意的一次购物", "环境安静适合休息", "设计很人性化",
+    "今天天气很好",
+    "我喜欢这本书",
+    "酒店的服务很周到",
+    "房间太小了",
+    "价格便宜质量不错",
+    "物流速度很快",
+    "这个手机的屏幕很清楚",
+    "味道一般般",
+    "下次还会再来",
+    "不推荐购买",
+    "包装很精美",
+    "快递员态度很好",
+    "电池续航时间太短",
+    "书的内容很有意思",
+    "早餐种类比较少",
+    "位置很方便交通便利",
+    "声音有点大",
+    "整体感觉还可以",
+    "性价比很高",
+    "客服回复很及时",
+    "颜色和图片一样",
+    "尺寸偏小",
+    "孩子很喜欢",
+    "用了一个月就坏了",
+    "质量太差了",
+    "非常满意的一次购物",
+    "环境安静适合休息",
+    "设计很人性化",
 ] * 2
 
 
@@ -31,8 +55,27 @@ def corpus(tmp_path):
 
 
 def base_args(corpus, out, *extra):
-    return ["--preset", "debug", "--corpus", corpus, "--out", str(out), "--batch-size", "8", "--precision", "fp32",
-            "--eval-every", "1000", "--eval-sentences", "4", "--log-every", "5", "--warmup", "5", *extra]
+    return [
+        "--preset",
+        "debug",
+        "--corpus",
+        corpus,
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        "--eval-every",
+        "1000",
+        "--eval-sentences",
+        "4",
+        "--log-every",
+        "5",
+        "--warmup",
+        "5",
+        *extra,
+    ]
 
 
 def test_resume_is_exact(corpus, tmp_path, capsys):
@@ -101,8 +144,26 @@ def test_bad_corpus_lines_reported_with_file_and_line(tmp_path, capsys):
 
 def test_init_from_hf_bert(corpus, tmp_path, hf_bert):
     out = tmp_path / "ft"
-    train.main(["--init-from", str(hf_bert[0]), "--corpus", corpus, "--out", str(out), "--maxlen", "12",
-                "--max-steps", "3", "--batch-size", "4", "--eval-sentences", "2", "--precision", "fp32"])
+    train.main(
+        [
+            "--init-from",
+            str(hf_bert[0]),
+            "--corpus",
+            corpus,
+            "--out",
+            str(out),
+            "--maxlen",
+            "12",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--eval-sentences",
+            "2",
+            "--precision",
+            "fp32",
+        ]
+    )
     model = univae.UniVAE.from_pretrained(str(out / "last"))
     assert model.config.num_latent_layers == 2 and model.config.kappa == 32.0 and model.config.z_dim == 16
     args = json.load(open(out / "last" / "train_args.json"))
@@ -114,11 +175,16 @@ def test_kill_leaves_a_loadable_last(corpus, tmp_path):
     import random
 
     out = tmp_path / "k"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *base_args(corpus, out, "--save-every", "1", "--max-steps", "100000")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        *base_args(corpus, out, "--save-every", "1", "--max-steps", "100000"),
+    ]
     rng = random.Random(0)
     for attempt in range(2):
-        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, cwd=ROOT)
+        proc = subprocess.Popen(
+            cmd + (["--resume"] if attempt else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+        )
         deadline = time.time() + 120
         first = os.path.realpath(out / "last") if attempt else None
         while not (out / "last").exists() or os.path.realpath(out / "last") == first:  # wait for a fresh save
@@ -135,7 +201,11 @@ def test_kill_leaves_a_loadable_last(corpus, tmp_path):
 
 def test_sigterm_saves_last_and_exits_cleanly(corpus, tmp_path):
     out = tmp_path / "t"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *base_args(corpus, out, "--save-every", "100000", "--max-steps", "100000")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        *base_args(corpus, out, "--save-every", "100000", "--max-steps", "100000"),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, text=True)
     deadline = time.time() + 60
     while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size == 0:
@@ -149,8 +219,17 @@ def test_sigterm_saves_last_and_exits_cleanly(corpus, tmp_path):
 
 def test_torchrun_two_cpu_processes(corpus, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           os.path.join(ROOT, "train.py"), *base_args(corpus, out, "--max-steps", "6", "--save-every", "3")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        os.path.join(ROOT, "train.py"),
+        *base_args(corpus, out, "--max-steps", "6", "--save-every", "3"),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("stopped at step 6") == 1  # only rank 0 logs
@@ -166,10 +245,38 @@ def test_gaussian_with_every_remedy_resumes_exactly_and_logs_diagnostics(corpus,
     val = tmp_path / "val.txt"
     val.write_text("\n".join(SENTENCES[:12]) + "\n", encoding="utf-8")
     a, b = tmp_path / "ga", tmp_path / "gb"
-    remedies = ["--latent", "gaussian", "--val", str(val), "--max-steps", "8", "--save-every", "4", "--eval-every", "4",
-                "--log-every", "2", "--kl-anneal", "cyclical", "--kl-cycles", "2", "--free-bits", "0.05",
-                "--target-rate", "20", "--mdr-lr", "0.05", "--word-dropout", "0.3", "--bow-weight", "0.5",
-                "--bow-layers", "0,-1", "--bow-chars", "content,pattern"]
+    remedies = [
+        "--latent",
+        "gaussian",
+        "--val",
+        str(val),
+        "--max-steps",
+        "8",
+        "--save-every",
+        "4",
+        "--eval-every",
+        "4",
+        "--log-every",
+        "2",
+        "--kl-anneal",
+        "cyclical",
+        "--kl-cycles",
+        "2",
+        "--free-bits",
+        "0.05",
+        "--target-rate",
+        "20",
+        "--mdr-lr",
+        "0.05",
+        "--word-dropout",
+        "0.3",
+        "--bow-weight",
+        "0.5",
+        "--bow-layers",
+        "0,-1",
+        "--bow-chars",
+        "content,pattern",
+    ]
     train.main(base_args(corpus, a, *remedies))
     train.main(base_args(corpus, b, *remedies, "--resume", str(a / "step-4")))
     wa, wb = load_file(a / "step-8" / "model.safetensors"), load_file(b / "step-8" / "model.safetensors")
@@ -192,17 +299,43 @@ def test_gaussian_with_every_remedy_resumes_exactly_and_logs_diagnostics(corpus,
     assert "constant KL" in _error(base_args(corpus, tmp_path / "v", "--free-bits", "0.5"), capsys)
 
 
-@pytest.mark.parametrize("family", [
-    ["--latent", "vq", "--codebook-size", "16", "--vq-dead-steps", "3", "--word-dropout", "0.2"],
-    ["--latent", "gmm", "--mixture-components", "3", "--mi-weight", "0", "--free-bits", "0.05", "--kl-anneal", "linear"],
-])
+@pytest.mark.parametrize(
+    "family",
+    [
+        ["--latent", "vq", "--codebook-size", "16", "--vq-dead-steps", "3", "--word-dropout", "0.2"],
+        [
+            "--latent",
+            "gmm",
+            "--mixture-components",
+            "3",
+            "--mi-weight",
+            "0",
+            "--free-bits",
+            "0.05",
+            "--kl-anneal",
+            "linear",
+        ],
+    ],
+)
 def test_vq_and_gmm_resume_exactly_and_log_usage(corpus, tmp_path, family, capsys):
     """The codebooks, their EMA statistics and the mixture prior resume exactly (model.safetensors),
     and eval rows carry codebook / component usage."""
     val = tmp_path / "val.txt"
     val.write_text("\n".join(SENTENCES[:12]) + "\n", encoding="utf-8")
     a, b = tmp_path / "a", tmp_path / "b"
-    args = [*family, "--val", str(val), "--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--log-every", "2"]
+    args = [
+        *family,
+        "--val",
+        str(val),
+        "--max-steps",
+        "8",
+        "--save-every",
+        "4",
+        "--eval-every",
+        "4",
+        "--log-every",
+        "2",
+    ]
     train.main(base_args(corpus, a, *args))
     train.main(base_args(corpus, b, *args, "--resume", str(a / "step-4")))
     wa, wb = load_file(a / "step-8" / "model.safetensors"), load_file(b / "step-8" / "model.safetensors")
@@ -223,7 +356,9 @@ def test_vq_and_gmm_resume_exactly_and_log_usage(corpus, tmp_path, family, capsy
         assert model.family.prior_mean.shape == (2, 3, 8)
     assert len(model.sample(2)) == 2
     assert "for --latent vq" in _error(base_args(corpus, tmp_path / "x", "--codebook-size", "8"), capsys)
-    assert "--latent gmm" in _error(base_args(corpus, tmp_path / "y", "--latent", "gaussian", "--mi-weight", "0"), capsys)
+    assert "--latent gmm" in _error(
+        base_args(corpus, tmp_path / "y", "--latent", "gaussian", "--mi-weight", "0"), capsys
+    )
 
 
 def _loss_curve(out):
@@ -238,7 +373,9 @@ def test_every_cpu_backend_trains_the_same_loss_curve(corpus, tmp_path, precisio
     curves = {}
     for attn in ("eager", "sdpa", "split"):
         out = tmp_path / attn
-        train.main(base_args(corpus, out, "--max-steps", "30", "--log-every", "1", "--attn", attn, "--precision", precision))
+        train.main(
+            base_args(corpus, out, "--max-steps", "30", "--log-every", "1", "--attn", attn, "--precision", precision)
+        )
         curves[attn] = _loss_curve(out)
     eager = curves["eager"]
     assert len(eager) == 30 and eager[-5:].mean() < eager[:5].mean() - 0.2  # a real curve: it learned
@@ -248,10 +385,33 @@ def test_every_cpu_backend_trains_the_same_loss_curve(corpus, tmp_path, precisio
 
 def test_architecture_flags_build_that_model_from_scratch(corpus, tmp_path):
     out = tmp_path / "arch"
-    train.main(base_args(corpus, out, "--max-steps", "1", "--hidden-size", "48", "--num-hidden-layers", "5",
-                         "--num-attention-heads", "3", "--intermediate-size", "40", "--num-latent-layers", "3",
-                         "--kappa", "8,16,32"))
+    train.main(
+        base_args(
+            corpus,
+            out,
+            "--max-steps",
+            "1",
+            "--hidden-size",
+            "48",
+            "--num-hidden-layers",
+            "5",
+            "--num-attention-heads",
+            "3",
+            "--intermediate-size",
+            "40",
+            "--num-latent-layers",
+            "3",
+            "--kappa",
+            "8,16,32",
+        )
+    )
     model = univae.UniVAE.from_pretrained(str(out / "last"))
     c = model.config
-    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.latent_layers) == (48, 5, 3, 40, [2, 3, 4])
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.latent_layers) == (
+        48,
+        5,
+        3,
+        40,
+        [2, 3, 4],
+    )
     assert c.kappas == [8.0, 16.0, 32.0] and model.family.kappas == (8.0, 16.0, 32.0)

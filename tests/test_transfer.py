@@ -1,6 +1,7 @@
 """Attribute transfer and augmentation filtering (issue 15): the direction and the move against hand
 computations, strength 0 against the reconstruction, sample.py --transfer's rows and its bad input,
 augment's dedupe against a constructed decoder output, the downstream helpers."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -30,7 +31,7 @@ def test_mean_direction_and_move_by_hand():
     assert torch.equal(d, torch.tensor([-1.0, -1.0, 1.0, -1.0]))  # (-.5, -.5, 1, 0) - (.5, .5, 0, 1)
     moved = G.transfer_z(stub, torch.tensor([[1.0, 0.0, 0.0, 1.0]]), d, 0.5)
     # (1, 0, 0, 1) + 0.5 d = (0.5, -0.5, 0.5, 0.5): each 2-dim layer renormalised
-    r = 2 ** -0.5
+    r = 2**-0.5
     torch.testing.assert_close(moved, torch.tensor([[r, -r, r, r]]))
     torch.testing.assert_close(torch.stack([x.norm(dim=-1) for x in stub.split_z(moved)]), torch.ones(2, 1))
 
@@ -88,6 +89,7 @@ def test_transfer_other_families(tmp_path_factory, latent):
 
 # ----------------------------------------------------------------------------- sample.py --transfer
 
+
 def _files(tmp_path, **contents):
     """name=text (str, written as UTF-8, or raw bytes) -> {name: path of tmp_path/name.txt}."""
     paths = {}
@@ -99,8 +101,12 @@ def _files(tmp_path, **contents):
 
 
 def test_cli_transfer_rows_in_input_order(capsys, ckpt, tmp_path):  # noqa: F811
-    f = _files(tmp_path, src="\n".join(SENTENCES[3:]) + "\n", tgt=SENTENCES[0] + "\n" + SENTENCES[1] + "\n",
-               inp="\n".join(SENTENCES) + "\n\n")
+    f = _files(
+        tmp_path,
+        src="\n".join(SENTENCES[3:]) + "\n",
+        tgt=SENTENCES[0] + "\n" + SENTENCES[1] + "\n",
+        inp="\n".join(SENTENCES) + "\n\n",
+    )
     rows = run_json(capsys, ckpt, "--transfer", f["src"], f["tgt"], "--input", f["inp"], "--strength", "0")
     assert [r["input"] for r in rows] == SENTENCES and [r["output"] for r in rows] == SENTENCES  # strength 0
     moved = run_json(capsys, ckpt, "--transfer", f["src"], f["tgt"], "--input", f["inp"], "--strength", "3")
@@ -108,15 +114,22 @@ def test_cli_transfer_rows_in_input_order(capsys, ckpt, tmp_path):  # noqa: F811
     m = univae.UniVAE.from_pretrained(ckpt).eval()
     assert [r["output"] for r in moved] == m.transfer(SENTENCES, SENTENCES[3:], SENTENCES[:2], strength=3)
     code, out, err = run(capsys, "--checkpoint", ckpt, "--transfer", f["src"], f["tgt"], "--input", f["inp"])
-    assert code == 0 and f"strength {G.DEFAULT_STRENGTH:g}" in out.splitlines()[0] and len(out.splitlines()) == 2 + len(SENTENCES)
+    assert (
+        code == 0
+        and f"strength {G.DEFAULT_STRENGTH:g}" in out.splitlines()[0]
+        and len(out.splitlines()) == 2 + len(SENTENCES)
+    )
 
 
-@pytest.mark.parametrize("which, content, message", [
-    ("src", "\n \n", "no sentences"),
-    ("src", b"\xff\xfe\x00", "not UTF-8"),
-    ("tgt", "我喜欢手机" * 8 + "\n", "every line is longer than maxlen"),
-    ("tgt", None, "cannot read"),
-])
+@pytest.mark.parametrize(
+    "which, content, message",
+    [
+        ("src", "\n \n", "no sentences"),
+        ("src", b"\xff\xfe\x00", "not UTF-8"),
+        ("tgt", "我喜欢手机" * 8 + "\n", "every line is longer than maxlen"),
+        ("tgt", None, "cannot read"),
+    ],
+)
 def test_cli_transfer_bad_files_name_the_file(capsys, ckpt, tmp_path, which, content, message):  # noqa: F811
     f = _files(tmp_path, src=SENTENCES[0] + "\n", tgt=SENTENCES[1] + "\n", inp=SENTENCES[2] + "\n")
     if content is None:
@@ -128,15 +141,18 @@ def test_cli_transfer_bad_files_name_the_file(capsys, ckpt, tmp_path, which, con
     assert message in err and f[which] in err, err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--transfer", "a.txt", "b.txt"], "--transfer needs --input FILE"),
-    (["--transfer", "a.txt", "b.txt", "--augment", "c.txt"], "--transfer does not go with --augment"),
-    (["--transfer", "a.txt", "b.txt", "--reconstruct", "今天"], "--transfer does not go with --reconstruct"),
-    (["--transfer", "a.txt", "b.txt", "--input", "c.txt", "--replace-dims", "0:4"], "--replace-dims"),
-    (["--transfer", "a.txt", "b.txt", "--input", "c.txt", "--n", "3"], "--n does not apply"),
-    (["--strength", "2"], "--strength goes with --transfer"),
-    (["--candidates", "3"], "--candidates goes with --augment"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--transfer", "a.txt", "b.txt"], "--transfer needs --input FILE"),
+        (["--transfer", "a.txt", "b.txt", "--augment", "c.txt"], "--transfer does not go with --augment"),
+        (["--transfer", "a.txt", "b.txt", "--reconstruct", "今天"], "--transfer does not go with --reconstruct"),
+        (["--transfer", "a.txt", "b.txt", "--input", "c.txt", "--replace-dims", "0:4"], "--replace-dims"),
+        (["--transfer", "a.txt", "b.txt", "--input", "c.txt", "--n", "3"], "--n does not apply"),
+        (["--strength", "2"], "--strength goes with --transfer"),
+        (["--candidates", "3"], "--candidates goes with --augment"),
+    ],
+)
 def test_cli_transfer_bad_arguments(capsys, ckpt, argv, message):  # noqa: F811
     code, out, err = run(capsys, "--checkpoint", ckpt, *argv)
     assert code == 2 and out == "" and len(err.splitlines()) == 1 and message in err, err
@@ -144,11 +160,15 @@ def test_cli_transfer_bad_arguments(capsys, ckpt, argv, message):  # noqa: F811
 
 # ----------------------------------------------------------------------------- augment's filter
 
+
 def test_augment_drops_copies_of_the_source_and_duplicates(model, monkeypatch):
     """A decoder that returns the source, its duplicate and one variant twice: only the variant is left;
     with candidates the ranking keeps the variant closest to the source by char overlap."""
     src = SENTENCES[1]  # 今天天气很好
-    outputs = {4: [src, src + " ", "今天很好", "今天很好"], 8: [src, "今天很好", "明天下雨", "今天天气", "今天天气", src, "x", "y"]}
+    outputs = {
+        4: [src, src + " ", "今天很好", "今天很好"],
+        8: [src, "今天很好", "明天下雨", "今天天气", "今天天气", src, "x", "y"],
+    }
     monkeypatch.setattr(G, "_texts", lambda model, z, opts, forced=None: outputs[z.shape[0]])
     assert G.augment(model, [src], 4) == [["今天很好"]]  # " " differs from the source by whitespace alone
     ranked = G.augment(model, [src], 2, candidates=4, rank="overlap")[0]
@@ -157,9 +177,10 @@ def test_augment_drops_copies_of_the_source_and_duplicates(model, monkeypatch):
 
 # ----------------------------------------------------------------------------- downstream helpers
 
+
 def test_interval_by_hand():
     m, h = DS.interval([1.0, 2.0, 3.0])
-    assert m == 2.0 and abs(h - 4.303 * 1.0 / 3 ** 0.5) < 1e-9
+    assert m == 2.0 and abs(h - 4.303 * 1.0 / 3**0.5) < 1e-9
     assert DS.interval([0.5]) == (0.5, None)
 
 

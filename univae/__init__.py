@@ -1,4 +1,5 @@
 """UniVAE in PyTorch: one shared BERT/RoFormer that is encoder, latent bottleneck and decoder."""
+
 from univae.config import PRESETS, UniVAEConfig, preset
 from univae.model import Transformer, UniVAE, UniVAEOutput, load_transformer
 

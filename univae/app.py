@@ -19,6 +19,7 @@ generation flips the model's train/eval mode, so two calls at once would see eac
 Requests outside the caps below are refused (422) rather than silently clipped; a sentence longer
 than the model's maxlen is truncated, as everywhere in univae, and the reply says so (`notice`).
 """
+
 import argparse
 import difflib
 import inspect
@@ -36,7 +37,7 @@ try:
     from fastapi.responses import HTMLResponse
     from pydantic import BaseModel, Field
 except ImportError as e:  # the optional extra is missing: one line, not a traceback
-    sys.exit(f"univae.app: error: {e.name} is not installed; the explorer needs the app extra: pip install -e \".[app]\"")
+    sys.exit(f'univae.app: error: {e.name} is not installed; the explorer needs the app extra: pip install -e ".[app]"')
 
 from univae import generate
 from univae.tokenizer import detokenize
@@ -60,6 +61,7 @@ class AppError(Exception):
 
 
 # ----------------------------------------------------------------------------- requests
+
 
 class Decode(BaseModel):
     beam: int = Field(1, ge=1, le=BEAM_MAX, description="beam size; 1 = greedy")
@@ -98,6 +100,7 @@ class TransferIn(BaseModel):
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def truncation_notice(model, text):
     """None if the model reads all of `text`, else a sentence saying what it reads instead."""
     limit = model.config.maxlen - 2  # [CLS] and [SEP] take two of the maxlen slots
@@ -105,8 +108,10 @@ def truncation_notice(model, text):
     if len(ids) <= limit:
         return None
     kept = detokenize(model.tokenizer, ids[:limit])
-    return (f"the input has {len(ids)} tokens, more than the {limit} this model reads (maxlen {model.config.maxlen} "
-            f"minus [CLS] and [SEP]): only “{kept}” was used")
+    return (
+        f"the input has {len(ids)} tokens, more than the {limit} this model reads (maxlen {model.config.maxlen} "
+        f"minus [CLS] and [SEP]): only “{kept}” was used"
+    )
 
 
 def marked(reference, text):
@@ -142,6 +147,7 @@ def _one_list(result):
 
 # ----------------------------------------------------------------------------- the app
 
+
 def create_app(model, checkpoint=""):
     model.eval()
     c = model.config
@@ -170,19 +176,30 @@ def create_app(model, checkpoint=""):
     @app.get("/api/info")
     def info():
         return {
-            "checkpoint": checkpoint, "latent": c.latent, "maxlen": c.maxlen, "max_tokens": c.maxlen - 2,
-            "z_dim": c.z_dim, "code_size": generate.edit_size(model),
-            "layers": [{"index": j, "transformer_layer": l, "dims": generate.layer_span(model, j)}
-                       for j, l in enumerate(c.latent_layers)],
+            "checkpoint": checkpoint,
+            "latent": c.latent,
+            "maxlen": c.maxlen,
+            "max_tokens": c.maxlen - 2,
+            "z_dim": c.z_dim,
+            "code_size": generate.edit_size(model),
+            "layers": [
+                {"index": j, "transformer_layer": l, "dims": generate.layer_span(model, j)}
+                for j, l in enumerate(c.latent_layers)
+            ],
             "fitted_prior": model.fitted_prior is not None,
-            "transfer": hasattr(model, "transfer"), "caps": CAPS,
+            "transfer": hasattr(model, "transfer"),
+            "caps": CAPS,
         }
 
     @app.post("/api/reconstruct")
     def reconstruct(req: TextIn):
         out, z = call(generate.reconstruct, model, [req.text], return_z=True, beam_size=req.beam)
-        reply = {"input": req.text, "output": out[0], "notice": truncation_notice(model, req.text),
-                 "code": layer_codes(model, z)[0]}
+        reply = {
+            "input": req.text,
+            "output": out[0],
+            "notice": truncation_notice(model, req.text),
+            "code": layer_codes(model, z)[0],
+        }
         if c.latent == "vq":
             reply["code_ids"] = model.z_to_codes(z)[0].tolist()
         return reply
@@ -194,20 +211,38 @@ def create_app(model, checkpoint=""):
         elif req.layers:
             bad = [j for j in req.layers if not 0 <= j < c.num_latent_layers]
             if bad:
-                raise HTTPException(400, f"latent layer {bad[0]} does not exist: this model has latent layers "
-                                    f"0..{c.num_latent_layers - 1}")
+                raise HTTPException(
+                    400,
+                    f"latent layer {bad[0]} does not exist: this model has latent layers 0..{c.num_latent_layers - 1}",
+                )
             dims = ",".join(generate.layer_span(model, j) for j in sorted(set(req.layers)))
         else:
             raise HTTPException(400, "choose at least one latent layer (or dims) to redraw")
         layers = call(redrawn_layers, model, dims)
         used = prior_used(req.prior)
         recon = call(generate.reconstruct, model, [req.text], beam_size=req.beam)[0]
-        out, z = call(generate.edit, model, req.text, dims, req.n, return_z=True, prior=req.prior, seed=req.seed,
-                      beam_size=req.beam)
+        out, z = call(
+            generate.edit,
+            model,
+            req.text,
+            dims,
+            req.n,
+            return_z=True,
+            prior=req.prior,
+            seed=req.seed,
+            beam_size=req.beam,
+        )
         codes = layer_codes(model, z)
-        return {"input": req.text, "reconstruction": recon, "notice": truncation_notice(model, req.text),
-                "dims": dims, "layers": layers, "prior": used, "seed": req.seed,
-                "variants": [{"text": s, "marks": marked(recon, s), "code": codes[i]} for i, s in enumerate(out)]}
+        return {
+            "input": req.text,
+            "reconstruction": recon,
+            "notice": truncation_notice(model, req.text),
+            "dims": dims,
+            "layers": layers,
+            "prior": used,
+            "seed": req.seed,
+            "variants": [{"text": s, "marks": marked(recon, s), "code": codes[i]} for i, s in enumerate(out)],
+        }
 
     @app.post("/api/sample")
     def sample(req: SampleIn):
@@ -219,8 +254,12 @@ def create_app(model, checkpoint=""):
     def interpolate(req: InterpolateIn):
         out = call(generate.interpolate, model, req.a, req.b, req.steps, beam_size=req.beam)
         notices = [n for n in (truncation_notice(model, req.a), truncation_notice(model, req.b)) if n]
-        return {"a": req.a, "b": req.b, "notice": "; ".join(notices) or None,
-                "path": [{"alpha": i / (req.steps - 1), "text": s} for i, s in enumerate(out)]}
+        return {
+            "a": req.a,
+            "b": req.b,
+            "notice": "; ".join(notices) or None,
+            "path": [{"alpha": i / (req.steps - 1), "text": s} for i, s in enumerate(out)],
+        }
 
     @app.post("/api/transfer")
     def transfer(req: TransferIn):
@@ -228,13 +267,18 @@ def create_app(model, checkpoint=""):
         if fn is None:
             raise HTTPException(501, "this version of univae has no model.transfer: transfer is unavailable")
         out = call(fn, [req.text], req.from_texts, req.to_texts, strength=req.strength)
-        return {"input": req.text, "strength": req.strength, "notice": truncation_notice(model, req.text),
-                "outputs": _one_list(out)}
+        return {
+            "input": req.text,
+            "strength": req.strength,
+            "notice": truncation_notice(model, req.text),
+            "outputs": _one_list(out),
+        }
 
     return app
 
 
 # ----------------------------------------------------------------------------- command line
+
 
 def load_model(path, device="cpu"):
     """A univae checkpoint directory -> the model in eval mode on `device`; AppError names what is wrong."""
@@ -253,8 +297,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = Parser(prog="python -m univae.app", description="A local page to reconstruct, edit, sample and interpolate "
-               "sentences with a univae checkpoint.")
+    p = Parser(
+        prog="python -m univae.app",
+        description="A local page to reconstruct, edit, sample and interpolate sentences with a univae checkpoint.",
+    )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a univae checkpoint directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
@@ -270,12 +316,18 @@ def main(argv=None):
         print(f"univae.app: error: {e}", file=sys.stderr)
         return 2
     if args.host not in LOCAL_HOSTS:
-        print(f"univae.app: warning: listening on {args.host}, not 127.0.0.1: anyone who can reach this machine "
-              "on that address can use the model (there is no authentication)", file=sys.stderr)
+        print(
+            f"univae.app: warning: listening on {args.host}, not 127.0.0.1: anyone who can reach this machine "
+            "on that address can use the model (there is no authentication)",
+            file=sys.stderr,
+        )
     c = model.config
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"univae explorer: http://{host}:{args.port}/  ({args.checkpoint}: {c.latent}, "
-          f"{c.num_latent_layers} latent layers x {c.z_dim} dims, maxlen {c.maxlen}; Ctrl-C stops)", flush=True)
+    print(
+        f"univae explorer: http://{host}:{args.port}/  ({args.checkpoint}: {c.latent}, "
+        f"{c.num_latent_layers} latent layers x {c.z_dim} dims, maxlen {c.maxlen}; Ctrl-C stops)",
+        flush=True,
+    )
     uvicorn.run(create_app(model, args.checkpoint), host=args.host, port=args.port, log_level="warning")
     return 0
 

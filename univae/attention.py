@@ -16,6 +16,7 @@ split takes a `SplitLayout` (it only knows UniVAE's independent/uniae layouts).
 A query row with no allowed key returns zeros in every backend (FlexAttention's convention);
 UniVAE's own masks never produce such a row, but a fully padded input to the plain encoder would.
 """
+
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,7 @@ class SplitLayout:
     src_queries: how many source query rows (from row 0) the layer computes; None = all. Keys and
     values always cover every row. A layer under src_queries=k returns k + T rows (`keep`): the
     kept source rows, then the target, so the next layer's layout has src_len=k."""
+
     src_len: int
     src_lengths: torch.Tensor | None
     sees_cls: bool
@@ -68,6 +70,7 @@ class SplitLayout:
             return tail
         return torch.cat([x.narrow(dim, 0, self.src_queries), tail], dim)
 
+
 # Compiled lazily on first call; dynamic=False because training and decoding use fixed shapes.
 # Each distinct shape (trimmed batch length, encode vs decode) is one specialisation; past dynamo's
 # default limit of 8 it would silently fall back to the unfused, fully materialised path.
@@ -95,8 +98,12 @@ def resolve(backend, device, head_dim=None):
 def _kernel(q):
     """The kernel split runs its calls on: under CPU bf16 autocast with autograd the eager formula
     beats SDPA (whose CPU bf16 backward is slow, bench/attention.py); SDPA everywhere else."""
-    bf16_training = (q.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
-                     and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    bf16_training = (
+        q.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
     return "eager" if bf16_training else "sdpa"
 
 

@@ -8,6 +8,7 @@ Every file is written to a temporary name and moved into place with os.replace, 
 mid-save never leaves a half-written file under the real name. Nothing here
 unpickles code: weights come from safetensors, or torch.load(weights_only=True) for .bin files.
 """
+
 import json
 import os
 import re
@@ -81,7 +82,7 @@ def _hf_name(key):
     """Strip the model-class prefix and TF-era LayerNorm names (gamma/beta)."""
     for prefix in ("bert.", "roformer."):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
 
 
@@ -128,8 +129,10 @@ def convert_hf_state_dict(hf_sd, transformer):
             raise ValueError(f"checkpoint keys disagree on {target} ({key})")
         out[target] = tensor
     if unknown:
-        raise ValueError(f"checkpoint has keys the BERT/RoFormer table does not know: {', '.join(unknown[:5])}"
-                         + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+        raise ValueError(
+            f"checkpoint has keys the BERT/RoFormer table does not know: {', '.join(unknown[:5])}"
+            + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        )
     for target, parts in qkv_parts.items():
         if sorted(parts) != [0, 1, 2]:
             raise ValueError(f"checkpoint is missing query/key/value parts of {target}")
@@ -143,7 +146,9 @@ def convert_hf_state_dict(hf_sd, transformer):
     has_head = all(k in out for k in HEAD_KEYS)
     missing = [k for k in ours if k not in out and not (k.startswith("head.") and not has_head)]
     if missing:
-        raise ValueError(f"checkpoint is missing weights for: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        raise ValueError(
+            f"checkpoint is missing weights for: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
     if not has_head:
         for k in HEAD_KEYS:
             out.pop(k, None)
@@ -197,6 +202,7 @@ RUNTIME_FIELDS = ("attn", "hidden_dropout_prob", "attention_probs_dropout_prob")
 @dataclass
 class Checkpoint:
     """What a checkpoint directory holds, read and checked, before any model is built."""
+
     path: str
     config: UniVAEConfig
     tokenizer: object
@@ -249,7 +255,7 @@ def check_trained(path):
     except ValueError as e:  # truncated or corrupt config.json, named
         raise CheckpointError(f"cannot load checkpoint: {e}") from None
     if not is_univae:
-        raise CheckpointError(f"{path} is not a univae checkpoint (no config.json with a \"univae\" section)")
+        raise CheckpointError(f'{path} is not a univae checkpoint (no config.json with a "univae" section)')
 
 
 def _atomic(path, write):

@@ -4,6 +4,7 @@ Backbone fields are named as in transformers' BertConfig/RoFormerConfig so that 
 maps onto them key for key (`from_hf_config`). The per-layer schedule (which layers carry a
 latent) is expanded once in `__post_init__`.
 """
+
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -58,7 +59,9 @@ class UniVAEConfig:
         if self.model_type not in ("bert", "roformer"):
             raise ValueError(f"model_type must be 'bert' or 'roformer', got {self.model_type!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
         if self.model_type == "roformer" and (self.hidden_size // self.num_attention_heads) % 2:
             raise ValueError("RoFormer's rotary embedding needs an even head size")
         if self.model_type == "bert" and self.embedding_size != self.hidden_size:
@@ -81,8 +84,10 @@ class UniVAEConfig:
             raise ValueError(f"latent must be one of {LATENT_FAMILIES}, got {self.latent!r}")
         if isinstance(self.kappa, (list, tuple)):
             if len(self.kappa) != self.num_latent_layers:
-                raise ValueError(f"kappa has {len(self.kappa)} values for {self.num_latent_layers} latent layers: "
-                                 f"give one, or one per latent layer, got {list(self.kappa)}")
+                raise ValueError(
+                    f"kappa has {len(self.kappa)} values for {self.num_latent_layers} latent layers: "
+                    f"give one, or one per latent layer, got {list(self.kappa)}"
+                )
             self.kappa = [float(k) for k in self.kappa]
             if len(set(self.kappa)) == 1:
                 self.kappa = self.kappa[0]
@@ -96,7 +101,9 @@ class UniVAEConfig:
             if not 0 < self.vq_decay < 1:
                 raise ValueError(f"vq_decay must be in (0, 1), got {self.vq_decay}")
             if self.vq_beta < 0 or self.vq_dead_steps < 0:
-                raise ValueError(f"vq_beta and vq_dead_steps must not be negative, got {self.vq_beta}, {self.vq_dead_steps}")
+                raise ValueError(
+                    f"vq_beta and vq_dead_steps must not be negative, got {self.vq_beta}, {self.vq_dead_steps}"
+                )
         if self.latent == "gmm" and self.mixture_components < 2:
             raise ValueError(f"mixture_components must be at least 2, got {self.mixture_components}")
         if self.attn not in ATTN_BACKENDS:
@@ -138,9 +145,21 @@ class UniVAEConfig:
 
 # Backbone keys a HF BertConfig/RoFormerConfig must agree with; everything else there is ignored.
 HF_KEYS = (
-    "vocab_size", "hidden_size", "embedding_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-    "type_vocab_size", "layer_norm_eps", "initializer_range", "rotary_value", "pad_token_id",
+    "vocab_size",
+    "hidden_size",
+    "embedding_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "initializer_range",
+    "rotary_value",
+    "pad_token_id",
 )
 
 
@@ -160,22 +179,45 @@ def from_hf_config(hf, **overrides):
 PRESETS = {
     # tiny, for tests and smoke runs
     "debug": dict(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, maxlen=16,
-        num_latent_layers=2, z_dim=8, kappa=16.0, max_position_embeddings=64, vocab_size=256,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        maxlen=16,
+        num_latent_layers=2,
+        z_dim=8,
+        kappa=16.0,
+        max_position_embeddings=64,
+        vocab_size=256,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     ),
     # the CPU default, trained from scratch by `python train.py` (chosen by the sweep in README.md)
     "small": dict(
-        hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, maxlen=32,
-        num_latent_layers=3, z_dim=64, kappa=256.0, max_position_embeddings=64,
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        maxlen=32,
+        num_latent_layers=3,
+        z_dim=64,
+        kappa=256.0,
+        max_position_embeddings=64,
         # An 8-minute CPU run sees the data about three times and val CE still falls at the end: no
         # overfitting to fight, and CPU dropout (bernoulli) cost a fifth of the step time in profiles.
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     ),
     # the reference: 12 x 768, 4 latent layers x 16 dims, kappa 32
     "base": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, maxlen=32,
-        num_latent_layers=4, z_dim=16, kappa=32.0,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        maxlen=32,
+        num_latent_layers=4,
+        z_dim=16,
+        kappa=32.0,
     ),
 }
 
@@ -201,83 +243,169 @@ def preset(name, **overrides):
 @dataclass
 class TrainConfig:
     """Training settings; train.py builds its flags from these fields (help text in metadata)."""
-    corpus: str = field(default="builtin:reviews", metadata={"help": "builtin:reviews, builtin:news, or a .txt/.jsonl file"})
+
+    corpus: str = field(
+        default="builtin:reviews", metadata={"help": "builtin:reviews, builtin:news, or a .txt/.jsonl file"}
+    )
     val: str = field(default="", metadata={"help": "validation corpus file (default: split off the training corpus)"})
     text_field: str = field(default="text", metadata={"help": "JSON field holding the sentence in .jsonl corpora"})
     strict: bool = field(default=False, metadata={"help": "fail on the first bad corpus line instead of skipping it"})
-    min_char_count: int = field(default=1, metadata={"help": "from scratch: drop characters seen fewer times from the vocab"})
+    min_char_count: int = field(
+        default=1, metadata={"help": "from scratch: drop characters seen fewer times from the vocab"}
+    )
     split_seed: int = field(default=0, metadata={"help": "seed of the fixed train/val/test split"})
-    init_from: str = field(default="bundled", metadata={
-        "help": "local HF BERT/RoFormer directory to fine-tune, or `bundled`: the small Chinese BERT shipped with "
-                "univae (made by python -m univae.pretrain on the bundled corpora's train splits)"})
-    from_scratch: bool = field(default=False, metadata={
-        "help": "train a --preset from random weights instead of fine-tuning (implied by --preset or an "
-                "architecture flag)"})
-    preset: str = field(default="small", metadata={"help": f"model size when training from scratch: {', '.join(PRESETS)}"})
+    init_from: str = field(
+        default="bundled",
+        metadata={
+            "help": "local HF BERT/RoFormer directory to fine-tune, or `bundled`: the small Chinese BERT shipped with "
+            "univae (made by python -m univae.pretrain on the bundled corpora's train splits)"
+        },
+    )
+    from_scratch: bool = field(
+        default=False,
+        metadata={
+            "help": "train a --preset from random weights instead of fine-tuning (implied by --preset or an "
+            "architecture flag)"
+        },
+    )
+    preset: str = field(
+        default="small", metadata={"help": f"model size when training from scratch: {', '.join(PRESETS)}"}
+    )
     batch_size: int = field(default=64, metadata={"help": "sentences per step and process"})
-    lr: float = field(default=0.0, metadata={"help": "peak learning rate (default: the preset's recipe from scratch, small 3e-3, else 1e-3; 2e-5 with --init-from)"})
+    lr: float = field(
+        default=0.0,
+        metadata={
+            "help": "peak learning rate (default: the preset's recipe from scratch, small 3e-3, else 1e-3; 2e-5 with --init-from)"
+        },
+    )
     warmup: int = field(default=200, metadata={"help": "linear warmup steps"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorms)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
     epochs: float = field(default=0.0, metadata={"help": "stop after this many passes over the data (0: no limit)"})
-    time_budget: float = field(default=0.0, metadata={"help": "stop cleanly after this many seconds of training (0: none)"})
+    time_budget: float = field(
+        default=0.0, metadata={"help": "stop cleanly after this many seconds of training (0: none)"}
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
     log_every: int = field(default=20, metadata={"help": "steps between metrics.jsonl rows"})
     eval_every: int = field(default=500, metadata={"help": "steps between evaluations"})
     save_every: int = field(default=1000, metadata={"help": "steps between step-N checkpoints"})
     eval_sentences: int = field(default=200, metadata={"help": "val sentences reconstructed greedily at each eval"})
     out: str = field(default="runs/default", metadata={"help": "output directory"})
-    keep_last: int = field(default=3, metadata={
-        "help": "keep only the newest N step-N checkpoints in --out, besides last (0: keep all). A base-size "
-                "fine-tune writes ~600 MB per checkpoint, optimiser state included"})
-    max_bad_steps: int = field(default=5, metadata={
-        "help": "stop with an error after this many non-finite steps in a row (each one is skipped: no update)"})
+    keep_last: int = field(
+        default=3,
+        metadata={
+            "help": "keep only the newest N step-N checkpoints in --out, besides last (0: keep all). A base-size "
+            "fine-tune writes ~600 MB per checkpoint, optimiser state included"
+        },
+    )
+    max_bad_steps: int = field(
+        default=5,
+        metadata={
+            "help": "stop with an error after this many non-finite steps in a row (each one is skipped: no update)"
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --out"})
     seed: int = field(default=0, metadata={"help": "seed for init, dropout, latent sampling and batch order"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
-    precision: str = field(default="auto", metadata={
-        "help": "fp32, bf16 (autocast, CPU and CUDA), fp16 (CUDA) or auto: bf16 on a GPU or a CPU with hardware bf16 "
-                "(AVX512-BF16, AMX), else fp32"})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "fp32, bf16 (autocast, CPU and CUDA), fp16 (CUDA) or auto: bf16 on a GPU or a CPU with hardware bf16 "
+            "(AVX512-BF16, AMX), else fp32"
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    prior_components: int = field(default=8, metadata={
-        "help": "after training, fit a Gaussian mixture of this many components to the training codes; sampling and "
-                "edits draw from it (univae/density.py; 0: none, draw from the training prior)"})
+    prior_components: int = field(
+        default=8,
+        metadata={
+            "help": "after training, fit a Gaussian mixture of this many components to the training codes; sampling and "
+            "edits draw from it (univae/density.py; 0: none, draw from the training prior)"
+        },
+    )
     # the VAE objective and the remedies for posterior collapse (univae/objective.py has the formula)
     kl_weight: float = field(default=1.0, metadata={"help": "beta, the weight of the KL term (non-vMF latents)"})
-    kl_reduction: str = field(default="per-token", metadata={
-        "help": "per-token: the sentence KL divided by the mean number of target tokens, like the CE "
-                "(beta 1 = the negative ELBO per token); per-sentence: not divided"})
+    kl_reduction: str = field(
+        default="per-token",
+        metadata={
+            "help": "per-token: the sentence KL divided by the mean number of target tokens, like the CE "
+            "(beta 1 = the negative ELBO per token); per-sentence: not divided"
+        },
+    )
     kl_anneal: str = field(default="none", metadata={"help": "KL weight schedule: none, linear, cyclical (Optimus)"})
-    kl_anneal_steps: int = field(default=0, metadata={"help": "steps the schedule spans, all cycles together (0: --max-steps)"})
+    kl_anneal_steps: int = field(
+        default=0, metadata={"help": "steps the schedule spans, all cycles together (0: --max-steps)"}
+    )
     kl_cycles: int = field(default=4, metadata={"help": "cyclical: number of cycles in --kl-anneal-steps"})
     kl_ratio_zero: float = field(default=0.5, metadata={"help": "cyclical: fraction of each cycle at weight 0"})
-    kl_ratio_increase: float = field(default=0.25, metadata={"help": "cyclical: fraction of each cycle ramping 0 -> 1 (the rest holds 1)"})
-    free_bits: float = field(default=0.0, metadata={"help": "lambda nats per latent dim: the KL term becomes sum_d max(lambda, batch-mean KL_d)"})
-    target_rate: float = field(default=0.0, metadata={"help": "MDR: keep the KL per sentence (all layers) >= this many nats with a learned Lagrange multiplier (0: off)"})
+    kl_ratio_increase: float = field(
+        default=0.25, metadata={"help": "cyclical: fraction of each cycle ramping 0 -> 1 (the rest holds 1)"}
+    )
+    free_bits: float = field(
+        default=0.0,
+        metadata={"help": "lambda nats per latent dim: the KL term becomes sum_d max(lambda, batch-mean KL_d)"},
+    )
+    target_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "MDR: keep the KL per sentence (all layers) >= this many nats with a learned Lagrange multiplier (0: off)"
+        },
+    )
     mdr_lr: float = field(default=0.01, metadata={"help": "MDR: multiplier step per nat of rate deficit per step"})
-    word_dropout: float = field(default=0.0, metadata={"help": "replace each decoder target input token (not the first [CLS]) by [MASK] with this probability"})
-    code_dropout: float = field(default=0.0, metadata={"help": "give the decoder one latent layer's code (chosen per sentence) as a training-prior draw with this probability, so each layer must mean something on its own"})
-    bow_weight: float = field(default=0.0, metadata={
-        "help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off; "
-                "the small preset from scratch: 1, with --bow-layers 0,-1 --bow-chars content,pattern, so that the "
-                "lowest latent layer carries what a sentence is about and the top one how it is said)"})
-    bow_layers: str = field(default="", metadata={
-        "help": "with --bow-weight: only these latent layers' z predict the bag of words, comma-separated, 0 = the "
-                "lowest latent layer, -1 the top one (default: all; the small preset from scratch: 0,-1 with --bow-chars "
-                "content,pattern; given without --bow-chars, every token counts)"})
-    bow_chars: str = field(default="all", metadata={
-        "help": "with --bow-weight: the bag of words holds every target token (all), only the training corpus's "
-                "content characters (content: IDF above the median over occurrences, punctuation excluded, the "
-                "evaluation's definition) or only the others (pattern); one class for every --bow-layers layer, "
-                "or one per layer (--bow-layers 0,-1 --bow-chars content,pattern), so that a layer is made to carry "
-                "what a sentence is about, or how it is said"})
-    dispersion_weight: float = field(default=0.2, metadata={
-        "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
-                "keeps the mixture components apart; DEM-VAE's beta, 0.2 in its language-modelling runs)"})
-    mi_weight: float = field(default=1.0, metadata={
-        "help": "--latent gmm: weight of I(x; c) inside KL(q(c|x) || p(c)) (1 = the plain ELBO; 0 = DEM-VAE's "
-                "--use_mutual, which stops the ELBO from pushing q(c|x) towards independence of x)"})
-    au_delta: float = field(default=0.01, metadata={"help": "a latent dim is active when Var over val sentences of E_q[z_d] exceeds this"})
+    word_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "replace each decoder target input token (not the first [CLS]) by [MASK] with this probability"
+        },
+    )
+    code_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "give the decoder one latent layer's code (chosen per sentence) as a training-prior draw with this probability, so each layer must mean something on its own"
+        },
+    )
+    bow_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of the bag-of-words loss predicting the sentence's tokens from each latent layer's z (0: off; "
+            "the small preset from scratch: 1, with --bow-layers 0,-1 --bow-chars content,pattern, so that the "
+            "lowest latent layer carries what a sentence is about and the top one how it is said)"
+        },
+    )
+    bow_layers: str = field(
+        default="",
+        metadata={
+            "help": "with --bow-weight: only these latent layers' z predict the bag of words, comma-separated, 0 = the "
+            "lowest latent layer, -1 the top one (default: all; the small preset from scratch: 0,-1 with --bow-chars "
+            "content,pattern; given without --bow-chars, every token counts)"
+        },
+    )
+    bow_chars: str = field(
+        default="all",
+        metadata={
+            "help": "with --bow-weight: the bag of words holds every target token (all), only the training corpus's "
+            "content characters (content: IDF above the median over occurrences, punctuation excluded, the "
+            "evaluation's definition) or only the others (pattern); one class for every --bow-layers layer, "
+            "or one per layer (--bow-layers 0,-1 --bow-chars content,pattern), so that a layer is made to carry "
+            "what a sentence is about, or how it is said"
+        },
+    )
+    dispersion_weight: float = field(
+        default=0.2,
+        metadata={
+            "help": "--latent gmm: weight of DEM-VAE's dispersion term inside the KL (1 = the plain ELBO; below 1 "
+            "keeps the mixture components apart; DEM-VAE's beta, 0.2 in its language-modelling runs)"
+        },
+    )
+    mi_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "--latent gmm: weight of I(x; c) inside KL(q(c|x) || p(c)) (1 = the plain ELBO; 0 = DEM-VAE's "
+            "--use_mutual, which stops the ELBO from pushing q(c|x) towards independence of x)"
+        },
+    )
+    au_delta: float = field(
+        default=0.01, metadata={"help": "a latent dim is active when Var over val sentences of E_q[z_d] exceeds this"}
+    )
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -285,8 +413,25 @@ class TrainConfig:
         for name in ("batch_size", "log_every", "eval_every", "save_every", "kl_cycles", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("keep_last", "prior_components", "lr", "warmup", "max_steps", "epochs", "time_budget", "grad_clip", "weight_decay", "eval_sentences",
-                     "kl_weight", "kl_anneal_steps", "free_bits", "target_rate", "mdr_lr", "bow_weight", "dispersion_weight"):
+        for name in (
+            "keep_last",
+            "prior_components",
+            "lr",
+            "warmup",
+            "max_steps",
+            "epochs",
+            "time_budget",
+            "grad_clip",
+            "weight_decay",
+            "eval_sentences",
+            "kl_weight",
+            "kl_anneal_steps",
+            "free_bits",
+            "target_rate",
+            "mdr_lr",
+            "bow_weight",
+            "dispersion_weight",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.kl_reduction not in KL_REDUCTIONS:
@@ -298,19 +443,27 @@ class TrainConfig:
                 raise ValueError(f"--kl-anneal {self.kl_anneal} needs --kl-anneal-steps (or --max-steps to span)")
             self.kl_anneal_steps = self.max_steps
         if not (0 <= self.kl_ratio_zero < 1 and 0 < self.kl_ratio_increase <= 1 - self.kl_ratio_zero):
-            raise ValueError(f"--kl-ratio-zero {self.kl_ratio_zero} and --kl-ratio-increase {self.kl_ratio_increase} must "
-                             "satisfy 0 <= zero < 1 and 0 < increase <= 1 - zero (one cycle: zero, ramp, hold)")
+            raise ValueError(
+                f"--kl-ratio-zero {self.kl_ratio_zero} and --kl-ratio-increase {self.kl_ratio_increase} must "
+                "satisfy 0 <= zero < 1 and 0 < increase <= 1 - zero (one cycle: zero, ramp, hold)"
+            )
         if not 0 <= self.code_dropout < 1:
             raise ValueError(f"--code-dropout must be in [0, 1), got {self.code_dropout}")
         if not 0 <= self.word_dropout < 1:
             raise ValueError(f"--word-dropout must be in [0, 1), got {self.word_dropout}")
         if self.bow_layers and not self.bow_weight:
-            raise ValueError(f"--bow-layers {self.bow_layers} chooses the layers of the bag-of-words loss; it needs --bow-weight > 0")
+            raise ValueError(
+                f"--bow-layers {self.bow_layers} chooses the layers of the bag-of-words loss; it needs --bow-weight > 0"
+            )
         for kind in self.bow_chars.split(","):
             if kind.strip() not in BOW_CHARS:
-                raise ValueError(f"--bow-chars must be one of {', '.join(BOW_CHARS)} (or a comma-separated list of them, "
-                                 f"one per --bow-layers layer), got {kind.strip()!r} in {self.bow_chars!r}")
+                raise ValueError(
+                    f"--bow-chars must be one of {', '.join(BOW_CHARS)} (or a comma-separated list of them, "
+                    f"one per --bow-layers layer), got {kind.strip()!r} in {self.bow_chars!r}"
+                )
         if self.bow_chars != "all" and not self.bow_weight:
-            raise ValueError(f"--bow-chars {self.bow_chars} chooses the bag-of-words targets; it needs --bow-weight > 0")
+            raise ValueError(
+                f"--bow-chars {self.bow_chars} chooses the bag-of-words targets; it needs --bow-weight > 0"
+            )
         if not self.au_delta > 0:
             raise ValueError(f"--au-delta must be positive, got {self.au_delta}")

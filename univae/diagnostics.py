@@ -17,6 +17,7 @@ spread of the component means).
 
 train.py logs them in every eval row (univae.training.evaluate) and prints `collapse_warning`.
 """
+
 import contextlib
 import math
 
@@ -90,7 +91,7 @@ def code_entropy(family, params_list):
         probs = counts / counts.sum()
         return -(probs * probs.log()).sum().item()
 
-    return entropy(codes), [entropy(codes[:, j:j + 1]) for j in range(codes.shape[1])]
+    return entropy(codes), [entropy(codes[:, j : j + 1]) for j in range(codes.shape[1])]
 
 
 @torch.no_grad()
@@ -114,8 +115,10 @@ def latent_metrics(family, params_list, au_delta=0.01):
     mi, mi_per_layer = mutual_information(family, params_list)
     au, variances = active_units(expected_codes(family, params_list), au_delta)
     metrics = {
-        "mi": mi, "mi_per_layer": mi_per_layer,
-        "au": au, "au_per_layer": [int((v > au_delta).sum()) for v in variances.split(family.z_dim)],
+        "mi": mi,
+        "mi_per_layer": mi_per_layer,
+        "au": au,
+        "au_per_layer": [int((v > au_delta).sum()) for v in variances.split(family.z_dim)],
     }
     per_dim = kl_per_dim(family, params_list)
     if per_dim is not None:
@@ -154,28 +157,37 @@ def collapse_warning(metrics, config, au_delta=0.01):
     if latent in ("gaussian", "gmm") and "au_per_layer" in metrics:
         low = [j for j, a in enumerate(metrics["au_per_layer"]) if a < COLLAPSE_AU * config.z_dim]
         if low:
-            problems.append(f"active units {metrics['au']} of {config.latent_dim} (delta {au_delta:g}), "
-                            f"layer(s) {low} with fewer than {COLLAPSE_AU:.0%} of {config.z_dim} dims")
+            problems.append(
+                f"active units {metrics['au']} of {config.latent_dim} (delta {au_delta:g}), "
+                f"layer(s) {low} with fewer than {COLLAPSE_AU:.0%} of {config.z_dim} dims"
+            )
     if latent == "vq" and "codebook" in metrics:
         perplexity = metrics["codebook"]["perplexity"]
         low = [j for j, p in enumerate(perplexity) if p < 2]
         if low:
-            problems.append(f"codebook perplexity [{', '.join(f'{p:.2f}' for p in perplexity)}], "
-                            f"layer(s) {low} use about one code")
+            problems.append(
+                f"codebook perplexity [{', '.join(f'{p:.2f}' for p in perplexity)}], layer(s) {low} use about one code"
+            )
     if latent == "gmm" and "mixture" in metrics:
         mi_c = metrics["mixture"]["mi_c"]
         low = [j for j, mi in enumerate(mi_c) if mi < COLLAPSE_KL]
         if low:
-            problems.append(f"I(x; c) per layer [{', '.join(f'{mi:.3f}' for mi in mi_c)}] nats, layer(s) {low} "
-                            f"below {COLLAPSE_KL}: the mixture component says nothing about the sentence")
+            problems.append(
+                f"I(x; c) per layer [{', '.join(f'{mi:.3f}' for mi in mi_c)}] nats, layer(s) {low} "
+                f"below {COLLAPSE_KL}: the mixture component says nothing about the sentence"
+            )
     if not problems:
         return None
     if latent == "vq":
         remedies = "a smaller --vq-dead-steps, --vq-distance cosine, --word-dropout 0.3, --bow-weight 1"
     elif latent == "gmm":
-        remedies = ("--dispersion-weight 0.1, --mi-weight 0, --kl-anneal cyclical, --free-bits 0.5, "
-                    "--word-dropout 0.3, --bow-weight 1")
+        remedies = (
+            "--dispersion-weight 0.1, --mi-weight 0, --kl-anneal cyclical, --free-bits 0.5, "
+            "--word-dropout 0.3, --bow-weight 1"
+        )
     else:
         remedies = "--kl-anneal cyclical, --free-bits 0.5, --word-dropout 0.3, --target-rate 10, --bow-weight 1"
-    return (f"warning: posterior collapse? {'; '.join(problems)} -- the decoder may be modelling the text "
-            f"without z (KL pressure too strong early, or a decoder strong enough alone); try {remedies}")
+    return (
+        f"warning: posterior collapse? {'; '.join(problems)} -- the decoder may be modelling the text "
+        f"without z (KL pressure too strong early, or a decoder strong enough alone); try {remedies}"
+    )

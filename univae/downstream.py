@@ -16,6 +16,7 @@ bench/transfer.py and bench/augment.py print these over seeds; `python -m univae
 small version of both in its `downstream` section. scikit-learn is optional (`pip install -e
 ".[bench]"`) and imported only by the augmentation trial.
 """
+
 import math
 import random
 import statistics
@@ -113,12 +114,13 @@ def transfer_sets(data, seed, n_inputs=N_INPUTS, n_from_to=FROM_TO_SIZE, source=
     rng.shuffle(tgt)
     from_texts, to_texts = src[:n_from_to], tgt[:n_from_to]
     held = [s for s, y in data.held_out if y == source][:n_inputs]
-    inputs = held + src[n_from_to:][:n_inputs - len(held)]
+    inputs = held + src[n_from_to:][: n_inputs - len(held)]
     return inputs, from_texts, to_texts, len(held)
 
 
-def transfer_trial(model, data, strengths, seed=0, method="probe", n_inputs=N_INPUTS, n_from_to=FROM_TO_SIZE,
-                   **decoding):
+def transfer_trial(
+    model, data, strengths, seed=0, method="probe", n_inputs=N_INPUTS, n_from_to=FROM_TO_SIZE, **decoding
+):
     """Negative -> positive transfer at each strength: rows {"strength", "positive", "char_f1",
     "positive_held_out", "char_f1_held_out"} (shares judged positive, mean char F1 of output vs input;
     the _held_out pair over the held-out inputs alone), plus "inputs_positive": the judge on the inputs
@@ -134,23 +136,39 @@ def transfer_trial(model, data, strengths, seed=0, method="probe", n_inputs=N_IN
     for strength in strengths:
         out = model.generate(generate.transfer_z(model, z, direction.to(z.device), strength), **decoding)
         pos, f1 = judge_positive(out), [M.char_f1(o, t) for o, t in zip(out, inputs)]
-        rows.append({"strength": strength, "positive": M.mean(pos), "char_f1": M.mean(f1),
-                     "positive_held_out": M.mean(pos[:n_held]) if n_held else None,
-                     "char_f1_held_out": M.mean(f1[:n_held]) if n_held else None,
-                     "examples": list(zip(inputs[:3], out[:3]))})
-    return {"rows": rows, "n_inputs": len(inputs), "n_held_out_inputs": n_held, "n_from": len(from_texts),
-            "n_to": len(to_texts), "inputs_positive": M.mean(judge_positive(inputs)), "method": method, "seed": seed}
+        rows.append(
+            {
+                "strength": strength,
+                "positive": M.mean(pos),
+                "char_f1": M.mean(f1),
+                "positive_held_out": M.mean(pos[:n_held]) if n_held else None,
+                "char_f1_held_out": M.mean(f1[:n_held]) if n_held else None,
+                "examples": list(zip(inputs[:3], out[:3])),
+            }
+        )
+    return {
+        "rows": rows,
+        "n_inputs": len(inputs),
+        "n_held_out_inputs": n_held,
+        "n_from": len(from_texts),
+        "n_to": len(to_texts),
+        "inputs_positive": M.mean(judge_positive(inputs)),
+        "method": method,
+        "seed": seed,
+    }
 
 
 # ----------------------------------------------------------------------------- augmentation
+
 
 def _sklearn():
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        raise ImportError("the augmentation trial needs scikit-learn: pip install -e \".[bench]\" "
-                          "(or pip install scikit-learn)") from None
+        raise ImportError(
+            'the augmentation trial needs scikit-learn: pip install -e ".[bench]" (or pip install scikit-learn)'
+        ) from None
     return TfidfVectorizer, LogisticRegression
 
 
@@ -172,8 +190,9 @@ def augmentation_split(data, test_size=TEST_SIZE):
     return data.held_out + train[:n_extra], train[n_extra:]
 
 
-def augmentation_trial(model, data, sizes, seeds, n_variants, test_size=TEST_SIZE, augment_options=None, log=None,
-                       **decoding):
+def augmentation_trial(
+    model, data, sizes, seeds, n_variants, test_size=TEST_SIZE, augment_options=None, log=None, **decoding
+):
     """For each seed: N = max(sizes) sentences drawn from the pool (the smaller N are its prefixes),
     their variants from generate.augment (n_variants each, `augment_options` passed on), and for each
     N the classifier's accuracy without and with the variants (each keeps its source's label).
@@ -191,19 +210,29 @@ def augmentation_trial(model, data, sizes, seeds, n_variants, test_size=TEST_SIZ
     rows, in_test = [], 0
     for seed in seeds:
         drawn = random.Random(seed).sample(pool, max(sizes))
-        variants = generate.augment(model, [s for s, _ in drawn], n_variants, seed=seed,
-                                    **(augment_options or {}), **decoding)
+        variants = generate.augment(
+            model, [s for s, _ in drawn], n_variants, seed=seed, **(augment_options or {}), **decoding
+        )
         in_test += sum(v in test_set for vs in variants for v in vs)
         for n in sizes:
             texts, labels = [s for s, _ in drawn[:n]], [y for _, y in drawn[:n]]
             extra = [(v, y) for (_, y), vs in zip(drawn[:n], variants[:n]) for v in vs]
             base = classifier_accuracy(texts, labels, test_texts, test_labels)
-            aug = classifier_accuracy(texts + [v for v, _ in extra], labels + [y for _, y in extra], test_texts, test_labels)
+            aug = classifier_accuracy(
+                texts + [v for v, _ in extra], labels + [y for _, y in extra], test_texts, test_labels
+            )
             k = 1 + round(len(extra) / n)  # each row as often as a source and its variants: the weight alone
             copies = classifier_accuracy(texts * k, labels * k, test_texts, test_labels)
-            row = {"n": n, "seed": seed, "baseline": M.mean(base), "copies": M.mean(copies), "augmented": M.mean(aug),
-                   "baseline_held_out": M.mean(base[:n_held]), "augmented_held_out": M.mean(aug[:n_held]),
-                   "variants": len(extra)}
+            row = {
+                "n": n,
+                "seed": seed,
+                "baseline": M.mean(base),
+                "copies": M.mean(copies),
+                "augmented": M.mean(aug),
+                "baseline_held_out": M.mean(base[:n_held]),
+                "augmented_held_out": M.mean(aug[:n_held]),
+                "variants": len(extra),
+            }
             rows.append(row)
             if log:
                 log(row)

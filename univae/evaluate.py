@@ -59,6 +59,7 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `downstream.note` | why the section was skipped (a corpus without labels) or cut short |
 | `notes`, `seconds` | report-wide notes (e.g. an assumed split seed); wall time of the evaluation |
 """
+
 import argparse
 import json
 import math
@@ -86,15 +87,23 @@ FIRST_CHARS = 100  # first-character plausibility: the training split's 100 most
 
 
 def progress(iterable, desc, total=None):
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True, leave=False,
-                disable=not sys.stderr.isatty())  # a log file or CI gets no carriage-return redraws
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+        disable=not sys.stderr.isatty(),
+    )  # a log file or CI gets no carriage-return redraws
 
 
 def chunks(xs, size):
-    return [xs[i:i + size] for i in range(0, len(xs), size)]
+    return [xs[i : i + size] for i in range(0, len(xs), size)]
 
 
 # ----------------------------------------------------------------------------- checkpoint and data
+
 
 def load_data(spec, maxlen, train_args):
     """--data -> (sentences, source description, training sentences or None, notes)."""
@@ -122,6 +131,7 @@ def load_data(spec, maxlen, train_args):
 
 
 # ----------------------------------------------------------------------------- likelihood pieces
+
 
 def log_sphere_area(d):
     """log |S^{d-1}|, the surface area of the unit sphere in R^d: 2 pi^{d/2} / Gamma(d/2)."""
@@ -190,6 +200,7 @@ def importance_weighted(model, ids, n_samples):
 
 # ----------------------------------------------------------------------------- sections
 
+
 def reconstruction_section(model, texts, beam_size, batch_size, n_examples):
     greedy, beam = [], []
     for chunk in progress(chunks(texts, batch_size), "reconstruct (greedy, beam)"):
@@ -217,12 +228,26 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
         n_tokens += n.sum().item()
         params_list.append([p.float() for p in params])
     params_list = [torch.cat(layer) for layer in zip(*params_list)]  # per layer (N, param_dim)
-    n_chars = sum(len(M.strip_ws(t)) + 1 for t in texts)  # +1: the closing [SEP] is predicted too (as training.evaluate)
-    likelihood = {"ce": total_nats / max(n_tokens, 1), "bits_per_char": M.bits_per_char(total_nats, n_chars),
-                  "iw_nll": None, "iw_ppl": None, "iw_bits_per_char": None, "neg_elbo": None}
+    n_chars = sum(
+        len(M.strip_ws(t)) + 1 for t in texts
+    )  # +1: the closing [SEP] is predicted too (as training.evaluate)
+    likelihood = {
+        "ce": total_nats / max(n_tokens, 1),
+        "bits_per_char": M.bits_per_char(total_nats, n_chars),
+        "iw_nll": None,
+        "iw_ppl": None,
+        "iw_bits_per_char": None,
+        "neg_elbo": None,
+    }
     kl_per_layer = [model.family.kl(p, layer=j).mean().item() for j, p in enumerate(params_list)]
-    latent = {"kl": sum(kl_per_layer), "kl_per_layer": kl_per_layer,
-              "mi": None, "mi_per_layer": None, "au": None, "au_per_layer": None}
+    latent = {
+        "kl": sum(kl_per_layer),
+        "kl_per_layer": kl_per_layer,
+        "mi": None,
+        "mi_per_layer": None,
+        "au": None,
+        "au_per_layer": None,
+    }
     if len(ids) >= 2:
         latent.update(latent_metrics(model.family, params_list, au_delta))
     else:
@@ -241,7 +266,9 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
     iw_tokens = int((iw_ids[:, 1:] != pad).sum())
     iw_chars = sum(len(M.strip_ws(t)) + 1 for t in iw_texts)
     likelihood.update(
-        iw_nll=M.mean(nll), iw_ppl=math.exp(sum(nll) / iw_tokens), iw_bits_per_char=M.bits_per_char(sum(nll), iw_chars),
+        iw_nll=M.mean(nll),
+        iw_ppl=math.exp(sum(nll) / iw_tokens),
+        iw_bits_per_char=M.bits_per_char(sum(nll), iw_chars),
         neg_elbo=M.mean(neg_elbo),
     )
     return likelihood, latent
@@ -287,20 +314,33 @@ def prior_section(model, n_samples, data_texts, train_texts, decoding, n_example
     priors = available_priors(model)
     # the same diversity scores for as many held-out sentences (distinct-n falls as the count grows)
     reference = data_texts[:n_samples]
-    section = {"default": priors[-1], "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
-               "data_first_char_plausibility": data_share, "data_n": len(reference),
-               "data_distinct_1": M.distinct_n(reference, 1), "data_distinct_2": M.distinct_n(reference, 2),
-               "data_self_bleu": M.self_bleu(reference), "fitted": None, "fitted_spread": SAMPLE_SPREAD}
+    section = {
+        "default": priors[-1],
+        "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
+        "data_first_char_plausibility": data_share,
+        "data_n": len(reference),
+        "data_distinct_1": M.distinct_n(reference, 1),
+        "data_distinct_2": M.distinct_n(reference, 2),
+        "data_self_bleu": M.self_bleu(reference),
+        "fitted": None,
+        "fitted_spread": SAMPLE_SPREAD,
+    }
     notes, examples, samples = [], {}, {}
     for prior in priors:
         torch.manual_seed(seeds[prior])
-        section[prior], samples[prior] = prior_block(model, prior, n_samples, opts, train_texts, first_chars, data_share)
+        section[prior], samples[prior] = prior_block(
+            model, prior, n_samples, opts, train_texts, first_chars, data_share
+        )
         examples[prior] = samples[prior][:n_examples]
     section.update(section[section["default"]])
     if "fitted" not in priors:
-        notes.append("no fitted prior in the checkpoint (python -m univae.prior fits one): only the training prior is sampled")
+        notes.append(
+            "no fitted prior in the checkpoint (python -m univae.prior fits one): only the training prior is sampled"
+        )
     if train_texts is None:
-        notes.append(f"novelty, first-character plausibility: no {ARGS_FILE} in the checkpoint, so no training corpus to compare with")
+        notes.append(
+            f"novelty, first-character plausibility: no {ARGS_FILE} in the checkpoint, so no training corpus to compare with"
+        )
     if notes:
         section["note"] = "; ".join(notes)
     return section, examples, samples[section["default"]]
@@ -319,7 +359,8 @@ def control_scores(texts, outputs, reconstructions, n_edits, classes):
         "char_f1": M.mean(M.char_f1(o, t) for o, t in zip(outputs, src)),
         "edit_distance": M.mean(M.edit_distance(o, t) for o, t in zip(outputs, src)),
         "changed": M.mean(M.strip_ws(o) != M.strip_ws(r) for o, r in zip(outputs, rec)),
-        "content_kept": None, "pattern_kept": None,
+        "content_kept": None,
+        "pattern_kept": None,
     }
     if classes is not None:
         for key, kept in (("content_kept", M.content_kept), ("pattern_kept", M.pattern_kept)):
@@ -358,14 +399,24 @@ def control_section(model, texts, reconstructions, ranges, n_edits, classes, bat
     z = model.encode(texts, batch_size=batch_size).to(model.device)
     rows, edited = [], {}
     for name, layer, dims in progress(ranges, f"multi-scale control ({len(texts)} x {n_edits} edits per range)"):
-        z_edit = torch.cat([edit_z(model, zi, dims, n_edits, prior=prior) for zi in z])  # (N * n_edits, D), grouped per sentence
+        z_edit = torch.cat(
+            [edit_z(model, zi, dims, n_edits, prior=prior) for zi in z]
+        )  # (N * n_edits, D), grouped per sentence
         outputs = model.generate(z_edit, batch_size=batch_size)
         _, spans = parse_dims(dims, edit_size(model))
-        rows.append({"name": name, "layer": layer, "dims": ",".join(f"{a}:{b}" for a, b in spans),
-                     **control_scores(texts, outputs, reconstructions, n_edits, classes)})
+        rows.append(
+            {
+                "name": name,
+                "layer": layer,
+                "dims": ",".join(f"{a}:{b}" for a, b in spans),
+                **control_scores(texts, outputs, reconstructions, n_edits, classes),
+            }
+        )
         edited[name] = outputs[::n_edits]  # the first edit of each sentence, for the examples
     section = {
-        "prior": prior, "n_sentences": len(texts), "edits_per_sentence": n_edits,
+        "prior": prior,
+        "n_sentences": len(texts),
+        "edits_per_sentence": n_edits,
         "unedited": control_scores(texts, reconstructions, reconstructions, 1, classes),
         "per_layer": [r for r in rows if r["layer"] is not None],
         "ranges": [r for r in rows if r["layer"] is None],
@@ -376,10 +427,17 @@ def control_section(model, texts, reconstructions, ranges, n_edits, classes, bat
         pattern = lambda t: any(not classes.is_content(c) for c in M.strip_ws(t))
         section["n_without_content"] = sum(not content(t) for t in texts)
         section["n_without_pattern"] = sum(not pattern(t) for t in texts)
-        section["char_classes"] = {"corpora": list(M.IDF_CORPORA), "n_documents": classes.n_docs,
-                                   "idf_threshold": classes.threshold, "n_chars": len(classes.idf), "n_content": len(classes.content)}
-    examples = [{"text": t, "reconstruction": r, "edits": {name: out[i] for name, out in edited.items()}}
-                for i, (t, r) in enumerate(list(zip(texts, reconstructions))[:n_examples])]
+        section["char_classes"] = {
+            "corpora": list(M.IDF_CORPORA),
+            "n_documents": classes.n_docs,
+            "idf_threshold": classes.threshold,
+            "n_chars": len(classes.idf),
+            "n_content": len(classes.content),
+        }
+    examples = [
+        {"text": t, "reconstruction": r, "edits": {name: out[i] for name, out in edited.items()}}
+        for i, (t, r) in enumerate(list(zip(texts, reconstructions))[:n_examples])
+    ]
     return section, rows, examples
 
 
@@ -395,27 +453,47 @@ def downstream_section(model, train_args, seed, batch_size):
     data = DS.labelled_data(train_args, model.config.maxlen) if train_args else None
     if data is None:
         corpus = (train_args or {}).get("corpus")
-        return {"transfer": None, "augmentation": None,
-                "note": f"skipped: the training corpus ({corpus or f'unknown, no {ARGS_FILE}'}) has no labels "
-                        "(builtin:reviews has: its pos/neg files)"}
+        return {
+            "transfer": None,
+            "augmentation": None,
+            "note": f"skipped: the training corpus ({corpus or f'unknown, no {ARGS_FILE}'}) has no labels "
+            "(builtin:reviews has: its pos/neg files)",
+        }
     section, notes = {"transfer": None, "augmentation": None}, []
     from univae.generate import DEFAULT_STRENGTH as strength
+
     t = DS.transfer_trial(model, data, [0, strength], seed=seed, n_inputs=DOWNSTREAM_INPUTS, batch_size=batch_size)
     base, moved = t["rows"]
     section["transfer"] = {
-        "n_inputs": t["n_inputs"], "n_held_out_inputs": t["n_held_out_inputs"], "n_from": t["n_from"], "n_to": t["n_to"],
-        "method": t["method"], "strength": strength, "positive": moved["positive"], "char_f1": moved["char_f1"],
-        "baseline_positive": base["positive"], "baseline_char_f1": base["char_f1"], "inputs_positive": t["inputs_positive"],
-        "examples": [{"input": a, "output": b} for a, b in moved["examples"]]}
+        "n_inputs": t["n_inputs"],
+        "n_held_out_inputs": t["n_held_out_inputs"],
+        "n_from": t["n_from"],
+        "n_to": t["n_to"],
+        "method": t["method"],
+        "strength": strength,
+        "positive": moved["positive"],
+        "char_f1": moved["char_f1"],
+        "baseline_positive": base["positive"],
+        "baseline_char_f1": base["char_f1"],
+        "inputs_positive": t["inputs_positive"],
+        "examples": [{"input": a, "output": b} for a, b in moved["examples"]],
+    }
     try:
         r = DS.augmentation_trial(model, data, [DOWNSTREAM_AUG_N], [seed], 4, batch_size=batch_size)
     except ImportError as e:
         notes.append(f"augmentation: {e}")
     else:
         row = r["rows"][0]
-        section["augmentation"] = {"n": row["n"], "n_variants": row["variants"], "seed": seed, "n_test": r["n_test"],
-                                   "n_test_held_out": r["n_test_held_out"], "baseline": row["baseline"],
-                                   "copies": row["copies"], "augmented": row["augmented"]}
+        section["augmentation"] = {
+            "n": row["n"],
+            "n_variants": row["variants"],
+            "seed": seed,
+            "n_test": r["n_test"],
+            "n_test_held_out": r["n_test_held_out"],
+            "baseline": row["baseline"],
+            "copies": row["copies"],
+            "augmented": row["augmented"],
+        }
     if notes:
         section["note"] = "; ".join(notes)
     return section
@@ -430,10 +508,14 @@ def interpolation_section(model, texts, n_paths, steps):
 
 # ----------------------------------------------------------------------------- training curves
 
+
 def find_metrics_file(checkpoint):
     """metrics.jsonl in the checkpoint dir or its parent (train.py: OUT/metrics.jsonl, OUT/step-N)."""
-    candidates = [checkpoint, os.path.dirname(os.path.abspath(checkpoint)),
-                  os.path.dirname(os.path.realpath(checkpoint))]  # OUT/last -> step-N: both parents are OUT
+    candidates = [
+        checkpoint,
+        os.path.dirname(os.path.abspath(checkpoint)),
+        os.path.dirname(os.path.realpath(checkpoint)),
+    ]  # OUT/last -> step-N: both parents are OUT
     for d in candidates:
         path = os.path.join(d, "metrics.jsonl")
         if os.path.isfile(path):
@@ -462,10 +544,14 @@ def training_section(checkpoint):
         return None, None
     train, val = read_metrics(path)
     steps = [r["step"] for r in train + val]
-    return {"metrics_file": path, "last_step": max(steps) if steps else None, "last_val": val[-1] if val else None}, (train, val)
+    return {"metrics_file": path, "last_step": max(steps) if steps else None, "last_val": val[-1] if val else None}, (
+        train,
+        val,
+    )
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def _pyplot():
     import matplotlib
@@ -501,8 +587,12 @@ def plot_training_curves(train, val, path):
 def plot_control(rows, unedited_f1, path):
     plt = _pyplot()
     labels = [f"{r['name']}\n{r['dims']}" if r["layer"] is not None else r["name"] for r in rows]
-    bars = [("char_f1", "char F1 with the sentence"), ("content_kept", "content chars kept"),
-            ("pattern_kept", "pattern chars kept"), ("changed", "share changed")]
+    bars = [
+        ("char_f1", "char F1 with the sentence"),
+        ("content_kept", "content chars kept"),
+        ("pattern_kept", "pattern chars kept"),
+        ("changed", "share changed"),
+    ]
     bars = [(key, label) for key, label in bars if any(isinstance(r[key], float) for r in rows)]
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 2), 4.4))
@@ -535,6 +625,7 @@ def plot_lengths(data_texts, samples, maxlen, path):
 
 # ----------------------------------------------------------------------------- report.md
 
+
 def fmt(x, digits=3):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
@@ -553,45 +644,81 @@ def md_table(headers, rows):
 def headline_rows(report):
     r, lk, lt, pr = report["reconstruction"], report["likelihood"], report["latent"], report["prior"]
     rows = [
-        ("reconstruction, greedy: exact / char F1 / char BLEU",
-         f"{fmt(r['greedy']['exact_match'])} / {fmt(r['greedy']['char_f1'])} / {fmt(r['greedy']['char_bleu'], 1)}"),
-        (f"reconstruction, beam {report['settings']['beam_size']}: exact / char F1 / char BLEU",
-         f"{fmt(r['beam']['exact_match'])} / {fmt(r['beam']['char_f1'])} / {fmt(r['beam']['char_bleu'], 1)}"),
+        (
+            "reconstruction, greedy: exact / char F1 / char BLEU",
+            f"{fmt(r['greedy']['exact_match'])} / {fmt(r['greedy']['char_f1'])} / {fmt(r['greedy']['char_bleu'], 1)}",
+        ),
+        (
+            f"reconstruction, beam {report['settings']['beam_size']}: exact / char F1 / char BLEU",
+            f"{fmt(r['beam']['exact_match'])} / {fmt(r['beam']['char_f1'])} / {fmt(r['beam']['char_bleu'], 1)}",
+        ),
         ("CE / bits per char (posterior mean)", f"{fmt(lk['ce'])} / {fmt(lk['bits_per_char'])}"),
         (f"IW NLL / PPL (K={report['settings']['iw_samples']})", f"{fmt(lk['iw_nll'], 2)} / {fmt(lk['iw_ppl'], 2)}"),
-        ("latent: KL (per layer) / MI / active units",
-         f"{fmt(lt['kl'], 2)} ({', '.join(fmt(k, 2) for k in lt['kl_per_layer'])}) / {fmt(lt['mi'])} / "
-         f"{fmt(lt['au'])} of {report['checkpoint']['config']['num_latent_layers'] * report['checkpoint']['config']['z_dim']}"),
+        (
+            "latent: KL (per layer) / MI / active units",
+            f"{fmt(lt['kl'], 2)} ({', '.join(fmt(k, 2) for k in lt['kl_per_layer'])}) / {fmt(lt['mi'])} / "
+            f"{fmt(lt['au'])} of {report['checkpoint']['config']['num_latent_layers'] * report['checkpoint']['config']['z_dim']}",
+        ),
     ]
     for name in PRIOR_NAMES:
         b = pr.get(name)
         if b:
-            rows += [(f"prior ({name}): distinct-1 / distinct-2 / self-BLEU", f"{fmt(b['distinct_1'])} / {fmt(b['distinct_2'])} / {fmt(b['self_bleu'], 1)}"),
-                     (f"prior ({name}): novelty / first char plausible (data) / ended with [SEP]",
-                      f"{fmt(b['novelty'])} / {fmt(b['first_char_plausibility'])} ({fmt(pr['data_first_char_plausibility'])}) / {fmt(b['ended_with_sep'])}")]
+            rows += [
+                (
+                    f"prior ({name}): distinct-1 / distinct-2 / self-BLEU",
+                    f"{fmt(b['distinct_1'])} / {fmt(b['distinct_2'])} / {fmt(b['self_bleu'], 1)}",
+                ),
+                (
+                    f"prior ({name}): novelty / first char plausible (data) / ended with [SEP]",
+                    f"{fmt(b['novelty'])} / {fmt(b['first_char_plausibility'])} ({fmt(pr['data_first_char_plausibility'])}) / {fmt(b['ended_with_sep'])}",
+                ),
+            ]
     ctl = report["control"]
     rows += [
-        (f"control ({ctl['prior']} prior): char F1 with a layer redrawn (lowest first)", ", ".join(fmt(row["char_f1"]) for row in ctl["per_layer"])),
-        ("control: content kept / pattern kept with a layer redrawn (lowest first)",
-         " / ".join(", ".join(fmt(row[key]) for row in ctl["per_layer"]) for key in ("content_kept", "pattern_kept"))),
+        (
+            f"control ({ctl['prior']} prior): char F1 with a layer redrawn (lowest first)",
+            ", ".join(fmt(row["char_f1"]) for row in ctl["per_layer"]),
+        ),
+        (
+            "control: content kept / pattern kept with a layer redrawn (lowest first)",
+            " / ".join(
+                ", ".join(fmt(row[key]) for row in ctl["per_layer"]) for key in ("content_kept", "pattern_kept")
+            ),
+        ),
         ("interpolation: step edit distance", fmt(report["interpolation"]["step_edit_distance"])),
     ]
     tr, au = (report.get("downstream") or {}).get("transfer"), (report.get("downstream") or {}).get("augmentation")
     if tr:
-        rows.append((f"transfer neg → pos (strength {tr['strength']:g}): judged positive / char F1 (reconstruction)",
-                     f"{fmt(tr['positive'])} / {fmt(tr['char_f1'])} ({fmt(tr['baseline_positive'])} / {fmt(tr['baseline_char_f1'])})"))
+        rows.append(
+            (
+                f"transfer neg → pos (strength {tr['strength']:g}): judged positive / char F1 (reconstruction)",
+                f"{fmt(tr['positive'])} / {fmt(tr['char_f1'])} ({fmt(tr['baseline_positive'])} / {fmt(tr['baseline_char_f1'])})",
+            )
+        )
     if au:
-        rows.append((f"augmentation check, N={au['n']}: accuracy baseline / copies / augmented",
-                     f"{fmt(au['baseline'])} / {fmt(au['copies'])} / {fmt(au['augmented'])}"))
+        rows.append(
+            (
+                f"augmentation check, N={au['n']}: accuracy baseline / copies / augmented",
+                f"{fmt(au['baseline'])} / {fmt(au['copies'])} / {fmt(au['augmented'])}",
+            )
+        )
     if lt.get("codebook"):
         cb = lt["codebook"]
-        rows.append(("codebook (per layer): perplexity / used fraction",
-                     f"{', '.join(fmt(x, 1) for x in cb['perplexity'])} / {', '.join(fmt(x, 3) for x in cb['used_fraction'])}"))
+        rows.append(
+            (
+                "codebook (per layer): perplexity / used fraction",
+                f"{', '.join(fmt(x, 1) for x in cb['perplexity'])} / {', '.join(fmt(x, 3) for x in cb['used_fraction'])}",
+            )
+        )
     if lt.get("mixture"):
         mx = lt["mixture"]
-        rows.append(("mixture (per layer): component usage entropy / I(x; c) / mean spread",
-                     f"{', '.join(fmt(x, 2) for x in mx['usage_entropy'])} / {', '.join(fmt(x, 2) for x in mx['mi_c'])} / "
-                     f"{', '.join(fmt(x, 2) for x in mx['mean_spread'])}"))
+        rows.append(
+            (
+                "mixture (per layer): component usage entropy / I(x; c) / mean spread",
+                f"{', '.join(fmt(x, 2) for x in mx['usage_entropy'])} / {', '.join(fmt(x, 2) for x in mx['mi_c'])} / "
+                f"{', '.join(fmt(x, 2) for x in mx['mean_spread'])}",
+            )
+        )
     return rows
 
 
@@ -611,75 +738,189 @@ def write_markdown(report, path):
     out += ["## Headline", "", md_table(["metric", "value"], headline_rows(report)), ""]
 
     config = c["config"]
-    out += ["## Checkpoint", "",
-            f"Step {fmt(c['step'])}. {config['model_type']}, {config['num_hidden_layers']} layers x {config['hidden_size']}, "
-            f"{config['num_latent_layers']} latent layers x {config['z_dim']} dims ({config['latent']}"
-            + (f", kappa {config['kappa']}" if config['latent'] == 'vmf' else "")
-            + (f", {config['codebook_size']} codes per layer, {config['vq_distance']}" if config['latent'] == 'vq' else "")
-            + (f", {config['mixture_components']} components per layer" if config['latent'] == 'gmm' else "")
-            + f"), maxlen {config['maxlen']}, "
-            f"vocab {config['vocab_size']}.", "",
-            "<details><summary>config.json</summary>", "", "```json", json.dumps(config, indent=2, ensure_ascii=False), "```",
-            "", "</details>", ""]
+    out += [
+        "## Checkpoint",
+        "",
+        f"Step {fmt(c['step'])}. {config['model_type']}, {config['num_hidden_layers']} layers x {config['hidden_size']}, "
+        f"{config['num_latent_layers']} latent layers x {config['z_dim']} dims ({config['latent']}"
+        + (f", kappa {config['kappa']}" if config["latent"] == "vmf" else "")
+        + (f", {config['codebook_size']} codes per layer, {config['vq_distance']}" if config["latent"] == "vq" else "")
+        + (f", {config['mixture_components']} components per layer" if config["latent"] == "gmm" else "")
+        + f"), maxlen {config['maxlen']}, "
+        f"vocab {config['vocab_size']}.",
+        "",
+        "<details><summary>config.json</summary>",
+        "",
+        "```json",
+        json.dumps(config, indent=2, ensure_ascii=False),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
     if c["train_args"]:
-        out += [f"Trained on `{c['train_args'].get('corpus')}` (split seed {c['train_args'].get('split_seed', 0)}).", ""]
+        out += [
+            f"Trained on `{c['train_args'].get('corpus')}` (split seed {c['train_args'].get('split_seed', 0)}).",
+            "",
+        ]
 
-    out += ["## Data", "",
-            f"{d['source']}: {d['n_sentences']} sentences evaluated of {d['n_available']}, mean length "
-            f"{fmt(d['mean_length'], 1)} chars; {d['n_truncated']} longer than maxlen, {d['n_unk_tokens']} [UNK] tokens. "
-            f"{fmt(d['round_trip_exact_match'])} of the sentences survive the tokeniser's round trip unchanged "
-            "(the ceiling of exact match).", ""]
+    out += [
+        "## Data",
+        "",
+        f"{d['source']}: {d['n_sentences']} sentences evaluated of {d['n_available']}, mean length "
+        f"{fmt(d['mean_length'], 1)} chars; {d['n_truncated']} longer than maxlen, {d['n_unk_tokens']} [UNK] tokens. "
+        f"{fmt(d['round_trip_exact_match'])} of the sentences survive the tokeniser's round trip unchanged "
+        "(the ceiling of exact match).",
+        "",
+    ]
 
     r = report["reconstruction"]
-    out += ["## Reconstruction", "", "Decoding the posterior mean; compared with the sentence, whitespace ignored.", "",
-            md_table(["decoding", "exact match", "char F1", "char BLEU", "edit distance"],
-                     [(name, r[name]["exact_match"], r[name]["char_f1"], r[name]["char_bleu"], r[name]["edit_distance"])
-                      for name in ("greedy", "beam")]), "",
-            md_table(["sentence", "greedy", f"beam {s['beam_size']}"], [(e["text"], e["greedy"], e["beam"]) for e in ex["reconstruction"]]), ""]
+    out += [
+        "## Reconstruction",
+        "",
+        "Decoding the posterior mean; compared with the sentence, whitespace ignored.",
+        "",
+        md_table(
+            ["decoding", "exact match", "char F1", "char BLEU", "edit distance"],
+            [
+                (name, r[name]["exact_match"], r[name]["char_f1"], r[name]["char_bleu"], r[name]["edit_distance"])
+                for name in ("greedy", "beam")
+            ],
+        ),
+        "",
+        md_table(
+            ["sentence", "greedy", f"beam {s['beam_size']}"],
+            [(e["text"], e["greedy"], e["beam"]) for e in ex["reconstruction"]],
+        ),
+        "",
+    ]
 
     lk, lt = report["likelihood"], report["latent"]
-    out += ["## Likelihood and latent health", "",
-            md_table(["CE / token", "bits / char", f"IW NLL (K={s['iw_samples']})", "IW PPL", "IW bits / char", "-ELBO"],
-                     [(lk["ce"], lk["bits_per_char"], lk["iw_nll"], lk["iw_ppl"], lk["iw_bits_per_char"], lk["neg_elbo"])]), "",
-            f"IW over the first {s['iw_sentences']} sentences; NLL and -ELBO in nats per sentence." + (f" {lk['note']}." if lk.get("note") else ""), "",
-            md_table(["latent layer", "KL (nats)", "MI (nats, layer alone)", f"active units (of {config['z_dim']})"],
-                     [(f"layer {l}", k, at(lt["mi_per_layer"], j), at(lt["au_per_layer"], j))
-                      for j, (l, k) in enumerate(zip(config_latent_layers(config), lt["kl_per_layer"]))]
-                     + [("whole code", lt["kl"], lt["mi"], lt["au"])]), "",
-            f"MI is Optimus' estimate over the evaluated sentences (at most log N = {fmt(math.log(max(d['n_sentences'], 1)), 2)} nats); "
-            f"a unit is active when Var_x(E_q[z_d]) > {s['au_delta']:g}." + (f" {lt['note']}." if lt.get("note") else ""), ""]
+    out += [
+        "## Likelihood and latent health",
+        "",
+        md_table(
+            ["CE / token", "bits / char", f"IW NLL (K={s['iw_samples']})", "IW PPL", "IW bits / char", "-ELBO"],
+            [(lk["ce"], lk["bits_per_char"], lk["iw_nll"], lk["iw_ppl"], lk["iw_bits_per_char"], lk["neg_elbo"])],
+        ),
+        "",
+        f"IW over the first {s['iw_sentences']} sentences; NLL and -ELBO in nats per sentence."
+        + (f" {lk['note']}." if lk.get("note") else ""),
+        "",
+        md_table(
+            ["latent layer", "KL (nats)", "MI (nats, layer alone)", f"active units (of {config['z_dim']})"],
+            [
+                (f"layer {l}", k, at(lt["mi_per_layer"], j), at(lt["au_per_layer"], j))
+                for j, (l, k) in enumerate(zip(config_latent_layers(config), lt["kl_per_layer"]))
+            ]
+            + [("whole code", lt["kl"], lt["mi"], lt["au"])],
+        ),
+        "",
+        f"MI is Optimus' estimate over the evaluated sentences (at most log N = {fmt(math.log(max(d['n_sentences'], 1)), 2)} nats); "
+        f"a unit is active when Var_x(E_q[z_d]) > {s['au_delta']:g}." + (f" {lt['note']}." if lt.get("note") else ""),
+        "",
+    ]
     if lt.get("codebook"):
         cb = lt["codebook"]
-        out += [md_table(["latent layer", "codebook perplexity", "codes used", "restarts in training"],
-                         [(f"layer {l}", cb["perplexity"][j], cb["used_fraction"][j], cb["restarts"][j])
-                          for j, l in enumerate(config_latent_layers(config))]), "",
-                f"Over the evaluated sentences, of {config['codebook_size']} codes per layer; the perplexity is at most "
-                f"min(N, K). VQ's encoder is deterministic: MI is the entropy of the codes picked.", ""]
+        out += [
+            md_table(
+                ["latent layer", "codebook perplexity", "codes used", "restarts in training"],
+                [
+                    (f"layer {l}", cb["perplexity"][j], cb["used_fraction"][j], cb["restarts"][j])
+                    for j, l in enumerate(config_latent_layers(config))
+                ],
+            ),
+            "",
+            f"Over the evaluated sentences, of {config['codebook_size']} codes per layer; the perplexity is at most "
+            f"min(N, K). VQ's encoder is deterministic: MI is the entropy of the codes picked.",
+            "",
+        ]
     if lt.get("mixture"):
         mx = lt["mixture"]
-        out += [md_table(["latent layer", "component usage", "usage entropy", "I(x; c)", "dispersion", "mean spread", "mean std"],
-                         [(f"layer {l}", " ".join(f"{u:.2f}" for u in mx["usage"][j]), mx["usage_entropy"][j], mx["mi_c"][j],
-                           mx["dispersion"][j], mx["mean_spread"][j], mx["mean_std"][j])
-                          for j, l in enumerate(config_latent_layers(config))]), "",
-                f"Usage is mean_x q(c|x) over the evaluated sentences (entropy at most log K = "
-                f"{fmt(math.log(config['mixture_components']), 2)} nats); the spread is the mean pairwise distance between "
-                "component means, next to the components' root-mean variance.", ""]
+        out += [
+            md_table(
+                [
+                    "latent layer",
+                    "component usage",
+                    "usage entropy",
+                    "I(x; c)",
+                    "dispersion",
+                    "mean spread",
+                    "mean std",
+                ],
+                [
+                    (
+                        f"layer {l}",
+                        " ".join(f"{u:.2f}" for u in mx["usage"][j]),
+                        mx["usage_entropy"][j],
+                        mx["mi_c"][j],
+                        mx["dispersion"][j],
+                        mx["mean_spread"][j],
+                        mx["mean_std"][j],
+                    )
+                    for j, l in enumerate(config_latent_layers(config))
+                ],
+            ),
+            "",
+            f"Usage is mean_x q(c|x) over the evaluated sentences (entropy at most log K = "
+            f"{fmt(math.log(config['mixture_components']), 2)} nats); the spread is the mean pairwise distance between "
+            "component means, next to the components' root-mean variance.",
+            "",
+        ]
 
     p = report["prior"]
     priors = [name for name in PRIOR_NAMES if p.get(name)]
-    out += ["## Prior samples", "",
-            f"{p['n_samples']} sentences decoded from draws of each prior ({s['prior_decoding']} decoding): `uniform` is the "
-            "training prior the KL is measured against, `fitted` the density fitted to the training set's posterior codes. "
-            f"The default (what sample.py draws from) is `{p['default']}`. A first character is plausible when it is "
-            f"among the {FIRST_CHARS} most frequent first characters of the training sentences; the ratio divides the "
-            "samples' share by the held-out sentences'.", "",
-            md_table(["prior", "distinct-1", "distinct-2", "self-BLEU", "novelty", "first char plausible", "ratio to data",
-                      "ended with [SEP]", "mean length"],
-                     [(name, p[name]["distinct_1"], p[name]["distinct_2"], p[name]["self_bleu"], p[name]["novelty"],
-                       p[name]["first_char_plausibility"], p[name]["first_char_ratio"], p[name]["ended_with_sep"],
-                       p[name]["mean_length"]) for name in priors]
-                     + [(f"held-out sentences ({p['data_n']})", p["data_distinct_1"], p["data_distinct_2"],
-                         p["data_self_bleu"], None, p["data_first_char_plausibility"], None, None, p["data_mean_length"])]), ""]
+    out += [
+        "## Prior samples",
+        "",
+        f"{p['n_samples']} sentences decoded from draws of each prior ({s['prior_decoding']} decoding): `uniform` is the "
+        "training prior the KL is measured against, `fitted` the density fitted to the training set's posterior codes. "
+        f"The default (what sample.py draws from) is `{p['default']}`. A first character is plausible when it is "
+        f"among the {FIRST_CHARS} most frequent first characters of the training sentences; the ratio divides the "
+        "samples' share by the held-out sentences'.",
+        "",
+        md_table(
+            [
+                "prior",
+                "distinct-1",
+                "distinct-2",
+                "self-BLEU",
+                "novelty",
+                "first char plausible",
+                "ratio to data",
+                "ended with [SEP]",
+                "mean length",
+            ],
+            [
+                (
+                    name,
+                    p[name]["distinct_1"],
+                    p[name]["distinct_2"],
+                    p[name]["self_bleu"],
+                    p[name]["novelty"],
+                    p[name]["first_char_plausibility"],
+                    p[name]["first_char_ratio"],
+                    p[name]["ended_with_sep"],
+                    p[name]["mean_length"],
+                )
+                for name in priors
+            ]
+            + [
+                (
+                    f"held-out sentences ({p['data_n']})",
+                    p["data_distinct_1"],
+                    p["data_distinct_2"],
+                    p["data_self_bleu"],
+                    None,
+                    p["data_first_char_plausibility"],
+                    None,
+                    None,
+                    p["data_mean_length"],
+                )
+            ],
+        ),
+        "",
+    ]
     if p.get("note"):
         out += [p["note"] + ".", ""]
     if report["plots"].get("lengths"):
@@ -689,65 +930,137 @@ def write_markdown(report, path):
     ctl = report["control"]
     rows = ctl["per_layer"] + ctl["ranges"]
     cc = ctl.get("char_classes")
-    out += ["## Multi-scale control", "",
-            f"For each of {ctl['n_sentences']} sentences, the dims of one latent layer (or one --replace-dims range) are "
-            f"redrawn {ctl['edits_per_sentence']} times from the `{ctl['prior']}` prior and each code is decoded greedily. "
-            "Content kept / pattern kept: the share of the sentence's content (pattern) characters, as a multiset, "
-            "still in the output. High content kept with a layer redrawn: the rest of the code keeps the topic; "
-            "low: that layer carried it. `changed` counts outputs that differ from the unedited reconstruction.", ""]
+    out += [
+        "## Multi-scale control",
+        "",
+        f"For each of {ctl['n_sentences']} sentences, the dims of one latent layer (or one --replace-dims range) are "
+        f"redrawn {ctl['edits_per_sentence']} times from the `{ctl['prior']}` prior and each code is decoded greedily. "
+        "Content kept / pattern kept: the share of the sentence's content (pattern) characters, as a multiset, "
+        "still in the output. High content kept with a layer redrawn: the rest of the code keeps the topic; "
+        "low: that layer carried it. `changed` counts outputs that differ from the unedited reconstruction.",
+        "",
+    ]
     if cc:
-        out += [f"Content characters: IDF above the median over character occurrences ({fmt(cc['idf_threshold'])}) in "
-                f"{' + '.join(f'`{c}`' for c in cc['corpora'])} ({cc['n_documents']} sentences), punctuation and symbols "
-                f"excluded: {cc['n_content']} of {cc['n_chars']} characters; the rest are pattern. "
-                f"{ctl['n_without_content']} sentences have no content character and {ctl['n_without_pattern']} no pattern "
-                "character; each is left out of that average.", ""]
+        out += [
+            f"Content characters: IDF above the median over character occurrences ({fmt(cc['idf_threshold'])}) in "
+            f"{' + '.join(f'`{c}`' for c in cc['corpora'])} ({cc['n_documents']} sentences), punctuation and symbols "
+            f"excluded: {cc['n_content']} of {cc['n_chars']} characters; the rest are pattern. "
+            f"{ctl['n_without_content']} sentences have no content character and {ctl['n_without_pattern']} no pattern "
+            "character; each is left out of that average.",
+            "",
+        ]
     if ctl.get("note"):
         out += [ctl["note"] + ".", ""]
     u = ctl["unedited"]
-    out += [md_table(["edit", "dims", "char F1", "content kept", "pattern kept", "edit distance", "changed"],
-                     [("none (greedy reconstruction)", "", u["char_f1"], u["content_kept"], u["pattern_kept"], u["edit_distance"], 0.0)]
-                     + [(row["name"], row["dims"], row["char_f1"], row["content_kept"], row["pattern_kept"], row["edit_distance"],
-                         row["changed"]) for row in rows]), ""]
+    out += [
+        md_table(
+            ["edit", "dims", "char F1", "content kept", "pattern kept", "edit distance", "changed"],
+            [
+                (
+                    "none (greedy reconstruction)",
+                    "",
+                    u["char_f1"],
+                    u["content_kept"],
+                    u["pattern_kept"],
+                    u["edit_distance"],
+                    0.0,
+                )
+            ]
+            + [
+                (
+                    row["name"],
+                    row["dims"],
+                    row["char_f1"],
+                    row["content_kept"],
+                    row["pattern_kept"],
+                    row["edit_distance"],
+                    row["changed"],
+                )
+                for row in rows
+            ],
+        ),
+        "",
+    ]
     lvt = ctl["lowest_vs_top"]
     if lvt:
-        out += [md_table(["redrawn", "content kept", "pattern kept"],
-                         [(f"lowest ({lvt['lowest']})", lvt["content_kept"]["lowest"], lvt["pattern_kept"]["lowest"]),
-                          (f"top ({lvt['top']})", lvt["content_kept"]["top"], lvt["pattern_kept"]["top"]),
-                          ("lowest − top", lvt["content_kept"]["diff"], lvt["pattern_kept"]["diff"])]), "",
-                "The reference's author saw the top layers carry the content: redrawing the lowest layer would then keep "
-                "more content (a positive content difference) while both keep the pattern.", ""]
+        out += [
+            md_table(
+                ["redrawn", "content kept", "pattern kept"],
+                [
+                    (f"lowest ({lvt['lowest']})", lvt["content_kept"]["lowest"], lvt["pattern_kept"]["lowest"]),
+                    (f"top ({lvt['top']})", lvt["content_kept"]["top"], lvt["pattern_kept"]["top"]),
+                    ("lowest − top", lvt["content_kept"]["diff"], lvt["pattern_kept"]["diff"]),
+                ],
+            ),
+            "",
+            "The reference's author saw the top layers carry the content: redrawing the lowest layer would then keep "
+            "more content (a positive content difference) while both keep the pattern.",
+            "",
+        ]
     if report["plots"].get("control"):
         out += [f"![control]({report['plots']['control']})", ""]
     names = [row["name"] for row in rows]
-    out += [md_table(["sentence", "reconstruction", *names], [(e["text"], e["reconstruction"], *(e["edits"][n] for n in names))
-                                                              for e in ex["control"]]), ""]
+    out += [
+        md_table(
+            ["sentence", "reconstruction", *names],
+            [(e["text"], e["reconstruction"], *(e["edits"][n] for n in names)) for e in ex["control"]],
+        ),
+        "",
+    ]
 
     it = report["interpolation"]
-    out += ["## Interpolation", "",
-            f"{it['n_paths']} paths of {it['steps']} steps between the codes of successive pairs of sentences (slerp per vMF layer); mean normalised "
-            f"edit distance between successive outputs: {fmt(it['step_edit_distance'])} (lower = smoother).", ""]
+    out += [
+        "## Interpolation",
+        "",
+        f"{it['n_paths']} paths of {it['steps']} steps between the codes of successive pairs of sentences (slerp per vMF layer); mean normalised "
+        f"edit distance between successive outputs: {fmt(it['step_edit_distance'])} (lower = smoother).",
+        "",
+    ]
     for e in ex["interpolation"][:2]:
-        out += [f"{e['a']} → {e['b']}", "",
-                md_table(["t", "output"], [(f"{i / (len(e['path']) - 1):.2f}", x) for i, x in enumerate(e["path"])]), ""]
+        out += [
+            f"{e['a']} → {e['b']}",
+            "",
+            md_table(["t", "output"], [(f"{i / (len(e['path']) - 1):.2f}", x) for i, x in enumerate(e["path"])]),
+            "",
+        ]
 
     ds = report.get("downstream") or {}
     out += ["## Downstream", ""]
     if ds.get("transfer"):
         tr = ds["transfer"]
-        out += [f"Attribute transfer: {tr['n_inputs']} held-out negative reviews ({tr['n_held_out_inputs']} never trained on) "
-                f"moved towards the positive ones ({tr['method']} direction between {tr['n_from']} / {tr['n_to']} train-split "
-                f"reviews of each label), judged by snownlp's sentiment classifier; char F1 with the input. The inputs "
-                f"themselves are judged positive {fmt(tr['inputs_positive'])}.", "",
-                md_table(["", "judged positive", "char F1 with input"],
-                         [("reconstruction (strength 0)", tr["baseline_positive"], tr["baseline_char_f1"]),
-                          (f"transfer, strength {tr['strength']:g}", tr["positive"], tr["char_f1"])]), "",
-                md_table(["input", "output"], [(e["input"], e["output"]) for e in tr["examples"]]), ""]
+        out += [
+            f"Attribute transfer: {tr['n_inputs']} held-out negative reviews ({tr['n_held_out_inputs']} never trained on) "
+            f"moved towards the positive ones ({tr['method']} direction between {tr['n_from']} / {tr['n_to']} train-split "
+            f"reviews of each label), judged by snownlp's sentiment classifier; char F1 with the input. The inputs "
+            f"themselves are judged positive {fmt(tr['inputs_positive'])}.",
+            "",
+            md_table(
+                ["", "judged positive", "char F1 with input"],
+                [
+                    ("reconstruction (strength 0)", tr["baseline_positive"], tr["baseline_char_f1"]),
+                    (f"transfer, strength {tr['strength']:g}", tr["positive"], tr["char_f1"]),
+                ],
+            ),
+            "",
+            md_table(["input", "output"], [(e["input"], e["output"]) for e in tr["examples"]]),
+            "",
+        ]
     if ds.get("augmentation"):
         au = ds["augmentation"]
-        out += [f"Augmentation check (one seed; bench/augment.py measures over seeds): a char 1-2-gram TF-IDF + logistic "
-                f"regression on {au['n']} labelled reviews, accuracy on {au['n_test']} others ({au['n_test_held_out']} held out).", "",
-                md_table(["training rows", "accuracy"], [(f"{au['n']} reviews", au["baseline"]), ("each repeated (copies)", au["copies"]),
-                                                         (f"+ {au['n_variants']} variants", au["augmented"])]), ""]
+        out += [
+            f"Augmentation check (one seed; bench/augment.py measures over seeds): a char 1-2-gram TF-IDF + logistic "
+            f"regression on {au['n']} labelled reviews, accuracy on {au['n_test']} others ({au['n_test_held_out']} held out).",
+            "",
+            md_table(
+                ["training rows", "accuracy"],
+                [
+                    (f"{au['n']} reviews", au["baseline"]),
+                    ("each repeated (copies)", au["copies"]),
+                    (f"+ {au['n_variants']} variants", au["augmented"]),
+                ],
+            ),
+            "",
+        ]
     if ds.get("note"):
         out += [ds["note"] + ".", ""]
     out += ["## Training curves", ""]
@@ -777,25 +1090,45 @@ def clean_json(x):
 
 # ----------------------------------------------------------------------------- main
 
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a UniVAE checkpoint: report.json, report.md and plots in --out.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/default/last)")
-    p.add_argument("--data", default=None, help="sentence file, or CORPUS:SPLIT such as builtin:reviews:test "
-                   "(default: the test split of the checkpoint's training corpus, else builtin:reviews:test)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="sentence file, or CORPUS:SPLIT such as builtin:reviews:test "
+        "(default: the test split of the checkpoint's training corpus, else builtin:reviews:test)",
+    )
     p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/eval)")
     p.add_argument("--max-sentences", type=int, default=500, help="evaluate the first N sentences of the set")
     p.add_argument("--beam-size", type=int, default=4)
     p.add_argument("--iw-samples", type=int, default=100, help="importance samples per sentence (Optimus: 100)")
-    p.add_argument("--iw-sentences", type=int, default=100, help="sentences for the IW NLL (the first N; 0 = all evaluated)")
-    p.add_argument("--au-delta", type=float, default=0.01, help="active-unit threshold on Var_x(E_q[z_d]) (Burda et al.)")
+    p.add_argument(
+        "--iw-sentences", type=int, default=100, help="sentences for the IW NLL (the first N; 0 = all evaluated)"
+    )
+    p.add_argument(
+        "--au-delta", type=float, default=0.01, help="active-unit threshold on Var_x(E_q[z_d]) (Burda et al.)"
+    )
     p.add_argument("--n-samples", type=int, default=1000, help="prior samples")
-    p.add_argument("--temperature", type=float, default=None, help="prior samples: sample tokens at this temperature (default greedy)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="prior samples: sample tokens at this temperature (default greedy)",
+    )
     p.add_argument("--top-k", type=int, default=None, help="prior samples: top-k sampling")
     p.add_argument("--top-p", type=float, default=None, help="prior samples: nucleus sampling")
-    p.add_argument("--replace-dims", action="append", default=[], metavar="RANGES",
-                   help="extra control rows, e.g. 0:32 or 0:16,48:64 (repeatable)")
-    p.add_argument("--control-sentences", type=int, default=100,
-                   help="multi-scale control: edit the first N evaluated sentences")
+    p.add_argument(
+        "--replace-dims",
+        action="append",
+        default=[],
+        metavar="RANGES",
+        help="extra control rows, e.g. 0:32 or 0:16,48:64 (repeatable)",
+    )
+    p.add_argument(
+        "--control-sentences", type=int, default=100, help="multi-scale control: edit the first N evaluated sentences"
+    )
     p.add_argument("--control-edits", type=int, default=3, help="multi-scale control: redraws per sentence and range")
     p.add_argument("--interp-paths", type=int, default=20, help="interpolation paths")
     p.add_argument("--interp-steps", type=int, default=8, help="points per path, ends included")
@@ -804,7 +1137,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     args = p.parse_args(argv)
-    for name in ("max_sentences", "beam_size", "iw_samples", "n_samples", "batch_size", "control_sentences", "control_edits"):
+    for name in (
+        "max_sentences",
+        "beam_size",
+        "iw_samples",
+        "n_samples",
+        "batch_size",
+        "control_sentences",
+        "control_edits",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("iw_sentences", "interp_paths", "n_examples"):
@@ -822,41 +1163,77 @@ def prepare(args):
     model = UniVAE.from_pretrained(args.checkpoint).to(device).eval()
     c = model.config
     train_args = read_train_args(args.checkpoint)
-    spec = args.data or (f"{train_args['corpus']}:test" if train_args and train_args.get("corpus") else "builtin:reviews:test")
+    spec = args.data or (
+        f"{train_args['corpus']}:test" if train_args and train_args.get("corpus") else "builtin:reviews:test"
+    )
     texts_all, source, train_texts, notes = load_data(spec, c.maxlen, train_args)
     ranges = [(f"layer {l}", l, layer_span(model, j)) for j, l in enumerate(c.latent_layers)]
     for dims in args.replace_dims:
         parse_dims(dims, edit_size(model))
         ranges.append((f"dims {dims}", None, dims))
-    return dict(model=model, device=device, train_args=train_args, spec=spec, source=source, texts_all=texts_all,
-                train_texts=train_texts, notes=notes, ranges=ranges)
+    return dict(
+        model=model,
+        device=device,
+        train_args=train_args,
+        spec=spec,
+        source=source,
+        texts_all=texts_all,
+        train_texts=train_texts,
+        notes=notes,
+        ranges=ranges,
+    )
 
 
 def run(args, model, device, train_args, spec, source, texts_all, train_texts, notes, ranges):
     """Every section; writes report.json, report.md and the plots in --out. Returns (report, out dir)."""
     t0 = time.time()
     c = model.config
-    texts = texts_all[:args.max_sentences]
+    texts = texts_all[: args.max_sentences]
     ids, n_truncated, n_unk = encode_texts(model.tokenizer, texts, c.maxlen, warn=False)
-    decoding = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    decoding = {
+        k: v
+        for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p))
+        if v is not None
+    }
     out_dir = args.out or os.path.join(args.checkpoint, "eval")
     os.makedirs(out_dir, exist_ok=True)
     n_examples = args.n_examples
 
     report = {
-        "checkpoint": {"path": args.checkpoint, "step": checkpoint_step(args.checkpoint), "config": c.to_dict(), "train_args": train_args},
+        "checkpoint": {
+            "path": args.checkpoint,
+            "step": checkpoint_step(args.checkpoint),
+            "config": c.to_dict(),
+            "train_args": train_args,
+        },
         "data": {
-            "spec": spec, "source": source, "n_sentences": len(texts), "n_available": len(texts_all),
-            "n_truncated": n_truncated, "n_unk_tokens": n_unk, "mean_length": M.mean(len(M.strip_ws(t)) for t in texts),
-            "round_trip_exact_match": M.mean(M.exact_match(detokenize(model.tokenizer, row.tolist()), t) for row, t in zip(ids, texts)),
+            "spec": spec,
+            "source": source,
+            "n_sentences": len(texts),
+            "n_available": len(texts_all),
+            "n_truncated": n_truncated,
+            "n_unk_tokens": n_unk,
+            "mean_length": M.mean(len(M.strip_ws(t)) for t in texts),
+            "round_trip_exact_match": M.mean(
+                M.exact_match(detokenize(model.tokenizer, row.tolist()), t) for row, t in zip(ids, texts)
+            ),
         },
         "settings": {
-            "max_sentences": args.max_sentences, "beam_size": args.beam_size, "iw_samples": args.iw_samples,
-            "iw_sentences": min(args.iw_sentences or len(texts), len(texts)), "au_delta": args.au_delta, "n_samples": args.n_samples,
-            "prior_decoding": decoding or "greedy", "replace_dims": args.replace_dims,
-            "control_sentences": min(args.control_sentences, len(texts)), "control_edits": args.control_edits,
+            "max_sentences": args.max_sentences,
+            "beam_size": args.beam_size,
+            "iw_samples": args.iw_samples,
+            "iw_sentences": min(args.iw_sentences or len(texts), len(texts)),
+            "au_delta": args.au_delta,
+            "n_samples": args.n_samples,
+            "prior_decoding": decoding or "greedy",
+            "replace_dims": args.replace_dims,
+            "control_sentences": min(args.control_sentences, len(texts)),
+            "control_edits": args.control_edits,
             "interp_paths": args.interp_paths,
-            "interp_steps": args.interp_steps, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
+            "interp_steps": args.interp_steps,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "device": str(device),
         },
         "notes": notes,
     }
@@ -867,20 +1244,36 @@ def run(args, model, device, train_args, spec, source, texts_all, train_texts, n
         # each stochastic section gets its own seed, so one's draws do not depend on another's
         torch.manual_seed(args.seed)
         report["reconstruction"], examples["reconstruction"], greedy = reconstruction_section(
-            model, texts, args.beam_size, args.batch_size, n_examples)
+            model, texts, args.beam_size, args.batch_size, n_examples
+        )
         torch.manual_seed(args.seed + 1)
         report["likelihood"], report["latent"] = likelihood_and_latent_sections(
-            model, ids, texts, args.iw_samples, report["settings"]["iw_sentences"], args.batch_size, args.au_delta)
+            model, ids, texts, args.iw_samples, report["settings"]["iw_sentences"], args.batch_size, args.au_delta
+        )
         # the uniform prior keeps the seed the single prior block had; the fitted one gets the next free one
         report["prior"], examples["priors"], samples = prior_section(
-            model, args.n_samples, texts, train_texts, dict(decoding, batch_size=args.batch_size), n_examples,
-            seeds={"uniform": args.seed + 2, "fitted": args.seed + 5})
+            model,
+            args.n_samples,
+            texts,
+            train_texts,
+            dict(decoding, batch_size=args.batch_size),
+            n_examples,
+            seeds={"uniform": args.seed + 2, "fitted": args.seed + 5},
+        )
         examples["prior"] = examples["priors"][report["prior"]["default"]]
         torch.manual_seed(args.seed + 3)
         classes, note = char_classes_or_note()
         n_control = report["settings"]["control_sentences"]
         report["control"], rows, examples["control"] = control_section(
-            model, texts[:n_control], greedy[:n_control], ranges, args.control_edits, classes, args.batch_size, n_examples)
+            model,
+            texts[:n_control],
+            greedy[:n_control],
+            ranges,
+            args.control_edits,
+            classes,
+            args.batch_size,
+            n_examples,
+        )
         if note:
             report["control"]["note"] = note
         torch.manual_seed(args.seed + 4)
@@ -910,7 +1303,10 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         context = prepare(args)
-    except (ValueError, FileNotFoundError) as e:  # bad checkpoint, corpus or --replace-dims; CorpusError is a ValueError
+    except (
+        ValueError,
+        FileNotFoundError,
+    ) as e:  # bad checkpoint, corpus or --replace-dims; CorpusError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     report, out_dir = run(args, **context)

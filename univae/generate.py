@@ -18,6 +18,7 @@ Both decoders have one interface, so every strategy runs on either:
     decoder(prefix)        prefix (N, t+1) target ids so far ([CLS] first) -> logits (N, V) for token t+1
     decoder.reorder(rows)  keep/duplicate rows (beam search)
 """
+
 import contextlib
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import masks
 from univae.tokenizer import CLS, MASK, PAD, SEP, detokenize, encode_texts
 
 # ----------------------------------------------------------------------------- decoders
+
 
 class KVCache:
     """Preallocated keys/values (N, H, S, D) indexed by slot (gpt-fast's KVCache).
@@ -116,7 +118,9 @@ class CachedDecoder:
             cache.v.zero_()
         zs = self.model.split_z(z)
         for l, j in self.model.latent_index.items():
-            cls = self.model.up[j](zs[j].to(self.caches[l].k.dtype))[:, None]  # (N, 1, d): the [CLS] input that z_j replaces
+            cls = self.model.up[j](zs[j].to(self.caches[l].k.dtype))[
+                :, None
+            ]  # (N, 1, d): the [CLS] input that z_j replaces
             k, v = tr.layers[l].project_kv(cls, self.rope0)
             self.caches[l].update(self.steps[:1], k, v)  # slot 0
         self.t = 0
@@ -128,7 +132,7 @@ class CachedDecoder:
         if self.compiled:  # the same strides at every t: a compiled step guards on strides, and the
             # view has stride t + 1 (.contiguous() would keep it when N = 1)
             tok = tok.clone(memory_format=torch.contiguous_format)
-        logits = self.step(tok, self.steps[t:t + 1])
+        logits = self.step(tok, self.steps[t : t + 1])
         self.t += 1
         # a CUDA graph's output buffer is overwritten by the next replay, and callers edit logits in place
         return logits.clone() if self.compiled else logits
@@ -177,6 +181,7 @@ class RecomputeDecoder:
 
 # ----------------------------------------------------------------------------- decoding options
 
+
 @dataclass
 class Decoding:
     """How to pick tokens. Greedy by default; sampling if do_sample, or if any of temperature,
@@ -192,7 +197,9 @@ class Decoding:
     seed: int | None = None  # seeds every draw of the call (prior, noise, tokens) without touching the global RNG
     batch_size: int = 256
     use_cache: bool = True  # False: RecomputeDecoder, the slow reference path
-    compile_step: bool = False  # torch.compile the cached decoder's one-token step (CachedDecoder); meant for CUDA graphs
+    compile_step: bool = (
+        False  # torch.compile the cached decoder's one-token step (CachedDecoder); meant for CUDA graphs
+    )
 
     def __post_init__(self):
         if not (isinstance(self.beam_size, int) and self.beam_size >= 1):
@@ -210,7 +217,9 @@ class Decoding:
         if self.sampling and self.beam_size > 1:
             raise ValueError("beam search does not sample: use --beam-size 1 with --temperature/--top-k/--top-p")
         if self.compile_step and not self.use_cache:
-            raise ValueError("compiling the decoding step needs the cached decoder: --compile does not go with --no-cache")
+            raise ValueError(
+                "compiling the decoding step needs the cached decoder: --compile does not go with --no-cache"
+            )
 
     @property
     def sampling(self):
@@ -221,14 +230,15 @@ class Decoding:
 
 # ----------------------------------------------------------------------------- logits processing
 
+
 def ban_repeated_ngrams(logits, prefix, n):
     """HF's no_repeat_ngram_size: ban every token that would complete an n-gram already in prefix."""
     N, T = prefix.shape
     if n <= 0 or T + 1 < n:
         return logits
     for i, row in enumerate(prefix.tolist()):
-        key = tuple(row[T - n + 1:])
-        banned = [row[j + n - 1] for j in range(T - n + 1) if tuple(row[j:j + n - 1]) == key]
+        key = tuple(row[T - n + 1 :])
+        banned = [row[j + n - 1] for j in range(T - n + 1) if tuple(row[j : j + n - 1]) == key]
         logits[i, banned] = -math.inf
     return logits
 
@@ -248,6 +258,7 @@ def filter_logits(logits, top_k=None, top_p=None):
 
 
 # ----------------------------------------------------------------------------- strategies
+
 
 def greedy_or_sample(decoder, N, maxlen, special, opts, device, forced=None):
     """Up to maxlen - 1 new tokens per row, stopping rows at [SEP]; (N, <= maxlen) ids, [CLS] first.
@@ -368,8 +379,15 @@ def decode_ids(model, z, opts, forced=None):
         if K > 1:
             out += beam_search(decoder, N, K, c.maxlen, special, opts, zb.device)
         else:
-            prefix = greedy_or_sample(decoder, N, c.maxlen, special, opts, zb.device,
-                                      forced=forced_batches[b] if forced_batches is not None else None)
+            prefix = greedy_or_sample(
+                decoder,
+                N,
+                c.maxlen,
+                special,
+                opts,
+                zb.device,
+                forced=forced_batches[b] if forced_batches is not None else None,
+            )
             out += [row[1:] for row in prefix.tolist()]
     return [_strip(ids, special["sep"], special["pad"]) for ids in out]
 
@@ -395,6 +413,7 @@ def _texts(model, z, opts, forced=None):
 
 
 # ----------------------------------------------------------------------------- latent-space operations
+
 
 def _space(model):
     """Where the family's codes live (latents.py): "sphere" (vMF), "euclidean" (Gaussian, mixture)
@@ -458,10 +477,13 @@ def _into_code_space(model, d, fallback):
         return _snap(model, d)
     if _space(model) != "sphere":
         return d
-    return torch.cat([
-        torch.where(dl.norm(dim=-1, keepdim=True) > 1e-6, F.normalize(dl, dim=-1), fl)
-        for dl, fl in zip(model.split_z(d), model.split_z(fallback))
-    ], dim=-1)
+    return torch.cat(
+        [
+            torch.where(dl.norm(dim=-1, keepdim=True) > 1e-6, F.normalize(dl, dim=-1), fl)
+            for dl, fl in zip(model.split_z(d), model.split_z(fallback))
+        ],
+        dim=-1,
+    )
 
 
 def parse_dims(spec, size):
@@ -543,7 +565,7 @@ def fill_spheres(z, replaced, z_dim):
         if 0 < part.numel() < z_dim:
             keep = torch.ones(D, dtype=torch.bool, device=z.device)
             keep[part] = False
-            keep[: j * z_dim] = keep[(j + 1) * z_dim:] = False
+            keep[: j * z_dim] = keep[(j + 1) * z_dim :] = False
             room = (1 - z[:, keep].pow(2).sum(-1, keepdim=True)).clamp_min(0).sqrt()
             z[:, part] = F.normalize(z[:, part], dim=-1) * room
     return z
@@ -581,8 +603,10 @@ def layer_spreads(model, spread):
     k = model.config.num_latent_layers
     spreads = [float(spread)] * k if isinstance(spread, (int, float)) else [float(x) for x in spread]
     if len(spreads) != k:
-        raise ValueError(f"spread has {len(spreads)} values, but the model has {k} latent layers: "
-                         "give one number for all, or one per layer, lowest first")
+        raise ValueError(
+            f"spread has {len(spreads)} values, but the model has {k} latent layers: "
+            "give one number for all, or one per layer, lowest first"
+        )
     if any(not x >= 0 for x in spreads):  # `not >=` also catches nan
         raise ValueError(f"spread must be non-negative, got {spread}")
     return spreads
@@ -602,18 +626,22 @@ def perturb_z(model, z, n, spread, params=None):
     spreads = layer_spreads(model, spread)
     z = z.repeat_interleave(n, dim=0)
     if _space(model) == "sphere":
+
         def around(zl, j):
             if spreads[j] == 0:
                 return zl
             return slerp(zl, model.family.sample(zl, layer=j), torch.tensor([spreads[j]], device=z.device))[0]
+
         return _per_layer(model, z, around)
     if _space(model) == "codebook":
         return _per_layer(model, z, lambda zl, j: _draw_codes(model.family, zl, j, spreads[j]).to(z.dtype))
     if params is None:
         raise ValueError("perturbing a non-vMF code needs its posterior params")
     params = [p.repeat_interleave(n, dim=0) for p in params]
-    noise = torch.cat([spreads[j] * (model.family.sample(p, layer=j) - model.family.mean(p, layer=j))
-                       for j, p in enumerate(params)], dim=-1)
+    noise = torch.cat(
+        [spreads[j] * (model.family.sample(p, layer=j) - model.family.mean(p, layer=j)) for j, p in enumerate(params)],
+        dim=-1,
+    )
     return z + noise
 
 
@@ -691,6 +719,7 @@ def posterior(model, texts):
 
 # ----------------------------------------------------------------------------- the API (UniVAE's methods call these)
 
+
 def generate(model, z, **decoding):
     """Codes (N, D) -> N sentences."""
     opts = Decoding(**decoding)
@@ -745,7 +774,7 @@ def interpolate(model, a, b, steps, return_z=False, **decoding):
 
 
 def analogy(model, a, b, c, n=1, spread=1.0, return_z=False, **decoding):
-    """"a is to b as c is to ?": decode z_c + z_b - z_a; with n > 1, also n - 1 codes drawn
+    """ "a is to b as c is to ?": decode z_c + z_b - z_a; with n > 1, also n - 1 codes drawn
     around it as perturb_z does (noise scaled by spread; for non-vMF latents, c's posterior noise)."""
     opts = Decoding(**decoding)
     if n < 1:
@@ -798,15 +827,18 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
     with _inference(model, opts.seed):
         z, params = posterior(model, texts)
         ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen, warn=False)
-        forced = None if keep_start == 0 else _kept_starts(ids, m, keep_start, model.tokenizer.token_to_id(SEP),
-                                                           model.config.pad_token_id)
+        forced = (
+            None
+            if keep_start == 0
+            else _kept_starts(ids, m, keep_start, model.tokenizer.token_to_id(SEP), model.config.pad_token_id)
+        )
         out = _texts(model, perturb_z(model, z, m, spread, params), opts, forced)
     pools = []
     for i, s in enumerate(texts):
         key = lambda t: "".join(t.split())  # copies that differ by whitespace alone are copies
         seen = {key(s), key(detokenize(model.tokenizer, ids[i].tolist()))}
         variants = []
-        for v in out[i * m:(i + 1) * m]:
+        for v in out[i * m : (i + 1) * m]:
             if key(v) and key(v) not in seen:
                 seen.add(key(v))
                 variants.append(v)
@@ -818,7 +850,9 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
     else:
         flat = [v for p in pools for v in p]
         zv = model.encode(flat).to(z) if flat else z[:0]
-        cos = _per_layer_cosine(model, zv, z.repeat_interleave(torch.tensor([len(p) for p in pools], device=z.device), 0))
+        cos = _per_layer_cosine(
+            model, zv, z.repeat_interleave(torch.tensor([len(p) for p in pools], device=z.device), 0)
+        )
         it = iter(cos.tolist())
         scores = [[next(it) for _ in p] for p in pools]
     result = []
@@ -846,11 +880,12 @@ def _per_layer_cosine(model, a, b):
     return torch.stack([F.cosine_similarity(x, y, dim=-1) for x, y in zip(model.split_z(a), model.split_z(b))]).mean(0)
 
 
-DEFAULT_STRENGTH = 5.0  # bench/transfer.py on two default checkpoints (2026-12-02): README, "What the latent space is for"
+DEFAULT_STRENGTH = (
+    5.0  # bench/transfer.py on two default checkpoints (2026-12-02): README, "What the latent space is for"
+)
 
 
-def transfer(model, texts, from_texts, to_texts, strength=DEFAULT_STRENGTH, method="probe", return_z=False,
-             **decoding):
+def transfer(model, texts, from_texts, to_texts, strength=DEFAULT_STRENGTH, method="probe", return_z=False, **decoding):
     """Each sentence of `texts` moved from the attribute of `from_texts` to that of `to_texts` (e.g.
     negative -> positive reviews): its posterior mean code plus strength x attribute_direction(FROM
     codes, TO codes), decoded. Strength 0 decodes the plain reconstruction; 1 moves a code by the gap

@@ -26,6 +26,7 @@ Gaussian accept and ignore it.
 The diagnostics (kl_per_dim, log_q, expected_z) compute in float32 whatever the dtype of
 params (autocast hands them bf16).
 """
+
 import math
 
 import torch
@@ -379,15 +380,16 @@ class GaussianMixture(Gaussian):
 
     def component_log_probs(self, params):
         """log q(c|x), (..., K)."""
-        return F.log_softmax(params[..., 2 * self.z_dim:].float(), dim=-1)
+        return F.log_softmax(params[..., 2 * self.z_dim :].float(), dim=-1)
 
     def kl_per_dim(self, params, layer=None):
         """The z part, sum_c q(c|x) KL(q(z_d|x) || p(z_d|c)), per dim (..., z_dim)."""
         mu, logvar = self.split(params)
         q = self.component_log_probs(params).exp()
         m, s = self.prior_mean[layer].float(), self.prior_logvar[layer].float()  # (K, z_dim)
-        per_component = 0.5 * (s - logvar[..., None, :] - 1
-                               + (logvar[..., None, :].exp() + (mu[..., None, :] - m) ** 2) * torch.exp(-s))
+        per_component = 0.5 * (
+            s - logvar[..., None, :] - 1 + (logvar[..., None, :].exp() + (mu[..., None, :] - m) ** 2) * torch.exp(-s)
+        )
         return (q[..., None] * per_component).sum(-2)
 
     def kl_c(self, params):
@@ -470,8 +472,14 @@ def make_family(config):
     if config.latent == "gaussian":
         return Gaussian(config.z_dim)
     if config.latent == "vq":
-        return VQ(config.num_latent_layers, config.z_dim, config.codebook_size, config.vq_distance,
-                  config.vq_decay, config.vq_dead_steps)
+        return VQ(
+            config.num_latent_layers,
+            config.z_dim,
+            config.codebook_size,
+            config.vq_distance,
+            config.vq_decay,
+            config.vq_dead_steps,
+        )
     if config.latent == "gmm":
         return GaussianMixture(config.num_latent_layers, config.z_dim, config.mixture_components)
     raise ValueError(f"latent family {config.latent!r} is not implemented")

@@ -6,6 +6,7 @@ is a token, runs of Latin letters/digits stay one token), so whitespace between 
 characters changes nothing there either. BLEU scores are on sacrebleu's 0-100 scale; every
 other score here is a rate in [0, 1].
 """
+
 import collections
 import functools
 import itertools
@@ -89,10 +90,11 @@ def bits_per_char(total_nats, n_chars):
 
 # ----------------------------------------------------------------------------- diversity of a set of texts
 
+
 def distinct_n(texts, n):
     """Distinct-n (Li et al. 2016): distinct character n-grams / all character n-grams over the
     whole set (whitespace ignored); nan when the set has no n-gram at all."""
-    grams = [s[i:i + n] for s in map(strip_ws, texts) for i in range(len(s) - n + 1)]
+    grams = [s[i : i + n] for s in map(strip_ws, texts) for i in range(len(s) - n + 1)]
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
@@ -108,7 +110,9 @@ _zh = TokenizerZh()
 def _ngram_counts(text):
     """sacrebleu's view of a segment: zh-tokenised n-gram counts (orders 1..4) and its token count."""
     tokens = _zh(text.rstrip()).split()
-    grams = collections.Counter(tuple(tokens[i:i + n]) for n in range(1, BLEU_ORDER + 1) for i in range(len(tokens) - n + 1))
+    grams = collections.Counter(
+        tuple(tokens[i : i + n]) for n in range(1, BLEU_ORDER + 1) for i in range(len(tokens) - n + 1)
+    )
     return grams, len(tokens)
 
 
@@ -238,6 +242,7 @@ def pattern_kept(source, output, classes):
 
 # ----------------------------------------------------------------------------- prior samples
 
+
 def top_first_chars(texts, k=100):
     """The k most frequent first characters of texts (whitespace ignored; ties in first-seen order)."""
     firsts = collections.Counter(s[0] for s in map(strip_ws, texts) if s)
@@ -251,6 +256,7 @@ def first_char_share(texts, first_chars):
 
 
 # ----------------------------------------------------------------------------- paths
+
 
 def path_smoothness(paths):
     """Mean normalised edit distance between successive outputs along each path, averaged over

@@ -9,6 +9,7 @@ A sentence may sit where UniVAE will later see it in either half: the source slo
 segment 0) or the target slot (positions maxlen.., segment 1), so that both halves' position and
 segment embeddings are trained. Attention is bidirectional over the real tokens.
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -12,6 +12,7 @@ Decoding from z needs no source: a sequence [slot; target] with a one-token "sou
 hidden state is overwritten with up_l(z_l) at every latent layer, under the same masks with
 src_len = 1 (`decode_logits`, and the cached decoder in generate.py).
 """
+
 import os
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ ACTIVATIONS = {
 
 # ----------------------------------------------------------------------------- rotary positions
 
+
 def rotary_tables(positions, head_dim, dtype=torch.float32):
     """cos, sin tables (S, head_dim) for RoFormer's rotary embedding at the given positions.
 
@@ -67,6 +69,7 @@ def apply_rotary(x, cos, sin):
 
 
 # ----------------------------------------------------------------------------- backbone modules
+
 
 class Embeddings(nn.Module):
     def __init__(self, c: UniVAEConfig):
@@ -218,6 +221,7 @@ def _build_mask(mask_mod, batch, q_len, kv_len, backend, device):
 
 # ----------------------------------------------------------------------------- UniVAE
 
+
 @dataclass
 class UniVAEOutput:
     # the plain objective: CE for fixed-kappa vMF (its KL is a constant); otherwise the negative
@@ -235,7 +239,9 @@ class UniVAEOutput:
     # family terms (family.batch_terms), batch means summed over latent layers; None for other families or a forced z
     commitment: torch.Tensor = None  # vq: |h - sg(e_c)|^2 / z_dim; loss includes vq_beta * commitment
     kl_c: torch.Tensor = None  # gmm: KL(q(c|x) || p(c)), the part of kl that kl_per_dim (the z part) leaves out
-    dispersion: torch.Tensor = None  # gmm: (n_latent, z_dim) DEM-VAE's dispersion, inside kl_per_dim (latents.GaussianMixture)
+    dispersion: torch.Tensor = (
+        None  # gmm: (n_latent, z_dim) DEM-VAE's dispersion, inside kl_per_dim (latents.GaussianMixture)
+    )
     mi_c: torch.Tensor = None  # gmm: I(x; c) within the batch, inside kl_c
 
 
@@ -256,7 +262,7 @@ class UniVAE(nn.Module):
         # and the encoder barely gets gradient through; start it at the scale of the states it replaces.
         code_sq_norm = 1.0 if self.family.space == "sphere" else config.z_dim  # E|z|^2 under the prior
         for m in self.up:
-            nn.init.normal_(m.weight, std=code_sq_norm ** -0.5)
+            nn.init.normal_(m.weight, std=code_sq_norm**-0.5)
         # layer index -> index of its latent (only latent layers appear)
         self.latent_index = {l: j for j, l in enumerate(config.latent_layers)}
         # A density fitted to the training set's posterior codes (univae.density), saved beside the
@@ -350,7 +356,9 @@ class UniVAE(nn.Module):
         B, S = input_ids.shape
         m = S // 2
         if S % 2 or not 2 < m <= c.maxlen:
-            raise ValueError(f"input_ids has length {S}, expected 2*maxlen = {2 * c.maxlen} (or two equal trimmed halves)")
+            raise ValueError(
+                f"input_ids has length {S}, expected 2*maxlen = {2 * c.maxlen} (or two equal trimmed halves)"
+            )
         if token_type_ids is None:
             token_type_ids = (torch.arange(S, device=input_ids.device) >= m).long().expand(B, S)
         sample = self.training if sample is None else sample
@@ -371,21 +379,27 @@ class UniVAE(nn.Module):
             n = c.num_latent_layers
             pick = torch.randint(n, (B,), device=input_ids.device)
             dropped = torch.where(torch.rand(B, device=input_ids.device) < code_dropout, pick, -1)
-        h, zs, params = self._run(h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample,
-                                  dropped=dropped)
+        h, zs, params = self._run(
+            h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample, dropped=dropped
+        )
         logits = self.transformer.logits(h[:, -m:])  # (B, m, V), target half only (the last m rows)
 
         n_tokens = (labels != -100).sum()
         # sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not NaN
-        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                             reduction="sum") / n_tokens.clamp_min(1)
+        ce = F.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+        ) / n_tokens.clamp_min(1)
         kl_per_dim, terms = None, {}
         if params:
-            kl_per_layer = torch.stack([self.family.kl(p, layer=j).float() for j, p in enumerate(params)], dim=-1)  # (B, n)
+            kl_per_layer = torch.stack(
+                [self.family.kl(p, layer=j).float() for j, p in enumerate(params)], dim=-1
+            )  # (B, n)
             # VQ's posterior is its code: z itself (mean() would read a codebook sample() just updated)
             mu = torch.cat(zs, dim=-1) if self.family.space == "codebook" else self.mean_code(params)
             if not self.family.kl_is_constant:
-                kl_per_dim = torch.stack([self.family.kl_per_dim(p, layer=j).mean(0) for j, p in enumerate(params)])  # (n, z_dim)
+                kl_per_dim = torch.stack(
+                    [self.family.kl_per_dim(p, layer=j).mean(0) for j, p in enumerate(params)]
+                )  # (n, z_dim)
             terms = self.family.batch_terms(params, zs)
         else:
             kl_per_layer = logits.new_zeros(B, c.num_latent_layers, dtype=torch.float32)
@@ -398,15 +412,26 @@ class UniVAE(nn.Module):
         if "commitment" in terms:
             loss = loss + c.vq_beta * terms["commitment"]
         return UniVAEOutput(
-            loss=loss, ce=ce, kl=kl, kl_per_layer=kl_per_layer.mean(0), logits=logits,
-            z=torch.cat(zs, dim=-1), mu=mu, n_tokens=n_tokens, labels=labels, kl_per_dim=kl_per_dim, **terms,
+            loss=loss,
+            ce=ce,
+            kl=kl,
+            kl_per_layer=kl_per_layer.mean(0),
+            logits=logits,
+            z=torch.cat(zs, dim=-1),
+            mu=mu,
+            n_tokens=n_tokens,
+            labels=labels,
+            kl_per_dim=kl_per_dim,
+            **terms,
         )
 
     def mask_token_id(self):
         """The [MASK] id word dropout writes; a vocab without [MASK] cannot use word dropout."""
         mask_id = self.tokenizer.token_to_id("[MASK]") if self.tokenizer is not None else None
         if mask_id is None:
-            raise ValueError("word dropout replaces target tokens by [MASK], but this model's vocab has no [MASK] token")
+            raise ValueError(
+                "word dropout replaces target tokens by [MASK], but this model's vocab has no [MASK] token"
+            )
         return mask_id
 
     # ------------------------------------------------------------------ encoder / decoder views
@@ -423,8 +448,10 @@ class UniVAE(nn.Module):
         top = c.latent_layers[-1]
         if backend == "split":  # below the top latent layer, whose input only [CLS] is read: its query alone
             shared = {}
-            mask = [SplitLayout(S, src_lengths, False, src_queries=1 if l == top - 1 else None, masks=shared)
-                    for l in range(top)]
+            mask = [
+                SplitLayout(S, src_lengths, False, src_queries=1 if l == top - 1 else None, masks=shared)
+                for l in range(top)
+            ]
         else:
             mask = [_build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)] * top
         positions = torch.arange(S, device=src_ids.device)
@@ -468,8 +495,12 @@ class UniVAE(nn.Module):
         ids = torch.cat([slot, tgt_ids], dim=1)
         token_types = torch.ones_like(ids)
         token_types[:, 0] = 0
-        positions = torch.cat([torch.zeros(1, device=ids.device, dtype=torch.long),
-                               self.config.maxlen + torch.arange(T, device=ids.device)])
+        positions = torch.cat(
+            [
+                torch.zeros(1, device=ids.device, dtype=torch.long),
+                self.config.maxlen + torch.arange(T, device=ids.device),
+            ]
+        )
         return ids, token_types, positions
 
     def decode_logits(self, z, tgt_ids):
@@ -504,7 +535,9 @@ class UniVAE(nn.Module):
         per_layer = [component] * n_latent if isinstance(component, int) else list(component)
         if len(per_layer) != n_latent:
             raise ValueError(f"give one component, or one per latent layer ({n_latent}), got {len(per_layer)}")
-        return torch.cat([self.family.prior(n, device, layer=j, component=cj) for j, cj in enumerate(per_layer)], dim=-1)
+        return torch.cat(
+            [self.family.prior(n, device, layer=j, component=cj) for j, cj in enumerate(per_layer)], dim=-1
+        )
 
     def uses_fitted_prior(self, prior="auto", component=None):
         """Whether draws for `prior` come from the fitted density (univae.density): always for "fitted"
@@ -577,7 +610,9 @@ class UniVAE(nn.Module):
         try:
             model.load_state_dict(ckpt.state_dict)
         except RuntimeError as e:
-            raise ValueError(f"{ckpt.path}: weights do not match config.json: {str(e).splitlines()[1].strip()}") from None
+            raise ValueError(
+                f"{ckpt.path}: weights do not match config.json: {str(e).splitlines()[1].strip()}"
+            ) from None
         prior_path = os.path.join(ckpt.path, PRIOR_FILE)
         if os.path.exists(prior_path):  # the density sampling draws from
             model.fitted_prior = load_prior(prior_path, model)

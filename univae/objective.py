@@ -35,6 +35,7 @@ the KL flags are an error, as are the gmm weights for any other family. The BoW 
 multiplier live here, not in the model: they exist only for training, so checkpoints and the model's config stay free of them; train.py saves `state_dict()` in the
 training state and adds `parameters()` to the optimiser.
 """
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -70,6 +71,7 @@ def char_class_token_masks(tokenizer, sentences):
     form counts as its character. Special tokens ([CLS], ...) are longer than one character, so they
     are in neither. Pattern, as in the evaluation, holds punctuation."""
     from univae.metrics import CharClasses
+
     classes = CharClasses(sentences)
     vocab = tokenizer.get_vocab()
     masks = {kind: torch.zeros(len(vocab), dtype=torch.bool) for kind in ("content", "pattern")}
@@ -87,12 +89,16 @@ def bow_plan(layers_spec, chars_spec, n_latent):
     chars = [part.strip() for part in chars_spec.split(",")]
     if not layers_spec:
         if len(chars) > 1:
-            raise ValueError(f"--bow-chars {chars_spec} gives one class per --bow-layers entry; name the layers with --bow-layers")
+            raise ValueError(
+                f"--bow-chars {chars_spec} gives one class per --bow-layers entry; name the layers with --bow-layers"
+            )
         return [(l, chars[0]) for l in range(n_latent)]
     parts = layers_spec.split(",")
     if len(chars) not in (1, len(parts)):
-        raise ValueError(f"--bow-chars {chars_spec} has {len(chars)} classes for the {len(parts)} layers of "
-                         f"--bow-layers {layers_spec}; give one class, or one per layer")
+        raise ValueError(
+            f"--bow-chars {chars_spec} has {len(chars)} classes for the {len(parts)} layers of "
+            f"--bow-layers {layers_spec}; give one class, or one per layer"
+        )
     plan = {}
     kinds = chars if len(chars) > 1 else chars * len(parts)
     for part, kind in zip(parts, kinds):
@@ -101,11 +107,15 @@ def bow_plan(layers_spec, chars_spec, n_latent):
         except ValueError:
             raise ValueError(f"--bow-layers {layers_spec}: {part.strip()!r} is not a latent-layer index") from None
         if not -n_latent <= j < n_latent:
-            raise ValueError(f"--bow-layers {layers_spec}: layer {j} does not exist; the model has {n_latent} latent layers "
-                             f"(0..{n_latent - 1}, or -{n_latent}..-1 from the top)")
+            raise ValueError(
+                f"--bow-layers {layers_spec}: layer {j} does not exist; the model has {n_latent} latent layers "
+                f"(0..{n_latent - 1}, or -{n_latent}..-1 from the top)"
+            )
         if plan.setdefault(j % n_latent, kind) != kind:
-            raise ValueError(f"--bow-layers {layers_spec}: layer {j % n_latent} is named twice, with --bow-chars "
-                             f"{plan[j % n_latent]} and {kind}")
+            raise ValueError(
+                f"--bow-layers {layers_spec}: layer {j % n_latent} is named twice, with --bow-chars "
+                f"{plan[j % n_latent]} and {kind}"
+            )
     return sorted(plan.items())
 
 
@@ -120,24 +130,41 @@ class VAEObjective(nn.Module):
         c = model.config
         self.kl_constant = model.family.kl_is_constant
         self.kl_weight, self.kl_reduction = cfg.kl_weight, cfg.kl_reduction
-        self.anneal = dict(schedule=cfg.kl_anneal, steps=cfg.kl_anneal_steps, cycles=cfg.kl_cycles,
-                           ratio_zero=cfg.kl_ratio_zero, ratio_increase=cfg.kl_ratio_increase)
+        self.anneal = dict(
+            schedule=cfg.kl_anneal,
+            steps=cfg.kl_anneal_steps,
+            cycles=cfg.kl_cycles,
+            ratio_zero=cfg.kl_ratio_zero,
+            ratio_increase=cfg.kl_ratio_increase,
+        )
         self.free_bits, self.target_rate, self.mdr_lr = cfg.free_bits, cfg.target_rate, cfg.mdr_lr
         self.bow_weight = cfg.bow_weight
         if self.kl_constant:
-            useless = [flag for flag, on in (
-                ("--kl-weight", cfg.kl_weight != 1.0), ("--kl-anneal", cfg.kl_anneal != "none"),
-                ("--free-bits", cfg.free_bits > 0), ("--target-rate", cfg.target_rate > 0)) if on]
+            useless = [
+                flag
+                for flag, on in (
+                    ("--kl-weight", cfg.kl_weight != 1.0),
+                    ("--kl-anneal", cfg.kl_anneal != "none"),
+                    ("--free-bits", cfg.free_bits > 0),
+                    ("--target-rate", cfg.target_rate > 0),
+                )
+                if on
+            ]
             if useless:
                 why = "with fixed kappa" if c.latent == "vmf" else "(log K per layer)"
                 raise ValueError(
                     f"{', '.join(useless)} act on the KL, but --latent {c.latent} {why} has a constant KL; "
-                    "use --latent gaussian, or --word-dropout / --bow-weight, which work with any latent")
+                    "use --latent gaussian, or --word-dropout / --bow-weight, which work with any latent"
+                )
         self.mixture = c.latent == "gmm"
         self.dispersion_weight, self.mi_weight = cfg.dispersion_weight, cfg.mi_weight
-        if not self.mixture and (cfg.dispersion_weight != TrainConfig.dispersion_weight or cfg.mi_weight != TrainConfig.mi_weight):
-            raise ValueError(f"--dispersion-weight and --mi-weight act on the mixture prior of --latent gmm, "
-                             f"not on --latent {c.latent}")
+        if not self.mixture and (
+            cfg.dispersion_weight != TrainConfig.dispersion_weight or cfg.mi_weight != TrainConfig.mi_weight
+        ):
+            raise ValueError(
+                f"--dispersion-weight and --mi-weight act on the mixture prior of --latent gmm, "
+                f"not on --latent {c.latent}"
+            )
         self.vq_beta = c.vq_beta
         if self.target_rate > 0:
             self.register_buffer("mdr_multiplier", torch.zeros(()))
@@ -154,8 +181,10 @@ class VAEObjective(nn.Module):
                 raise ValueError(f"--bow-chars {cfg.bow_chars} needs the token masks (char_class_token_masks)")
             for kind, m in bow_targets.items():
                 if m.shape != (c.vocab_size,) or m.dtype != torch.bool:
-                    raise ValueError(f"bow_targets[{kind!r}] must be a bool tensor of shape ({c.vocab_size},), "
-                                     f"got {m.dtype} {tuple(m.shape)}")
+                    raise ValueError(
+                        f"bow_targets[{kind!r}] must be a bool tensor of shape ({c.vocab_size},), "
+                        f"got {m.dtype} {tuple(m.shape)}"
+                    )
             everything = torch.ones(c.vocab_size, dtype=torch.bool)
             masks = torch.stack([everything if kind == "all" else bow_targets[kind] for _, kind in plan])
         self.register_buffer("bow_targets", masks, persistent=False)  # (heads, vocab) or None

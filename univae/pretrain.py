@@ -19,6 +19,7 @@ The vocab is the train parts' characters. Each step puts its sentences in the so
 (positions 0.., segment 0) or the target slot (positions maxlen.., segment 1), alternately, so
 both halves' position and segment embeddings are trained (univae/mlm.py).
 """
+
 import argparse
 import dataclasses
 import datetime
@@ -49,9 +50,13 @@ MIN_SENTENCES = 100  # fewer training sentences than this cannot teach a vocab a
 
 @dataclass
 class PretrainConfig:
-    corpus: str = field(default=BUNDLED_CORPORA, metadata={
-        "help": "comma-separated corpora (builtin:reviews, builtin:news, .txt/.jsonl files); each is split as "
-                "train.py splits it and only its train part is used"})
+    corpus: str = field(
+        default=BUNDLED_CORPORA,
+        metadata={
+            "help": "comma-separated corpora (builtin:reviews, builtin:news, .txt/.jsonl files); each is split as "
+            "train.py splits it and only its train part is used"
+        },
+    )
     text_field: str = field(default="text", metadata={"help": "JSON field holding the sentence in .jsonl corpora"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split (train.py's --split-seed)"})
     model_type: str = field(default="bert", metadata={"help": "bert (learned positions) or roformer (rotary)"})
@@ -94,10 +99,27 @@ class PretrainConfig:
             raise ValueError(f"--export-dtype must be fp32 or bf16, got {self.export_dtype!r}")
         if not 0 < self.mask_rate < 1:
             raise ValueError(f"--mask-rate must be in (0, 1), got {self.mask_rate}")
-        for name in ("batch_size", "log_every", "eval_every", "save_every", "eval_sentences", "maxlen", "min_char_count"):
+        for name in (
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "save_every",
+            "eval_sentences",
+            "maxlen",
+            "min_char_count",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "warmup", "weight_decay", "max_steps", "time_budget", "grad_clip", "keep_last", *ARCH_FIELDS):
+        for name in (
+            "lr",
+            "warmup",
+            "weight_decay",
+            "max_steps",
+            "time_budget",
+            "grad_clip",
+            "keep_last",
+            *ARCH_FIELDS,
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not (self.max_steps or self.time_budget):
@@ -106,8 +128,12 @@ class PretrainConfig:
     def backbone_config(self, vocab_size):
         shape = {k: v for k, v in PRESETS[self.preset].items()}
         shape.update({k: getattr(self, k) for k in ARCH_FIELDS if getattr(self, k)})
-        shape.update(model_type=self.model_type, vocab_size=vocab_size, maxlen=self.maxlen,
-                     max_position_embeddings=max(shape.get("max_position_embeddings", 512), 2 * self.maxlen))
+        shape.update(
+            model_type=self.model_type,
+            vocab_size=vocab_size,
+            maxlen=self.maxlen,
+            max_position_embeddings=max(shape.get("max_position_embeddings", 512), 2 * self.maxlen),
+        )
         shape["num_latent_layers"] = min(shape.get("num_latent_layers", 1), shape["num_hidden_layers"] - 1)
         return UniVAEConfig.from_dict(shape)
 
@@ -121,15 +147,21 @@ def load_corpora(cfg, log):
     for spec in [s.strip() for s in cfg.corpus.split(",") if s.strip()]:
         sentences, stats = data.load_sentences(spec, limit=cfg.maxlen - 2, text_field=cfg.text_field)
         if len(sentences) < 3:
-            raise data.CorpusError(f"{spec}: {len(sentences)} sentence(s); a corpus needs at least 3 (train, val, test)")
+            raise data.CorpusError(
+                f"{spec}: {len(sentences)} sentence(s); a corpus needs at least 3 (train, val, test)"
+            )
         splits = data.split(sentences, seed=cfg.split_seed)
         train += splits["train"]
         val += splits["val"]
-        log(f"corpus {spec}: {stats['sentences']} sentences -> train {len(splits['train'])} "
-            f"(used) / val {len(splits['val'])} (held out) / test {len(splits['test'])} (held out)")
+        log(
+            f"corpus {spec}: {stats['sentences']} sentences -> train {len(splits['train'])} "
+            f"(used) / val {len(splits['val'])} (held out) / test {len(splits['test'])} (held out)"
+        )
     if len(train) < MIN_SENTENCES:
-        raise data.CorpusError(f"--corpus {cfg.corpus}: {len(train)} training sentences; masked-LM pretraining "
-                               f"needs at least {MIN_SENTENCES}")
+        raise data.CorpusError(
+            f"--corpus {cfg.corpus}: {len(train)} training sentences; masked-LM pretraining "
+            f"needs at least {MIN_SENTENCES}"
+        )
     return train, val
 
 
@@ -148,15 +180,19 @@ def evaluate_mlm(transformer, tokenizer, ids, rate, autocast, batch_size=256, se
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(ids), batch_size):
-            chunk = ids[start:start + batch_size]
-            chunk = chunk[:, :int(chunk.ne(transformer.config.pad_token_id).sum(1).max())]
+            chunk = ids[start : start + batch_size]
+            chunk = chunk[:, : int(chunk.ne(transformer.config.pad_token_id).sum(1).max())]
             inputs, labels = mlm_batch(chunk, tokenizer, transformer.config.vocab_size, rate)
             for target_slot in (False, True):
                 offset = transformer.config.maxlen if target_slot else 0
                 positions = torch.arange(offset, offset + chunk.shape[1])
                 with autocast:
-                    h = transformer(inputs, torch.full_like(inputs, int(target_slot)),
-                                    attention_mask=inputs.ne(transformer.config.pad_token_id), positions=positions)
+                    h = transformer(
+                        inputs,
+                        torch.full_like(inputs, int(target_slot)),
+                        attention_mask=inputs.ne(transformer.config.pad_token_id),
+                        positions=positions,
+                    )
                     chosen = labels.ne(IGNORE)
                     logits = transformer.logits(h[chosen]).float()
                 ce_sum += torch.nn.functional.cross_entropy(logits, labels[chosen], reduction="sum").item()
@@ -187,10 +223,18 @@ class Pretrainer:
         self.cfg, self.transformer, self.tokenizer = cfg, transformer, tokenizer
         self.val_ids, self.device, self.rank, self.world, self.log = val_ids, device, rank, world, log
         self.master = rank == 0
-        self.optimizer = torch.optim.AdamW(training.param_groups(transformer, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(0.9, 0.98), eps=1e-6, fused=True)
-        self.batches = data.Batches(train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=16,
-                                    pad_id=transformer.config.pad_token_id)
+        self.optimizer = torch.optim.AdamW(
+            training.param_groups(transformer, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
+        )
+        self.batches = data.Batches(
+            train_ids,
+            cfg.batch_size,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world,
+            bucket=16,
+            pad_id=transformer.config.pad_token_id,
+        )
         dtype = training.autocast_dtype(cfg.precision, device)
         self.precision = training.precision_name(dtype)
         self.autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -207,8 +251,14 @@ class Pretrainer:
             gathered = [torch.empty_like(rng) for _ in range(self.world)]
             dist.all_gather(gathered, rng)
             rng = torch.stack(gathered)
-        return {"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped,
-                "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(), "rng": {"cpu": rng}}
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "skipped_steps": self.skipped,
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.batches.state_dict(),
+            "rng": {"cpu": rng},
+        }
 
     def load_state(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
@@ -218,8 +268,10 @@ class Pretrainer:
         torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
 
     def progress(self):
-        return max(self.step / self.max_steps if self.max_steps < math.inf else 0.0,
-                   self.elapsed / self.budget if self.budget < math.inf else 0.0)
+        return max(
+            self.step / self.max_steps if self.max_steps < math.inf else 0.0,
+            self.elapsed / self.budget if self.budget < math.inf else 0.0,
+        )
 
     def train_step(self):
         """One optimiser step -> the batch's masked-LM loss. A non-finite loss or gradient changes nothing."""
@@ -227,11 +279,16 @@ class Pretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = training.lr_at(self.step, self.progress(), cfg.lr, cfg.warmup)
         ids = self.batches.next_batch()
-        ids = ids[:, :int(ids.ne(c.pad_token_id).sum(1).max())]  # the batch's longest sentence (length-bucketed)
+        ids = ids[:, : int(ids.ne(c.pad_token_id).sum(1).max())]  # the batch's longest sentence (length-bucketed)
         inputs, labels = mlm_batch(ids, self.tokenizer, c.vocab_size, cfg.mask_rate)
         with self.autocast:
-            loss, _ = mlm_loss(self.transformer, inputs.to(self.device), labels.to(self.device), c.pad_token_id,
-                               target_slot=self.step % 2 == 1)
+            loss, _ = mlm_loss(
+                self.transformer,
+                inputs.to(self.device),
+                labels.to(self.device),
+                c.pad_token_id,
+                target_slot=self.step % 2 == 1,
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.world > 1:
@@ -239,7 +296,9 @@ class Pretrainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.transformer.parameters(), cfg.grad_clip or math.inf, foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.transformer.parameters(), cfg.grad_clip or math.inf, foreach=True
+        )
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
         if self.world > 1:  # every rank skips the same steps
             finite = finite.float()
@@ -261,7 +320,9 @@ class Pretrainer:
         if self.master:
             metrics = evaluate_mlm(self.transformer, self.tokenizer, self.val_ids, self.cfg.mask_rate, self.autocast)
             self.record({"step": self.step, "split": "val", **metrics})
-            self.log(f"step {self.step} val: masked-LM ce {metrics['mlm_ce']:.3f}, accuracy {metrics['mlm_accuracy']:.3f}")
+            self.log(
+                f"step {self.step} val: masked-LM ce {metrics['mlm_ce']:.3f}, accuracy {metrics['mlm_accuracy']:.3f}"
+            )
             return metrics
         return None
 
@@ -270,8 +331,9 @@ class Pretrainer:
             raise rundir.TrainingError(f"the weights at step {self.step} are not finite; not saved")
         state = self.training_state()
         if self.master:
-            path = rundir.save_checkpoint(self.cfg.out, self.step, Backbone(self.transformer, self.tokenizer),
-                                            state, self.run_args)
+            path = rundir.save_checkpoint(
+                self.cfg.out, self.step, Backbone(self.transformer, self.tokenizer), state, self.run_args
+            )
             self.log(f"saved {path}")
             rundir.prune_checkpoints(self.cfg.out, self.cfg.keep_last)
         if self.world > 1:
@@ -299,12 +361,19 @@ class Pretrainer:
             tokens += cfg.batch_size * self.world
             if self.step % cfg.log_every == 0:
                 now = time.time()
-                row = {"step": self.step, "mlm_ce": float(loss), "lr": self.optimizer.param_groups[0]["lr"],
-                       "sentences_per_s": round(tokens / (now - t_row), 1), "elapsed": round(self.elapsed, 1),
-                       "peak_rss_mb": round(training.peak_rss_mb())}
+                row = {
+                    "step": self.step,
+                    "mlm_ce": float(loss),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "sentences_per_s": round(tokens / (now - t_row), 1),
+                    "elapsed": round(self.elapsed, 1),
+                    "peak_rss_mb": round(training.peak_rss_mb()),
+                }
                 self.record(row)
-                self.log(f"step {self.step}  mlm ce {row['mlm_ce']:.3f}  lr {row['lr']:.2e}  "
-                         f"{row['sentences_per_s']:.0f} sent/s  {self.elapsed:.0f}s")
+                self.log(
+                    f"step {self.step}  mlm ce {row['mlm_ce']:.3f}  lr {row['lr']:.2e}  "
+                    f"{row['sentences_per_s']:.0f} sent/s  {self.elapsed:.0f}s"
+                )
                 t_row, tokens = now, 0
             if self.step % cfg.eval_every == 0:
                 self.evaluate()
@@ -320,8 +389,9 @@ class Pretrainer:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m univae.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m univae.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for f in dataclasses.fields(PretrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool or f.type == "bool":
@@ -329,8 +399,13 @@ def parse_args(argv):
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
-    p.add_argument("--resume", nargs="?", const="last", default=None,
-                   help="continue from OUT/last (bare flag) or from the given checkpoint directory")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        help="continue from OUT/last (bare flag) or from the given checkpoint directory",
+    )
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
 
@@ -358,10 +433,10 @@ a character vocab of {c.vocab_size}), masked-LM pretrained from random weights b
   The validation parts ({val_n} sentences) gave the held-out figures below; the test parts were never read.
 - **Training**: {trainer.step} steps of {cfg.batch_size} sentences x {trainer.world} process(es), {trainer.elapsed:.0f} s of
   training, peak lr {cfg.lr:g}, {trainer.precision}, seed {cfg.seed}; finished {started}.
-- **Held-out masked-LM** ({metrics['masked_tokens']} masked tokens of the validation parts, both slots):
-  accuracy {metrics['mlm_accuracy']:.3f}, cross-entropy {metrics['mlm_ce']:.3f}.
+- **Held-out masked-LM** ({metrics["masked_tokens"]} masked tokens of the validation parts, both slots):
+  accuracy {metrics["mlm_accuracy"]:.3f}, cross-entropy {metrics["mlm_ce"]:.3f}.
 - **Machine**: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}.
-- **Weights**: {cfg.export_dtype} safetensors; `transformers`' {c.model_type == 'bert' and 'BertForMaskedLM' or 'RoFormerForMaskedLM'}
+- **Weights**: {cfg.export_dtype} safetensors; `transformers`' {c.model_type == "bert" and "BertForMaskedLM" or "RoFormerForMaskedLM"}
   and `AutoTokenizer` load this directory.
 """
 
@@ -372,7 +447,7 @@ def main(argv=None):
     rank, world, local_rank = training.setup_distributed()
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     out = given.get("out", PretrainConfig.out)
-    resume_dir = (os.path.join(out, "last") if given.get("resume") == "last" else given.get("resume"))
+    resume_dir = os.path.join(out, "last") if given.get("resume") == "last" else given.get("resume")
     lock = rundir.RunLock(out)
     state = None
     try:
@@ -382,8 +457,9 @@ def main(argv=None):
         if resume_dir:
             state, saved = rundir.load_training_state(resume_dir)
         fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-        cfg = PretrainConfig(**{**{k: v for k, v in saved.items() if k in fields},
-                                **{k: v for k, v in given.items() if k in fields}})
+        cfg = PretrainConfig(
+            **{**{k: v for k, v in saved.items() if k in fields}, **{k: v for k, v in given.items() if k in fields}}
+        )
         device = training.pick_device(cfg.device, cfg.precision, local_rank)
         if not resume_dir and os.path.isdir(out) and rundir.RunLock.contents(out) and not cfg.overwrite:
             raise ValueError(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
@@ -401,10 +477,12 @@ def main(argv=None):
         sys.exit(2)
     c = transformer.config
     train_ids, _, n_unk = encode_texts(tokenizer, train, cfg.maxlen, warn=False)
-    val_ids, _, _ = encode_texts(tokenizer, val[:cfg.eval_sentences], cfg.maxlen, warn=False)
-    log(f"backbone: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, "
+    val_ids, _, _ = encode_texts(tokenizer, val[: cfg.eval_sentences], cfg.maxlen, warn=False)
+    log(
+        f"backbone: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, "
         f"{sum(p.numel() for p in transformer.parameters()) / 1e6:.1f}M params, vocab {c.vocab_size}; "
-        f"{len(train_ids)} train sentences, {len(val_ids)} held-out for evaluation")
+        f"{len(train_ids)} train sentences, {len(val_ids)} held-out for evaluation"
+    )
     transformer.to(device)
     trainer = Pretrainer(cfg, transformer, tokenizer, train_ids, val_ids, device, rank, world, log)
     if state is not None:

@@ -6,6 +6,7 @@ codes on the train split of its corpus.
 The corpus is reloaded and split as train.py split it (DIR/train_args.json), and DIR/prior.safetensors
 is written atomically. From Python, `fit_prior(model, ids)` fits on any sentences.
 """
+
 import argparse
 import os
 import sys
@@ -31,18 +32,27 @@ from univae.tokenizer import encode_texts
 
 # ----------------------------------------------------------------------------- command
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage too; one line is enough
         raise ValueError(f"{message} (see --help)")
 
 
 def build_parser():
-    p = _Parser(prog="python -m univae.prior", description="Fit a Gaussian mixture to a checkpoint's posterior "
-                "codes on the train split of its corpus and write CHECKPOINT/prior.safetensors (see univae/prior.py).")
+    p = _Parser(
+        prog="python -m univae.prior",
+        description="Fit a Gaussian mixture to a checkpoint's posterior "
+        "codes on the train split of its corpus and write CHECKPOINT/prior.safetensors (see univae/prior.py).",
+    )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a univae checkpoint written by train.py")
     p.add_argument("--components", type=int, default=DEFAULT_COMPONENTS, metavar="K")
-    p.add_argument("--max-sentences", type=int, default=DEFAULT_MAX_SENTENCES, metavar="N",
-                   help="fit on a seeded random subset of at most N training sentences")
+    p.add_argument(
+        "--max-sentences",
+        type=int,
+        default=DEFAULT_MAX_SENTENCES,
+        metavar="N",
+        help="fit on a seeded random subset of at most N training sentences",
+    )
     p.add_argument("--samples", type=int, default=1, metavar="S", help="posterior samples per sentence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
@@ -61,26 +71,41 @@ def main(argv=None):
             raise ValueError(f"{args.checkpoint}: not a directory")
         train_args = read_train_args(args.checkpoint)
         if not train_args or not train_args.get("corpus"):
-            raise ValueError(f"{args.checkpoint}: no {ARGS_FILE} naming the training corpus (from Python, "
-                             "univae.prior.fit_prior(model, ids) fits on any sentences)")
+            raise ValueError(
+                f"{args.checkpoint}: no {ARGS_FILE} naming the training corpus (from Python, "
+                "univae.prior.fit_prior(model, ids) fits on any sentences)"
+            )
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         model = UniVAE.from_pretrained(args.checkpoint).to(device)
         splits, split_seed = split_corpus(train_args["corpus"], model.config.maxlen, train_args)
         encode = lambda texts: encode_texts(model.tokenizer, texts, model.config.maxlen, warn=False)[0]
         source = f"train split (seed {split_seed}) of {train_args['corpus']}"
-        prior = fit_prior(model, encode(splits["train"]), args.components, args.max_sentences, args.samples,
-                          args.seed, source=source, heldout_ids=encode(splits["val"]) if splits["val"] else None)
+        prior = fit_prior(
+            model,
+            encode(splits["train"]),
+            args.components,
+            args.max_sentences,
+            args.samples,
+            args.seed,
+            source=source,
+            heldout_ids=encode(splits["val"]) if splits["val"] else None,
+        )
         path = os.path.join(args.checkpoint, PRIOR_FILE)
         prior.save(path)
     except (ValueError, OSError) as e:  # CorpusError and json's errors are ValueErrors
         print(f"univae.prior: error: {_one_line(e)}", file=sys.stderr)
         return 2
     i = prior.info
-    heldout = (f", held-out {i['heldout_mean_log_likelihood']:.2f} ({i['heldout_n_sentences']} val sentences)"
-               if "heldout_mean_log_likelihood" in i else "")
-    print(f"wrote {path}: {i['n_components']} components fitted to {i['n_codes']} posterior samples of "
-          f"{i['n_sentences']} sentences ({source}); mean log-likelihood per code {i['mean_log_likelihood']:.2f}"
-          f"{heldout}; {i['n_iter']} EM iterations{'' if i['converged'] else ' (not converged)'}, {time.time() - t0:.0f} s")
+    heldout = (
+        f", held-out {i['heldout_mean_log_likelihood']:.2f} ({i['heldout_n_sentences']} val sentences)"
+        if "heldout_mean_log_likelihood" in i
+        else ""
+    )
+    print(
+        f"wrote {path}: {i['n_components']} components fitted to {i['n_codes']} posterior samples of "
+        f"{i['n_sentences']} sentences ({source}); mean log-likelihood per code {i['mean_log_likelihood']:.2f}"
+        f"{heldout}; {i['n_iter']} EM iterations{'' if i['converged'] else ' (not converged)'}, {time.time() - t0:.0f} s"
+    )
     return 0
 
 

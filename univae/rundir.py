@@ -11,6 +11,7 @@ fresh name is atomic), and only then does `last` move. A kill at any moment leav
 checkpoint intact and `last` pointing at a complete one; an I/O error while writing (a full disk)
 removes the partial directory and says where `last` still points.
 """
+
 import errno
 import fcntl
 import json
@@ -40,6 +41,7 @@ class RunLocked(TrainingError):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
 
 def _last_note(out_dir):
     last = os.path.join(out_dir, "last")
@@ -120,6 +122,7 @@ def load_training_state(directory):
 
 # ----------------------------------------------------------------------------- one run per --out
 
+
 class RunLock:
     """OUT/.lock: an exclusive flock held for the whole run, the file holding the holder's pid.
 
@@ -151,8 +154,11 @@ class RunLock:
     def _refuse(self, fd):
         pid = self._holder(fd)
         os.close(fd)
-        raise RunLocked(f"--out {os.path.dirname(self.path)} is in use by a live run"
-                        + (f" (pid {pid})" if pid else "") + "; wait for it, stop it, or choose another --out")
+        raise RunLocked(
+            f"--out {os.path.dirname(self.path)} is in use by a live run"
+            + (f" (pid {pid})" if pid else "")
+            + "; wait for it, stop it, or choose another --out"
+        )
 
     def check(self):
         """Refuse at once if a live run holds the lock; read-only otherwise (takes nothing)."""
@@ -193,6 +199,7 @@ def clear_out_dir(out_dir):
 
 # ----------------------------------------------------------------------------- reading a run back
 
+
 def read_train_args(checkpoint):
     path = os.path.join(checkpoint, ARGS_FILE)
     if not os.path.exists(path):
@@ -210,8 +217,9 @@ def split_corpus(corpus, maxlen, train_args):
     """Load `corpus` and split it as train.py did: same limit, text field, split seed and val rule."""
     same = bool(train_args) and train_args.get("corpus") == corpus
     args = train_args if same else {}
-    sentences, _ = data.load_sentences(corpus, limit=maxlen - 2, text_field=args.get("text_field", "text"),
-                                    strict=args.get("strict", False))
+    sentences, _ = data.load_sentences(
+        corpus, limit=maxlen - 2, text_field=args.get("text_field", "text"), strict=args.get("strict", False)
+    )
     seed = (train_args or {}).get("split_seed", 0)
     # train.py splits with val_fraction=0 when it got a separate --val file; the test split does not
     # depend on it (cut first), but the train split does, and novelty needs that one.

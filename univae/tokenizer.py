@@ -5,6 +5,7 @@ set up the way BERT's are), so `encode`, `decode`, `token_to_id` and `get_vocab_
 documented there. We add [CLS]/[SEP] and padding ourselves in `encode_texts`, because the joined
 layout needs fixed-size halves.
 """
+
 import collections
 import json
 import os
@@ -72,7 +73,9 @@ def char_vocab(texts, min_count=1, lowercase=True):
     digits) also get their `##` continuation form, so "iphone" tokenises as i ##p ##h ##o ##n ##e
     instead of [UNK].
     """
-    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+    norm = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     counts = collections.Counter()
     for text in texts:
         counts.update(ch for ch in norm.normalize_str(text) if not ch.isspace())
@@ -90,8 +93,14 @@ def _is_word_char(ch):
 def _is_cjk(ch):
     cp = ord(ch)
     return (
-        0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2CEAF
-        or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F or 0x3000 <= cp <= 0x303F or 0xFF00 <= cp <= 0xFFEF
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+        or 0x3000 <= cp <= 0x303F
+        or 0xFF00 <= cp <= 0xFFEF
     )
 
 

@@ -1,6 +1,7 @@
 """Pieces train.py and `python -m univae.pretrain` are made of: precision and device, distributed
 setup, the allocator setting, the learning-rate schedule, optimiser groups, validation metrics.
 The run directory they write is univae/rundir.py's."""
+
 import ctypes
 import ctypes.util
 import math
@@ -85,13 +86,13 @@ def keep_freed_memory():
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) & bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) & bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def peak_rss_mb():
     """The process's peak resident memory so far, in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def lr_at(step, progress, peak, warmup):

@@ -5,6 +5,7 @@
     python tests/golden/record.py      # from the repository root; rewrites tests/golden/
 
 Run it only when a change is meant to alter these outputs, and say why in the commit."""
+
 import json
 import os
 import shutil
@@ -18,8 +19,28 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from test_train import SENTENCES  # noqa: E402
 
-TRAIN_FLAGS = ["--preset", "debug", "--batch-size", "8", "--precision", "fp32", "--max-steps", "40", "--log-every", "1",
-               "--eval-every", "1000", "--eval-sentences", "4", "--warmup", "5", "--prior-components", "2", "--seed", "0"]
+TRAIN_FLAGS = [
+    "--preset",
+    "debug",
+    "--batch-size",
+    "8",
+    "--precision",
+    "fp32",
+    "--max-steps",
+    "40",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "1000",
+    "--eval-sentences",
+    "4",
+    "--warmup",
+    "5",
+    "--prior-components",
+    "2",
+    "--seed",
+    "0",
+]
 # each sample.py mode once, greedy or seeded, on the tiny checkpoint
 SAMPLE_MODES = {
     "prior": ["--n", "4", "--seed", "1"],
@@ -41,8 +62,12 @@ def corpus_file(directory):
 
 
 def train(out, corpus):
-    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--corpus", corpus, "--out", out, *TRAIN_FLAGS],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--corpus", corpus, "--out", out, *TRAIN_FLAGS],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
         return [json.loads(line)["loss"] for line in f if '"split"' not in line]
 
@@ -51,8 +76,13 @@ def sample_outputs(checkpoint, corpus):
     outputs = {}
     for mode, flags in SAMPLE_MODES.items():
         flags = [corpus if f == "{corpus}" else f for f in flags]
-        res = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--checkpoint", checkpoint, "--json",
-                              *flags], check=True, cwd=ROOT, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "sample.py"), "--checkpoint", checkpoint, "--json", *flags],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         outputs[mode] = [json.loads(line) for line in res.stdout.splitlines()]
     return outputs
 
@@ -63,8 +93,7 @@ def main():
         curve = train(os.path.join(tmp, "run"), corpus)
         tiny = os.path.join(HERE, "tiny")
         shutil.rmtree(tiny, ignore_errors=True)
-        shutil.copytree(os.path.join(tmp, "run", "last"), tiny,
-                        ignore=shutil.ignore_patterns("training_state.pt"))
+        shutil.copytree(os.path.join(tmp, "run", "last"), tiny, ignore=shutil.ignore_patterns("training_state.pt"))
         golden = {"loss_curve": curve, "sample": sample_outputs(tiny, corpus)}
     with open(os.path.join(HERE, "golden.json"), "w", encoding="utf-8") as f:
         json.dump(golden, f, ensure_ascii=False, indent=1)
