@@ -49,6 +49,7 @@ from test_train import ROOT, SENTENCES, base_args  # noqa: E402
 import masks  # noqa: E402
 import train  # noqa: E402
 import univae  # noqa: E402
+import univae.trainer  # noqa: E402
 from univae import generate as G  # noqa: E402
 from univae.attention import attend  # noqa: E402
 from univae.model import _build_mask  # noqa: E402
@@ -128,7 +129,7 @@ def _train(corpus, out, *flags, scaler_log=None):
     """train.main in-process for STEPS steps on CUDA, every batch padded to full maxlen (one shape
     for flex to compile); returns the loss curve."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "trim_length", lambda longest, maxlen, multiple=1: maxlen)
+        mp.setattr(univae.trainer, "trim_length", lambda longest, maxlen, multiple=1: maxlen)
         if scaler_log is not None:
 
             class RecordingScaler(torch.amp.GradScaler):

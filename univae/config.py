@@ -9,6 +9,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+
+class SettingsError(ValueError):
+    """A bad flag or combination of flags: printed as one line, exit status 2."""
+
+
 LATENT_FAMILIES = ("vmf", "gaussian", "vq", "gmm")
 VQ_DISTANCES = ("l2", "cosine")
 ANNEAL_SCHEDULES = ("none", "linear", "cyclical")  # TrainConfig.kl_anneal
@@ -192,7 +197,7 @@ PRESETS = {
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     ),
-    # the CPU default, trained from scratch by `python train.py` (chosen by the sweep in README.md)
+    # the from-scratch CPU recipe, `python train.py --from-scratch` (chosen by the sweep in docs/results.md)
     "small": dict(
         hidden_size=192,
         num_hidden_layers=4,
@@ -222,7 +227,7 @@ PRESETS = {
 }
 
 
-# Training settings measured together with a preset (README, "The small preset"): the defaults
+# Training settings measured together with a preset (docs/results.md, "The small preset"): the defaults
 # of a from-scratch run of that preset, below any flag the user gives.
 PRESET_TRAINING = {
     "small": dict(lr=3e-3, word_dropout=0.2, bow_weight=1.0, bow_layers="0,-1", bow_chars="content,pattern"),
@@ -275,7 +280,8 @@ class TrainConfig:
     lr: float = field(
         default=0.0,
         metadata={
-            "help": "peak learning rate (default: the preset's recipe from scratch, small 3e-3, else 1e-3; 2e-5 with --init-from)"
+            "help": "peak learning rate (default: the recipe's: 2e-3 from the bundled backbone, 3e-3 from scratch with the small "
+            "preset, else 1e-3; 2e-5 with another --init-from)"
         },
     )
     warmup: int = field(default=200, metadata={"help": "linear warmup steps"})

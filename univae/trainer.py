@@ -1,0 +1,373 @@
+"""The training loop of train.py: a Trainer (one step, evaluation, saving, the loop) and the progress
+display. train.py builds the model, objective, optimiser and batches and hands them over; the run
+directory it saves into is univae/rundir.py's.
+
+State that a resume must restore (optimiser, data position, RNG, step, elapsed time, objective,
+skipped-step count) goes through `Trainer.training_state` / `Trainer.load_state`; everything else
+is rebuilt from the flags.
+"""
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from univae import data, training
+from univae.config import SettingsError
+from univae.diagnostics import collapse_warning
+from univae.rundir import TrainingError, prune_checkpoints, save_checkpoint
+from univae.training import all_finite, evaluate, lr_at, peak_rss_mb
+
+
+def trim_length(longest, maxlen, multiple=1):
+    """Half length for a batch whose longest sentence has `longest` tokens, rounded up to a multiple
+    (8 under --compile, so that torch.compile sees at most maxlen/8 shapes; else exactly the
+    longest: 97% of the trimmed tokens are real instead of 84% on the reviews). Exact either way:
+    the model keeps target positions at maxlen + t (UniVAE.forward)."""
+    return min(maxlen, -(-longest // multiple) * multiple)
+
+
+def describe_eval(metrics, c):
+    return (
+        f"val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
+        + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
+        + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else "")
+        + (
+            ", codebook perplexity "
+            + "/".join(f"{p:.1f}" for p in metrics["codebook"]["perplexity"])
+            + ", used "
+            + "/".join(f"{u:.2f}" for u in metrics["codebook"]["used_fraction"])
+            if "codebook" in metrics
+            else ""
+        )
+        + (
+            ", component entropy "
+            + "/".join(f"{h:.2f}" for h in metrics["mixture"]["usage_entropy"])
+            + ", I(x;c) "
+            + "/".join(f"{i:.2f}" for i in metrics["mixture"]["mi_c"])
+            if "mixture" in metrics
+            else ""
+        )
+    )
+
+
+class Trainer:
+    """One run's moving parts and its loop: `train_step`, `evaluate`, `save`, `fit`.
+
+    State that a resume must restore (optimiser, data position, RNG, step, elapsed time, objective,
+    skipped-step count) goes through `training_state` / `load_state`; everything else is rebuilt."""
+
+    def __init__(
+        self,
+        cfg,
+        model,
+        objective,
+        optimizer,
+        batches,
+        splits,
+        val_ids,
+        out,
+        device,
+        rank=0,
+        world=1,
+        lr=1e-3,
+        run_args=None,
+    ):
+        self.cfg, self.model, self.objective, self.optimizer, self.batches = cfg, model, objective, optimizer, batches
+        self.splits, self.val_ids, self.out, self.device, self.rank, self.world = (
+            splits,
+            val_ids,
+            out,
+            device,
+            rank,
+            world,
+        )
+        self.master = rank == 0
+        self.lr, self.run_args = lr, run_args or {}
+        self.extra_params = list(objective.parameters())  # the BoW heads, if any: trained with the model
+        net = model
+        if (
+            cfg.compile
+        ):  # trim_length gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
+            net = torch.compile(model, dynamic=False)
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.net = net
+        dtype = training.autocast_dtype(cfg.precision, device)
+        self.precision = training.precision_name(dtype)
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.step, self.elapsed, self.skipped, self.bad_in_a_row = 0, 0.0, 0, 0
+        self.max_steps = cfg.max_steps or math.inf
+        if cfg.epochs:
+            self.max_steps = min(self.max_steps, math.ceil(cfg.epochs * batches.steps_per_epoch))
+        self.budget = cfg.time_budget or math.inf
+        self.stop_signal = []
+        self.metrics_file = self.writer = None
+
+    def log(self, *a):
+        if self.master:
+            print(*a, flush=True)
+
+    # -------------------------------------------------------------- state
+
+    def training_state(self):
+        rng = torch.get_rng_state()
+        if self.world > 1:  # every rank's dropout/latent stream, so a resumed DDP run continues exactly
+            gathered = [torch.empty_like(rng) for _ in range(self.world)]
+            dist.all_gather(gathered, rng)
+            rng = torch.stack(gathered)
+        s = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "skipped_steps": self.skipped,
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.batches.state_dict(),
+            "rng": {"cpu": rng},
+        }
+        if self.objective.state_dict():  # BoW heads, MDR multiplier
+            s["objective"] = self.objective.state_dict()
+        if self.device.type == "cuda":
+            s["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return s
+
+    def load_state(self, state):
+        try:  # a run resumed with other --bow-weight / --bow-layers / --target-rate has other optimiser groups and state
+            self.objective.load_state_dict(state.get("objective", {}))
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            raise SettingsError(
+                f"--resume: the checkpoint was trained with another --bow-weight, --bow-layers or --target-rate "
+                f"({str(e).splitlines()[0]}); resume with the flags it was trained with"
+            ) from None
+        self.batches.load_state_dict(state["data"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.skipped = int(state.get("skipped_steps", 0))
+        cpu = state["rng"]["cpu"]
+        torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    # -------------------------------------------------------------- one step, evaluation, saving
+
+    def train_step(self, progress):
+        """One optimiser step on the next batch -> (logs, real tokens seen). A step whose loss or
+        gradient is not finite changes no weight and no optimiser state: it is skipped and counted."""
+        c, cfg = self.model.config, self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, progress, self.lr, cfg.warmup)
+        src = self.batches.next_batch()
+        real = src.ne(c.pad_token_id)  # on the CPU copy: no device sync
+        tokens = int(real.sum()) * 2 * self.world
+        src = src[:, : trim_length(int(real.sum(1).max()), c.maxlen, 8 if cfg.compile else 1)].to(
+            self.device, non_blocking=True
+        )
+        with self.autocast:
+            input_ids, token_type_ids = data.join(src)
+            out = self.net(input_ids, token_type_ids, word_dropout=cfg.word_dropout, code_dropout=cfg.code_dropout)
+            loss, logs = self.objective(out, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.world > 1:  # DDP averages the model's gradients; the BoW heads are outside it
+            for p in self.extra_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        self.scaler.unscale_(self.optimizer)
+        params = [*self.model.parameters(), *self.extra_params]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf, foreach=True)
+        finite = torch.isfinite(loss) & (
+            torch.isfinite(grad_norm) | self.scaler.is_enabled()
+        )  # fp16: the scaler skips inf grads itself
+        if self.world > 1:  # every rank skips the same steps
+            finite = finite.float()
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite):  # one host sync per step: the price of never applying a NaN
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.objective.update_multiplier(out.kl)
+            self.bad_in_a_row = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.bad_in_a_row += 1
+            self.log(
+                f"step {self.step + 1}: non-finite loss or gradient (loss {loss.detach().item():.4g}), step skipped "
+                f"({self.bad_in_a_row} in a row, {self.skipped} in all)"
+            )
+            if self.bad_in_a_row >= cfg.max_bad_steps:
+                last = os.path.realpath(os.path.join(self.out, "last"))
+                raise TrainingError(
+                    f"{self.bad_in_a_row} non-finite steps in a row at step {self.step + 1}; stopped without saving "
+                    + (f"({self.out}/last is still {os.path.basename(last)}). " if os.path.exists(last) else ". ")
+                    + "Lower --lr, keep --grad-clip on, or try --precision fp32"
+                )
+        self.step += 1
+        return logs, tokens
+
+    def evaluate(self):
+        if self.master:
+            metrics, _ = evaluate(
+                self.model,
+                self.val_ids,
+                self.splits["val"],
+                self.cfg.eval_sentences,
+                autocast=self.autocast,
+                au_delta=self.cfg.au_delta,
+            )
+            self.record({"step": self.step, "split": "val", **metrics})
+            self.log(f"step {self.step} " + describe_eval(metrics, self.model.config))
+            warning = collapse_warning(metrics, self.model.config, self.cfg.au_delta)
+            if warning:
+                self.log(warning)
+        if self.world > 1:
+            dist.barrier()
+
+    def save(self):
+        """step-N, then `last` -> step-N, then prune to --keep-last. Weights that are not finite are
+        never written; a failed write leaves `last` at the previous complete checkpoint."""
+        if not all_finite(self.model):
+            raise TrainingError(
+                f"the weights at step {self.step} are not finite; not saved ({self.out}/last is unchanged)"
+            )
+        state = self.training_state()
+        if self.master:
+            path = save_checkpoint(self.out, self.step, self.model, state, self.run_args)
+            self.log(f"saved {path}")
+            for gone in prune_checkpoints(self.out, self.cfg.keep_last):
+                self.log(f"removed {gone} (--keep-last {self.cfg.keep_last})")
+        if self.world > 1:
+            dist.barrier()
+
+    def record(self, row):
+        if not self.master:
+            return
+        self.metrics_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.metrics_file.flush()
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.writer.add_scalar(f"{row.get('split', 'train')}/{k}", v, row["step"])
+
+    # -------------------------------------------------------------- the loop
+
+    def should_stop(self):
+        stop = self.elapsed >= self.budget or bool(self.stop_signal)
+        if self.world > 1:  # every rank stops at the same step
+            flag = torch.tensor(float(stop))
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def progress(self):
+        """Fraction of the run done, by steps or time, whichever is further (the lr schedule's clock)."""
+        return max(
+            self.step / self.max_steps if self.max_steps < math.inf else 0.0,
+            self.elapsed / self.budget if self.budget < math.inf else 0.0,
+        )
+
+    def fit(self):
+        """Train until max steps, the time budget or a signal; then save and evaluate once more.
+        Returns why it stopped."""
+        cfg = self.cfg
+        elapsed_before, t_start = self.elapsed, time.time()
+        progress = Progress(self, enabled=self.master)
+        limits = ([f"{self.budget:.0f}s"] if self.budget < math.inf else []) + (
+            [f"{self.max_steps} steps"] if self.max_steps < math.inf else []
+        )
+        with self.autocast:  # `auto` picks by autocast and grad mode (univae/attention.py): ask as the step does
+            backend = self.model.backend(self.device)
+        self.log(
+            f"training on {self.device} ({self.precision}, attn {backend})"
+            + (f" for at most {' / '.join(limits)}" if limits else "")
+        )
+        while self.step < self.max_steps:
+            self.elapsed = elapsed_before + time.time() - t_start
+            if self.should_stop():
+                break
+            logs, tokens = self.train_step(self.progress())
+            progress.update(tokens)
+            if self.step % cfg.log_every == 0:
+                row = {
+                    "step": self.step,
+                    **{k: float(v) for k, v in logs.items()},
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "tokens_per_s": progress.tokens_per_s(),
+                    "peak_rss_mb": round(peak_rss_mb()),
+                }
+                if self.skipped:
+                    row["skipped_steps"] = self.skipped
+                self.record(row)
+                progress.show(row)
+            if self.step % cfg.eval_every == 0:
+                self.evaluate()
+            if self.step % cfg.save_every == 0:
+                self.save()
+        progress.close()
+        self.elapsed = elapsed_before + time.time() - t_start
+        why = "signal" if self.stop_signal else ("time budget" if self.elapsed >= self.budget else "max steps")
+        self.log(
+            f"stopped at step {self.step} ({why}, {self.elapsed:.0f}s of training"
+            + (f", {self.skipped} non-finite steps skipped" if self.skipped else "")
+            + ")"
+        )
+        self.save()
+        if self.step % cfg.eval_every or self.step == 0:
+            self.evaluate()
+        return why
+
+
+class Progress:
+    """On a terminal a tqdm bar; elsewhere (a log file, CI) one plain line per --log-every row."""
+
+    def __init__(self, trainer, enabled):
+        self.trainer, self.enabled = trainer, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        total = None if trainer.max_steps == math.inf else trainer.max_steps
+        self.bar = (
+            tqdm(total=total, initial=trainer.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+            if self.tty
+            else None
+        )
+        self.tokens, self.t = 0, time.time()
+
+    def update(self, tokens):
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def tokens_per_s(self):
+        """Real tokens per second since the last row (and restart the count)."""
+        now = time.time()
+        rate = self.tokens / max(now - self.t, 1e-9)
+        self.tokens, self.t = 0, now
+        return rate
+
+    def show(self, row):
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{row['loss']:.3f}",
+                **({"kl": f"{row['kl']:.1f}"} if "kl" in row else {}),
+                tok_s=f"{row['tokens_per_s']:.0f}",
+            )
+        elif self.enabled:
+            t = self.trainer
+            total = "" if t.max_steps == math.inf else f"/{t.max_steps}"
+            terms = "".join(f"  {k} {row[k]:.{p}f}" for k, p in (("ce", 3), ("kl", 1)) if k in row)
+            print(
+                f"step {row['step']}{total}  loss {row['loss']:.3f}{terms}  lr {row['lr']:.2e}  "
+                f"{row['tokens_per_s']:.0f} tok/s  {t.elapsed:.0f}s",
+                flush=True,
+            )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
