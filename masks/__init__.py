@@ -134,8 +134,8 @@ def default_block_size(q_len, kv_len, device):
     """block_mask's block size. CUDA: 128, because FlexAttention's CUDA kernels tile queries and
     keys by up to 128 and refuse a BlockMask whose blocks their tiles do not divide (torch 2.13:
     NoValidChoicesError; the Hopper bf16 backward tiles by 64, and for q_len < 128 the forward's
-    flex-decoding kernel tiles queries by next_power_of_2(q_len)). Not yet run on a GPU: see
-    README, "CUDA path". CPU: the largest power of two, at least 16, that fits the source half."""
+    flex-decoding kernel tiles queries by next_power_of_2(q_len)); docs/performance.md, "CUDA
+    path", says what has run on a GPU. CPU: the largest power of two, at least 16, that fits the source half."""
     if torch.device(device).type == "cuda":
         return 128
     block_size = 16

@@ -263,10 +263,7 @@ def create_app(model, checkpoint=""):
 
     @app.post("/api/transfer")
     def transfer(req: TransferIn):
-        fn = getattr(model, "transfer", None)  # looked up per request: univae issue 15 adds it
-        if fn is None:
-            raise HTTPException(501, "this version of univae has no model.transfer: transfer is unavailable")
-        out = call(fn, [req.text], req.from_texts, req.to_texts, strength=req.strength)
+        out = call(model.transfer, [req.text], req.from_texts, req.to_texts, strength=req.strength)
         return {
             "input": req.text,
             "strength": req.strength,

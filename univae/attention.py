@@ -84,7 +84,7 @@ FLEX_CUDA_MIN_HEAD_DIM = 16  # torch's CUDA FlexAttention kernels refuse smaller
 def resolve(backend, device, head_dim=None):
     """'auto' -> the backend to use on `device`; others pass through after a check."""
     if backend == "auto":
-        # CPU, measured with bench/attention.py and bench/train_step.py (README, "Performance"):
+        # CPU, measured with bench/attention.py and bench/train_step.py (docs/performance.md):
         # split does only the unmasked work and lets the training forward skip the source rows
         # nobody reads (UniVAE.layer_masks). CUDA: flex, where its kernels take the head size.
         if torch.device(device).type == "cuda":
@@ -132,7 +132,7 @@ def attend(q, k, v, mask, backend, dropout_p=0.0):
             # Under no_grad nothing will be differentiated, but torch's CPU kernel still refuses inputs
             # that merely carry requires_grad (e.g. activations of a model's parameters).
             q, k, v = q.detach(), k.detach(), v.detach()
-        # FlexAttention has no attention dropout; the flex backend trains without it (documented in README).
+        # FlexAttention has no attention dropout; the flex backend trains without it.
         return _flex_compiled(q, k, v, block_mask=mask)
     if backend == "split":
         if isinstance(mask, SplitLayout):

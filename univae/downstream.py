@@ -1,4 +1,4 @@
-"""What the latent space is for, judged by something this project did not write (issue 15):
+"""What the latent space is for, judged by something this project did not write:
 augmentation that helps a classifier, and attribute transfer.
 
     labelled_data(train_args, maxlen)      the corpus's labelled single-piece sentences (univae.data

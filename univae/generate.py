@@ -656,7 +656,7 @@ def attribute_direction(model, z_from, z_to, method="probe", shrinkage=0.1):
     codes in 192 dims give a stable solve), scaled to the mean difference's component along it:
     w (w . (m_to - m_from)). Both move a FROM code by the gap between the two sets' means at
     strength 1; the probe spends none of the move on directions in which the sets do not differ.
-    Measured on the default checkpoint (bench/transfer.py; README, "What the latent space is for"),
+    Measured on the default checkpoint (bench/transfer.py; docs/results.md, "What the latent space is for"),
     the probe turned more sentences at the same content kept. FROM == TO gives zero."""
     z_from, z_to = z_from.double(), z_to.double()
     if z_from.shape[0] < 1 or z_to.shape[0] < 1:
@@ -789,7 +789,7 @@ def analogy(model, a, b, c, n=1, spread=1.0, return_z=False, **decoding):
     return (out, d) if return_z else out
 
 
-DEFAULT_KEEP_START = 0.8  # measured: README, "What the latent space is for"
+DEFAULT_KEEP_START = 0.8  # measured: docs/results.md, "What the latent space is for"
 
 
 def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=None, **decoding):
@@ -880,9 +880,7 @@ def _per_layer_cosine(model, a, b):
     return torch.stack([F.cosine_similarity(x, y, dim=-1) for x, y in zip(model.split_z(a), model.split_z(b))]).mean(0)
 
 
-DEFAULT_STRENGTH = (
-    5.0  # bench/transfer.py on two default checkpoints (2026-12-02): README, "What the latent space is for"
-)
+DEFAULT_STRENGTH = 5.0  # bench/transfer.py: docs/results.md, "What the latent space is for"
 
 
 def transfer(model, texts, from_texts, to_texts, strength=DEFAULT_STRENGTH, method="probe", return_z=False, **decoding):

@@ -77,10 +77,9 @@ def keep_freed_memory():
     (batch x length x vocab) floats, 29 MB for a batch of the bundled reviews. glibc serves blocks
     over its mmap threshold with a fresh mmap and gives the heap's free top back to the OS past its
     trim threshold, so the next step page-faults that memory in again, 4 kB at a time. With both
-    thresholds raised nothing goes back: the default run made 1.05x the steps in interleaved 240 s
-    rounds (1.06-1.25x in shorter pairs; 2-core AMD EPYC, README "Performance"), for a resident
-    size that stays at its peak (+5%). Returns
-    whether it took effect (False where the C library is not glibc: macOS, musl)."""
+    thresholds raised nothing goes back, so the resident size stays at its peak (docs/performance.md
+    has the trade measured). Returns whether it took effect (False where the C library is not
+    glibc: macOS, musl)."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
