@@ -16,7 +16,6 @@ prints a few reconstructions, samples and an edit.
 import argparse
 import dataclasses
 import os
-import signal
 import sys
 import time
 
@@ -34,6 +33,7 @@ from univae.config import (
     PRESETS,
     SettingsError,
     TrainConfig,
+    add_config_flags,
     from_hf_config,
     preset,
 )
@@ -112,22 +112,9 @@ def fail(message, code=2):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
+    add_config_flags(p, TrainConfig)
     for name, (kind, help_) in MODEL_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_)
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        help="continue from OUT/last (bare flag) or from the given checkpoint directory",
-    )
     args = p.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     return given, not argv
@@ -396,12 +383,7 @@ def main(argv=None):
         except ImportError:
             pass
 
-    def on_signal(signum, frame):
-        trainer.stop_signal.append(signum)
-        signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    training.stop_on_signals(trainer.stop_signal)
     try:
         trainer.fit()
     except TrainingError as e:  # disk full, an I/O error, non-finite weights or steps: one line, `last` intact

