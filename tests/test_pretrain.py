@@ -4,6 +4,7 @@ exact, held-out sentences stay held out, bad input is one line; the shipped back
 knows the language."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from test_train import ROOT, SENTENCES
 
 import univae
 from univae import data, pretrain, training
-from univae.checkpoint import convert_hf_state_dict, to_hf_state_dict
+from univae.checkpoint import BUNDLED, convert_hf_state_dict, to_hf_state_dict
 from univae.config import UniVAEConfig
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
 from univae.model import Transformer, load_transformer
@@ -197,6 +198,65 @@ def test_torchrun_two_cpu_processes(corpus, tmp_path):
     state = torch.load(out / "last" / "training_state.pt", weights_only=True)
     assert state["step"] == 4 and state["rng"]["cpu"].shape[0] == 2
     assert json.load(open(out / "last" / "train_args.json"))["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------- the bundled backbone
+
+
+def test_the_bundled_backbone_loads_in_transformers_and_knows_the_language():
+    directory = BUNDLED["bundled"]
+    hf = transformers.BertForMaskedLM.from_pretrained(directory, dtype=torch.float32).eval()
+    ours = load_transformer("bundled", attn="eager").eval()  # named by one word
+    tok = load_tokenizer(directory)
+    val = data.split(data.load_sentences("builtin:reviews", limit=30)[0], seed=0)["val"][:300]
+    ids, _, _ = encode_texts(tok, val, maxlen=32)
+    torch.manual_seed(0)
+    inputs, labels = mask_tokens(ids, tok.token_to_id("[MASK]"), ours.config.vocab_size, [0, 2, 3])
+    with torch.no_grad():
+        ref = hf(input_ids=inputs, attention_mask=inputs.ne(0).long(), token_type_ids=torch.zeros_like(inputs)).logits
+        mine = ours.logits(ours(inputs, attention_mask=inputs.ne(0)))
+    real, chosen = inputs.ne(0), labels.ne(IGNORE)
+    torch.testing.assert_close(mine[real], ref[real], atol=1e-4, rtol=1e-4)
+    accuracy = (mine[chosen].argmax(-1) == labels[chosen]).float().mean().item()
+    assert accuracy > 0.3  # held-out reviews (train.py's val split), BERT masking; random weights score ~0.001
+    card = open(os.path.join(directory, "README.md"), encoding="utf-8").read()
+    assert "python -m univae.pretrain" in card and "builtin:reviews" in card
+    model = univae.UniVAE.from_pretrained("bundled", z_dim=64)
+    assert model.config.z_dim == 64 and model.tokenizer.token_to_id("[MASK]") is not None
+
+
+def test_the_default_run_fine_tunes_the_bundled_backbone(corpus, tmp_path, capsys):
+    import train
+    from univae.config import BUNDLED_MODEL, BUNDLED_TRAINING
+
+    out = tmp_path / "ft"
+    train.main(
+        [
+            "--corpus",
+            corpus,
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--eval-sentences",
+            "2",
+            "--prior-components",
+            "0",
+            "--precision",
+            "fp32",
+        ]
+    )
+    assert "outside the vocab of bundled" in capsys.readouterr().out  # the share of the corpus that becomes [UNK]
+    model = univae.UniVAE.from_pretrained(str(out / "last"))
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size) == (4, 192)
+    assert {k: getattr(c, k) for k in BUNDLED_MODEL} == BUNDLED_MODEL
+    args = json.load(open(out / "last" / "train_args.json", encoding="utf-8"))
+    assert args["init_from"] == "bundled" and args["lr"] == BUNDLED_TRAINING["lr"] and not args["from_scratch"]
+    backbone = load_transformer("bundled")  # two warmup steps barely move the pretrained weights
+    torch.testing.assert_close(model.transformer.embed.word.weight, backbone.embed.word.weight, atol=1e-3, rtol=0)
 
 
 def test_precision_auto_follows_the_hardware(tmp_path):
