@@ -31,9 +31,9 @@ def mask_tokens(ids, mask_id, vocab_size, special_ids, rate=0.15):
     return inputs, labels
 
 
-def mlm_loss(transformer, inputs, labels, pad_id, target_slot=False):
-    """Mean CE over the chosen tokens of a bidirectional pass -> (loss, n_chosen). target_slot puts
-    the sentence at positions maxlen + t with segment 1 (where UniVAE's target half sits)."""
+def mlm_logits(transformer, inputs, labels, pad_id, target_slot=False):
+    """A bidirectional pass -> (fp32 logits of the chosen tokens (N, V), their labels (N,)). target_slot
+    puts the sentence at positions maxlen + t with segment 1 (where UniVAE's target half sits)."""
     B, T = inputs.shape
     offset = transformer.config.maxlen if target_slot else 0
     positions = torch.arange(offset, offset + T, device=inputs.device)
@@ -41,6 +41,12 @@ def mlm_loss(transformer, inputs, labels, pad_id, target_slot=False):
     h = transformer(inputs, token_type_ids, attention_mask=inputs.ne(pad_id), positions=positions)
     chosen = labels.ne(IGNORE)
     logits = transformer.logits(h[chosen])  # only the chosen rows: the vocab projection is the big matmul
-    n = chosen.sum()
-    loss = F.cross_entropy(logits.float(), labels[chosen], reduction="sum") / n.clamp_min(1)
+    return logits.float(), labels[chosen]
+
+
+def mlm_loss(transformer, inputs, labels, pad_id, target_slot=False):
+    """Mean CE over the chosen tokens of a bidirectional pass -> (loss, n_chosen)."""
+    logits, targets = mlm_logits(transformer, inputs, labels, pad_id, target_slot)
+    n = torch.tensor(len(targets), device=logits.device)
+    loss = F.cross_entropy(logits, targets, reduction="sum") / n.clamp_min(1)
     return loss, n

@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from univae import data, rundir, training
 from univae.checkpoint import HF_ARCHITECTURES, save_hf_backbone
 from univae.config import PRESETS, UniVAEConfig, add_config_flags
-from univae.mlm import IGNORE, mask_tokens, mlm_loss
+from univae.mlm import mask_tokens, mlm_logits, mlm_loss
 from univae.model import Transformer, load_transformer
 from univae.tokenizer import CLS, MASK, PAD, SEP, build_tokenizer, char_vocab, encode_texts, load_tokenizer
 
@@ -187,20 +188,13 @@ def evaluate_mlm(transformer, tokenizer, ids, rate, autocast, batch_size=256, se
             chunk = chunk[:, : int(chunk.ne(transformer.config.pad_token_id).sum(1).max())]
             inputs, labels = mlm_batch(chunk, tokenizer, transformer.config.vocab_size, rate)
             for target_slot in (False, True):
-                offset = transformer.config.maxlen if target_slot else 0
-                positions = torch.arange(offset, offset + chunk.shape[1])
                 with autocast:
-                    h = transformer(
-                        inputs,
-                        torch.full_like(inputs, int(target_slot)),
-                        attention_mask=inputs.ne(transformer.config.pad_token_id),
-                        positions=positions,
+                    logits, targets = mlm_logits(
+                        transformer, inputs, labels, transformer.config.pad_token_id, target_slot=target_slot
                     )
-                    chosen = labels.ne(IGNORE)
-                    logits = transformer.logits(h[chosen]).float()
-                ce_sum += torch.nn.functional.cross_entropy(logits, labels[chosen], reduction="sum").item()
-                correct += (logits.argmax(-1) == labels[chosen]).sum().item()
-                n += int(chosen.sum())
+                ce_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+                correct += (logits.argmax(-1) == targets).sum().item()
+                n += len(targets)
     transformer.train(was_training)
     return {"mlm_ce": ce_sum / max(n, 1), "mlm_accuracy": correct / max(n, 1), "masked_tokens": n}
 
@@ -267,10 +261,7 @@ class Pretrainer:
         torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
 
     def progress(self):
-        return max(
-            self.step / self.max_steps if self.max_steps < math.inf else 0.0,
-            self.elapsed / self.budget if self.budget < math.inf else 0.0,
-        )
+        return training.run_progress(self.step, self.max_steps, self.elapsed, self.budget)
 
     def train_step(self):
         """One optimiser step -> the batch's masked-LM loss. A non-finite loss or gradient changes nothing."""
@@ -339,12 +330,7 @@ class Pretrainer:
             dist.barrier()
 
     def should_stop(self):
-        stop = self.elapsed >= self.budget or bool(self.stop_signal)
-        if self.world > 1:
-            flag = torch.tensor(float(stop))
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
+        return training.stop_everywhere(self.elapsed >= self.budget or bool(self.stop_signal), self.world)
 
     def fit(self):
         """Train until --max-steps, --time-budget or a signal; then save and evaluate."""

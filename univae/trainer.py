@@ -256,19 +256,11 @@ class Trainer:
     # -------------------------------------------------------------- the loop
 
     def should_stop(self):
-        stop = self.elapsed >= self.budget or bool(self.stop_signal)
-        if self.world > 1:  # every rank stops at the same step
-            flag = torch.tensor(float(stop))
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
+        return training.stop_everywhere(self.elapsed >= self.budget or bool(self.stop_signal), self.world)
 
     def progress(self):
         """Fraction of the run done, by steps or time, whichever is further (the lr schedule's clock)."""
-        return max(
-            self.step / self.max_steps if self.max_steps < math.inf else 0.0,
-            self.elapsed / self.budget if self.budget < math.inf else 0.0,
-        )
+        return training.run_progress(self.step, self.max_steps, self.elapsed, self.budget)
 
     def fit(self):
         """Train until max steps, the time budget or a signal; then save and evaluate once more.

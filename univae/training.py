@@ -83,6 +83,21 @@ def cpu_rng_state(world):
     return torch.stack(gathered)
 
 
+def run_progress(step, max_steps, elapsed, budget):
+    """Fraction of a run done, by steps or time, whichever is further (the lr schedule's clock);
+    max_steps and budget are math.inf when not set."""
+    return max(step / max_steps if max_steps < math.inf else 0.0, elapsed / budget if budget < math.inf else 0.0)
+
+
+def stop_everywhere(stop, world):
+    """Under torchrun every rank stops at the same step: any rank's stop is every rank's."""
+    if world == 1:
+        return stop
+    flag = torch.tensor(float(stop))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def stop_on_signals(stops):
     """SIGINT and SIGTERM append their number to `stops` (the loop then saves and ends); a second
     signal kills at once."""
