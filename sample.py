@@ -402,12 +402,12 @@ def run(model, mode, args):
     c = model.config
     records = []
     if args.component is not None:
-        if c.latent != "gmm":
+        if not model.family.has_components:
             raise CLIError(f"--component needs a --latent gmm checkpoint; this one's latent family is {c.latent}")
         if not 0 <= args.component < c.mixture_components:
             raise CLIError(f"--component {args.component}: the mixture has components 0..{c.mixture_components - 1}")
     if args.prior == "fitted" and model.fitted_prior is None:
-        if c.latent == "vq":
+        if not model.family.fits_prior:
             raise CLIError("a vq checkpoint has no fitted prior: its draws are uniform codes (--prior uniform)")
         raise CLIError(
             f"{args.checkpoint} has no fitted prior: fit one with "
@@ -419,7 +419,7 @@ def run(model, mode, args):
         raise CLIError(f"--{e}") from None
     prior_used = "fitted" if model.uses_fitted_prior(args.prior, args.component) else "uniform"
     if mode == "codes":
-        if c.latent != "vq":
+        if not model.family.has_codes:
             raise CLIError(f"--codes needs a --latent vq checkpoint; this one's latent family is {c.latent}")
         if len(args.code_ids) != c.num_latent_layers:
             raise CLIError(
@@ -431,7 +431,7 @@ def run(model, mode, args):
             raise CLIError(f"--codes: {bad[0]} is not a code; codes are 0..{c.codebook_size - 1}")
 
     def add(z, **fields):
-        if c.latent == "vq":  # the code indices, which --codes takes back
+        if model.family.has_codes:  # the code indices, which --codes takes back
             fields["codes"] = model.z_to_codes(z[None])[0].tolist()
         if args.with_z:
             fields["z"] = z.tolist()
@@ -462,8 +462,7 @@ def run(model, mode, args):
             else args.held_out
         )
         check_lengths(model, texts, args.strict)
-        k = 1 if c.latent == "vq" else c.z_dim  # vq: the ranges are code positions, one per layer
-        layers = sorted({d // k for a, b in ranges for d in range(a, b)})
+        layers = generate.edited_layers(model, args.replace_dims)
         out, z = generate.edit(
             model, texts, args.replace_dims, n, return_z=True, component=args.component, prior=args.prior, **opts
         )
@@ -564,11 +563,7 @@ def print_table(mode, records, args, model, out):
         _table(["input", "output"], [[r["input"], r["output"]] for r in records], out)
     elif mode == "edit":  # what was replaced once, then each sentence with its variants indented below it
         r0 = records[0]
-        what = (
-            f"code positions {r0['replace_dims']} of {model.config.num_latent_layers}"
-            if model.config.latent == "vq"
-            else f"dims {r0['replace_dims']} of {model.config.latent_dim}"
-        )
+        what = f"{generate.edit_unit(model)} {r0['replace_dims']} of {generate.edit_size(model)}"
         source = {"fitted": "the fitted prior's conditional given the kept dims", "uniform": "the training prior"}
         print(
             f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest), "

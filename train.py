@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from univae import data as D
-from univae import training
+from univae import generate, training
 from univae.checkpoint import read_config
 from univae.config import (
     BOW_FLAGS,
@@ -272,9 +272,7 @@ def describe(model, n_unk, n_unk_val, n_trunc):
     return (
         f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
         f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
-        + (f" kappa {','.join(f'{k:g}' for k in c.kappas)}" if c.latent == "vmf" else "")
-        + (f" codebook {c.codebook_size} ({c.vq_distance})" if c.latent == "vq" else "")
-        + (f" {c.mixture_components} components" if c.latent == "gmm" else "")
+        + "".join(f" {d}" for d in [model.family.describe(c)] if d)
         + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated"
     )
 
@@ -449,11 +447,8 @@ def show(model, val_sentences, n=5):
     print("\nrandom samples from the prior:")
     for s in model.sample(n):
         print(f"  {s}")
-    vq = model.config.latent == "vq"  # vq edits whole codes: --replace-dims counts code positions
-    dims = f"0:{1 if vq else model.config.z_dim}"  # the lowest latent layer: the default trains it to hold the content
-    print(
-        f'\nedit: replace {"code positions" if vq else "latent dims"} {dims} (the lowest latent layer) of "{texts[0]}":'
-    )
+    dims = generate.layer_span(model, 0)  # the lowest latent layer: the default trains it to hold the content
+    print(f'\nedit: replace latent {generate.edit_unit(model)} {dims} (the lowest latent layer) of "{texts[0]}":')
     for s in model.edit(texts[0], dims, n=3):
         print(f"  {s}")
     print("\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")

@@ -12,7 +12,7 @@ from torch.distributions import Normal, kl_divergence
 
 from univae.config import TrainConfig, preset
 from univae.diagnostics import active_units, collapse_warning, expected_codes, kl_per_dim, mutual_information
-from univae.latents import VMF, Gaussian, vmf_mean_cosine
+from univae.latents import FAMILIES, VMF, Gaussian, family_class, log_sphere_area, make_family, vmf_mean_cosine
 from univae.model import UniVAE
 from univae.objective import VAEObjective, char_class_token_masks, kl_anneal_weight
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer
@@ -489,3 +489,46 @@ def test_code_dropout_feeds_the_decoder_a_prior_draw_for_one_layer():
     with torch.no_grad():
         plain = model.train()(ids, tt, sample=False)
     assert (plain.logits - out.logits).abs().max() > 1e-3  # and dropping it mattered
+
+
+def test_family_abilities_answer_what_callers_used_to_ask_by_name():
+    """The class attributes that replace `latent == "vq"` checks, per family, and describe()'s words."""
+    abilities = ("has_codes", "has_components", "fits_prior", "edits_whole_layers", "kl_is_constant")
+    got = {name: tuple(getattr(family_class(name), a) for a in abilities) for name in FAMILIES}
+    assert got == {
+        "vmf": (False, False, True, False, True),
+        "gaussian": (False, False, True, False, False),
+        "vq": (True, False, False, True, True),
+        "gmm": (False, True, True, False, False),
+    }
+    config = preset("debug", latent="vmf", kappa=[32, 16])
+    assert family_class("vmf").describe(config) == "kappa 32,16"
+    assert family_class("vq").describe(preset("debug", latent="vq", codebook_size=8)) == "8 codes per layer (l2)"
+    assert family_class("gmm").describe(preset("debug", latent="gmm", mixture_components=3)) == (
+        "3 components per layer"
+    )
+    with pytest.raises(ValueError, match="'flow' is not implemented"):
+        family_class("flow")
+
+
+@pytest.mark.parametrize("name", ["vmf", "gaussian", "gmm"])
+def test_log_prior_is_a_normalised_density(name):
+    """Each family's log_prior against a reference: the sphere's uniform density, N(0, I), the mixture's
+    logsumexp written out with torch.distributions."""
+    config = preset("debug", latent=name, num_latent_layers=2)
+    family = make_family(config)
+    z = family.prior(6, layer=1)
+    got = family.log_prior(z, layer=1)
+    if name == "vmf":
+        expected = torch.full((6,), -log_sphere_area(config.z_dim))
+    elif name == "gaussian":
+        expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    else:
+        comp = torch.distributions.Independent(
+            torch.distributions.Normal(family.prior_mean[1], family.prior_logvar[1].mul(0.5).exp()), 1
+        )
+        mix = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(logits=torch.zeros(config.mixture_components)), comp
+        )
+        expected = mix.log_prob(z)
+    torch.testing.assert_close(got, expected.detach())

@@ -127,13 +127,6 @@ def layer_codes(model, z):
     return [[zl.tolist() for zl in model.split_z(row.float())] for row in z.cpu()]
 
 
-def redrawn_layers(model, dims):
-    """The latent layers (0 = lowest) that a dims spec touches (vq: code positions are layers)."""
-    _, ranges = generate.parse_dims(dims, generate.edit_size(model))
-    k = 1 if model.config.latent == "vq" else model.config.z_dim
-    return sorted({d // k for a, b in ranges for d in range(a, b)})
-
-
 def _one_list(result):
     """model.transfer's outputs for one input sentence, as a list of str (a str, a list of str, or a
     list with one list per input)."""
@@ -200,7 +193,7 @@ def create_app(model, checkpoint=""):
             "notice": truncation_notice(model, req.text),
             "code": layer_codes(model, z)[0],
         }
-        if c.latent == "vq":
+        if model.family.has_codes:
             reply["code_ids"] = model.z_to_codes(z)[0].tolist()
         return reply
 
@@ -218,7 +211,7 @@ def create_app(model, checkpoint=""):
             dims = ",".join(generate.layer_span(model, j) for j in sorted(set(req.layers)))
         else:
             raise HTTPException(400, "choose at least one latent layer (or dims) to redraw")
-        layers = call(redrawn_layers, model, dims)
+        layers = call(generate.edited_layers, model, dims)
         used = prior_used(req.prior)
         recon = call(generate.reconstruct, model, [req.text], beam_size=req.beam)[0]
         out, z = call(

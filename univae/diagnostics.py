@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from univae.latents import family_class
+
 COLLAPSE_KL = 0.1  # nats per latent layer: below this a Gaussian layer tells the decoder almost nothing
 COLLAPSE_AU = 0.1  # fraction of a layer's dims: a layer with fewer active units than this is collapsed
 
@@ -147,28 +149,28 @@ def collapse_warning(metrics, config, au_delta=0.01):
                      dims, not that it collapsed (the default run's "50 of 192"). Whether z carries
                      the sentence shows in the eval row's reconstruction and MI.
     """
-    latent = config.latent
+    family = family_class(config.latent)
     problems = []
-    if latent in ("gaussian", "gmm") and "kl_per_layer" in metrics:
+    if not family.kl_is_constant and "kl_per_layer" in metrics:
         low = [j for j, kl in enumerate(metrics["kl_per_layer"]) if kl < COLLAPSE_KL]
         if low:
             kls = ", ".join(f"{kl:.3f}" for kl in metrics["kl_per_layer"])
             problems.append(f"KL per layer [{kls}] nats, layer(s) {low} below {COLLAPSE_KL}")
-    if latent in ("gaussian", "gmm") and "au_per_layer" in metrics:
+    if not family.kl_is_constant and "au_per_layer" in metrics:
         low = [j for j, a in enumerate(metrics["au_per_layer"]) if a < COLLAPSE_AU * config.z_dim]
         if low:
             problems.append(
                 f"active units {metrics['au']} of {config.latent_dim} (delta {au_delta:g}), "
                 f"layer(s) {low} with fewer than {COLLAPSE_AU:.0%} of {config.z_dim} dims"
             )
-    if latent == "vq" and "codebook" in metrics:
+    if "codebook" in metrics:
         perplexity = metrics["codebook"]["perplexity"]
         low = [j for j, p in enumerate(perplexity) if p < 2]
         if low:
             problems.append(
                 f"codebook perplexity [{', '.join(f'{p:.2f}' for p in perplexity)}], layer(s) {low} use about one code"
             )
-    if latent == "gmm" and "mixture" in metrics:
+    if "mixture" in metrics:
         mi_c = metrics["mixture"]["mi_c"]
         low = [j for j, mi in enumerate(mi_c) if mi < COLLAPSE_KL]
         if low:
@@ -178,16 +180,7 @@ def collapse_warning(metrics, config, au_delta=0.01):
             )
     if not problems:
         return None
-    if latent == "vq":
-        remedies = "a smaller --vq-dead-steps, --vq-distance cosine, --word-dropout 0.3, --bow-weight 1"
-    elif latent == "gmm":
-        remedies = (
-            "--dispersion-weight 0.1, --mi-weight 0, --kl-anneal cyclical, --free-bits 0.5, "
-            "--word-dropout 0.3, --bow-weight 1"
-        )
-    else:
-        remedies = "--kl-anneal cyclical, --free-bits 0.5, --word-dropout 0.3, --target-rate 10, --bow-weight 1"
     return (
         f"warning: posterior collapse? {'; '.join(problems)} -- the decoder may be modelling the text "
-        f"without z (KL pressure too strong early, or a decoder strong enough alone); try {remedies}"
+        f"without z (KL pressure too strong early, or a decoder strong enough alone); try {family.collapse_remedies}"
     )

@@ -67,6 +67,7 @@ import os
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ from univae import metrics as M
 from univae.density import SAMPLE_SPREAD
 from univae.diagnostics import latent_metrics
 from univae.generate import Decoding, decode_ids, edit_size, edit_z, layer_span, parse_dims
+from univae.latents import family_class
 from univae.model import UniVAE
 from univae.rundir import ARGS_FILE, checkpoint_step, read_train_args, split_corpus
 from univae.tokenizer import detokenize, encode_texts
@@ -133,29 +135,9 @@ def load_data(spec, maxlen, train_args):
 # ----------------------------------------------------------------------------- likelihood pieces
 
 
-def log_sphere_area(d):
-    """log |S^{d-1}|, the surface area of the unit sphere in R^d: 2 pi^{d/2} / Gamma(d/2)."""
-    return math.log(2) + (d / 2) * math.log(math.pi) - math.lgamma(d / 2)
-
-
-DENSITY_FAMILIES = ("vmf", "gaussian", "gmm")  # latent families whose prior density log_prior_density knows
-
-
-def log_prior_density(config, z, family=None, layer=None):
-    """log p(z_l) per row for one latent layer's code (B, z_dim): vMF's prior is uniform on the
-    sphere, the Gaussian's N(0, I), gmm's the marginal mixture of latent layer `layer` (family.log_prior)."""
-    if config.latent == "vmf":
-        return z.new_full(z.shape[:-1], -log_sphere_area(z.shape[-1]))
-    if config.latent == "gaussian":
-        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-    if config.latent == "gmm":
-        return family.log_prior(z, layer)
-    raise ValueError(f"no prior density for the {config.latent!r} family")
-
-
 def has_density(model):
     """True when the IW estimate can be computed: a posterior density (family.log_q) and a prior one."""
-    return model.config.latent in DENSITY_FAMILIES and hasattr(model.family, "log_q")
+    return hasattr(model.family, "log_q") and hasattr(model.family, "log_prior")
 
 
 def sequence_log_likelihood(model, z, tgt):
@@ -189,7 +171,7 @@ def importance_weighted(model, ids, n_samples):
     for j, p in enumerate(model.posterior_params(ids)):
         p = p.repeat_interleave(K, dim=0)  # (B*K, param_dim), rows b*K + k
         z = family.sample(p, layer=j)
-        log_p = log_prior_density(model.config, z, family, j)
+        log_p = family.log_prior(z, layer=j)
         log_prior_ratio = log_prior_ratio + log_p.double() - family.log_q(z, p, layer=j).double()
         zs.append(z)
     tgt = trim(ids, model.config.pad_token_id).repeat_interleave(K, dim=0)
@@ -743,9 +725,7 @@ def write_markdown(report, path):
         "",
         f"Step {fmt(c['step'])}. {config['model_type']}, {config['num_hidden_layers']} layers x {config['hidden_size']}, "
         f"{config['num_latent_layers']} latent layers x {config['z_dim']} dims ({config['latent']}"
-        + (f", kappa {config['kappa']}" if config["latent"] == "vmf" else "")
-        + (f", {config['codebook_size']} codes per layer, {config['vq_distance']}" if config["latent"] == "vq" else "")
-        + (f", {config['mixture_components']} components per layer" if config["latent"] == "gmm" else "")
+        + "".join(f", {d}" for d in [family_class(config["latent"]).describe(SimpleNamespace(**config))] if d)
         + f"), maxlen {config['maxlen']}, "
         f"vocab {config['vocab_size']}.",
         "",

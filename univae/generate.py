@@ -542,15 +542,25 @@ def edit_size(model):
     """What --replace-dims ranges index: the latent_dim dims of z, or for VQ the n_latent code
     positions (one per latent layer; a code is replaced whole)."""
     c = model.config
-    return c.num_latent_layers if _space(model) == "codebook" else c.latent_dim
+    return c.num_latent_layers if model.family.edits_whole_layers else c.latent_dim
+
+
+def edit_unit(model):
+    """What --replace-dims counts, in words: "dims", or "code positions" (VQ)."""
+    return "code positions" if model.family.edits_whole_layers else "dims"
 
 
 def layer_span(model, j):
     """The --replace-dims range that covers latent layer j (0 = lowest)."""
-    if _space(model) == "codebook":
-        return f"{j}:{j + 1}"
-    k = model.config.z_dim
+    k = 1 if model.family.edits_whole_layers else model.config.z_dim
     return f"{j * k}:{(j + 1) * k}"
+
+
+def edited_layers(model, dims):
+    """The latent layers (0 = lowest) that a --replace-dims spec touches."""
+    _, ranges = parse_dims(dims, edit_size(model))
+    k = 1 if model.family.edits_whole_layers else model.config.z_dim
+    return sorted({d // k for a, b in ranges for d in range(a, b)})
 
 
 def fill_spheres(z, replaced, z_dim):

@@ -12,12 +12,25 @@ code z (`z_dim` wide). Every family has the same small interface:
     log_q(z, params)      log q(z|x) (and layer=, like the others); broadcasts, so z (M, 1, k) against params (1, N, p) gives (M, N)
                           (not for VQ, whose posterior is a point mass)
     expected_z(params)    E_q[z] per example (for active units)
+    log_prior(z, layer)   log p(z) per row of one latent layer's code (not for VQ, whose prior is over code indices)
     space                 where codes live, what generate.py's latent arithmetic branches on:
                           "sphere" (vMF: slerp, renormalise), "euclidean" (Gaussian, mixture: linear),
                           "codebook" (VQ: results snapped to the nearest code)
     batch_terms(params_list, zs)   extra training terms of a batch, summed over latent layers, that
                           UniVAE.forward puts in its output (VQ: commitment; mixture: kl_c, dispersion, mi_c)
     usage_metrics(params_list)     family-specific eval diagnostics (VQ: "codebook", mixture: "mixture")
+
+and class attributes that callers ask instead of testing the family's name (`family_class(name)`
+gives the class from the config's name, before any model exists):
+
+    has_codes             sentences map to discrete code indices (VQ): --codes, z_to_codes
+    has_components        the prior is a mixture with named components (gmm): --component
+    fits_prior            python -m univae.prior can fit a density to its codes (not VQ: uniform codes)
+    edits_whole_layers    --replace-dims ranges count code positions, one per latent layer (VQ),
+                          rather than dims of z
+    constant_kl_reason    why the KL is constant, for error messages (kl_is_constant families)
+    collapse_remedies     flags to try when the posterior collapses, for the warning
+    describe(config)      the family's own settings in a few words ("kappa 32", "512 codes per layer (l2)")
 
 Families with per-layer state (VQ's codebooks, the mixture's components) hold it for all latent
 layers at once and take `layer=j` (0 = lowest latent layer) in every method that needs it; vMF and
@@ -59,10 +72,14 @@ def vmf_log_normalizer(kappa, d):
     return (d / 2 - 1) * math.log(kappa) - (d / 2) * math.log(2 * math.pi) - log_bessel_iv(d / 2 - 1, kappa)
 
 
+def log_sphere_area(d):
+    """log of the surface area of the unit sphere S^{d-1} in R^d: log(2 pi^(d/2) / Gamma(d/2))."""
+    return math.log(2) + (d / 2) * math.log(math.pi) - math.lgamma(d / 2)
+
+
 def vmf_kl_uniform(kappa, d):
     """KL(vMF(kappa) || uniform on S^{d-1}) in nats; the same for every mu (≈7.58 at kappa=32, d=16)."""
-    log_area = math.log(2) + (d / 2) * math.log(math.pi) - math.lgamma(d / 2)
-    return kappa * vmf_mean_cosine(kappa, d) + vmf_log_normalizer(kappa, d) + log_area
+    return kappa * vmf_mean_cosine(kappa, d) + vmf_log_normalizer(kappa, d) + log_sphere_area(d)
 
 
 class Family(nn.Module):
@@ -70,6 +87,16 @@ class Family(nn.Module):
 
     space = "euclidean"
     kl_is_constant = False
+    constant_kl_reason = ""
+    has_codes = False
+    has_components = False
+    fits_prior = True
+    edits_whole_layers = False
+    collapse_remedies = "--kl-anneal cyclical, --free-bits 0.5, --word-dropout 0.3, --target-rate 10, --bow-weight 1"
+
+    @classmethod
+    def describe(cls, config):
+        return ""
 
     def batch_terms(self, params_list, zs):
         return {}
@@ -108,6 +135,12 @@ class VMF(Family):
         self.mean_cosines = [vmf_mean_cosine(k, z_dim) for k in self.kappas]
 
     space = "sphere"
+    constant_kl_reason = "with fixed kappa"
+
+    @classmethod
+    def describe(cls, config):
+        kappa = config.kappa if isinstance(config.kappa, (list, tuple)) else [config.kappa]
+        return f"kappa {','.join(f'{k:g}' for k in kappa)}"
 
     def _index(self, layer):
         if len(self.kappas) == 1:
@@ -145,6 +178,10 @@ class VMF(Family):
 
     def prior(self, n, device=None, layer=None):
         return F.normalize(torch.randn(n, self.z_dim, device=device), dim=-1)
+
+    def log_prior(self, z, layer=None):
+        """The uniform density on the sphere: minus the log of its area, for every z."""
+        return z.new_full(z.shape[:-1], -log_sphere_area(z.shape[-1]), dtype=torch.float32)
 
     def log_q(self, z, params, layer=None):
         i = self._index(layer)
@@ -191,6 +228,10 @@ class Gaussian(Family):
     def prior(self, n, device=None, layer=None):
         return torch.randn(n, self.z_dim, device=device)
 
+    def log_prior(self, z, layer=None):
+        """log N(z; 0, I)."""
+        return -0.5 * (z.float().pow(2) + math.log(2 * math.pi)).sum(-1)
+
     def log_q(self, z, params, layer=None):
         mu, logvar = self.split(params)
         return -0.5 * ((z.float() - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
@@ -228,6 +269,15 @@ class VQ(Family):
 
     space = "codebook"
     kl_is_constant = True
+    constant_kl_reason = "(log K per layer)"
+    has_codes = True
+    fits_prior = False
+    edits_whole_layers = True
+    collapse_remedies = "a smaller --vq-dead-steps, --vq-distance cosine, --word-dropout 0.3, --bow-weight 1"
+
+    @classmethod
+    def describe(cls, config):
+        return f"{config.codebook_size} codes per layer ({config.vq_distance})"
 
     def __init__(self, n_layers, z_dim, size, distance="l2", decay=0.99, dead_steps=100, eps=1e-5):
         super().__init__()
@@ -367,6 +417,13 @@ class GaussianMixture(Gaussian):
     KL(q(c) || p(c)) + I(x; c), q(c) the batch's mean q(c|x), I(x; c) = H(q(c)) - mean_x H(q(c|x))
     (mi_c), weighed by --mi-weight (DEM-VAE's --use_mutual is weight 0)."""
 
+    has_components = True
+    collapse_remedies = "--dispersion-weight 0.1, --mi-weight 0, --kl-anneal cyclical, --free-bits 0.5, --word-dropout 0.3, --bow-weight 1"
+
+    @classmethod
+    def describe(cls, config):
+        return f"{config.mixture_components} components per layer"
+
     def __init__(self, n_layers, z_dim, components):
         super().__init__(z_dim)
         self.components = components
@@ -427,7 +484,7 @@ class GaussianMixture(Gaussian):
         m, s = self.prior_mean[layer].detach()[c], self.prior_logvar[layer].detach()[c]
         return m + torch.exp(0.5 * s) * torch.randn(n, self.z_dim, device=device)
 
-    def log_prior(self, z, layer):
+    def log_prior(self, z, layer=None):
         """log p(z) = logsumexp_c [log p(c) + log N(z; m_c, exp(s_c))] for z (..., z_dim) -> (...)."""
         m, s = self.prior_mean[layer].float(), self.prior_logvar[layer].float()
         log_n = -0.5 * ((z.float()[..., None, :] - m) ** 2 * torch.exp(-s) + s + math.log(2 * math.pi)).sum(-1)
@@ -466,12 +523,23 @@ class GaussianMixture(Gaussian):
         return {"mixture": out}
 
 
+FAMILIES = {"vmf": VMF, "gaussian": Gaussian, "vq": VQ, "gmm": GaussianMixture}
+
+
+def family_class(name):
+    """The family class a config's `latent` names (its class attributes say what the family can do)."""
+    if name not in FAMILIES:
+        raise ValueError(f"latent family {name!r} is not implemented (choose from {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
 def make_family(config):
-    if config.latent == "vmf":
+    cls = family_class(config.latent)
+    if cls is VMF:
         return VMF(config.z_dim, config.kappa)
-    if config.latent == "gaussian":
+    if cls is Gaussian:
         return Gaussian(config.z_dim)
-    if config.latent == "vq":
+    if cls is VQ:
         return VQ(
             config.num_latent_layers,
             config.z_dim,
@@ -480,6 +548,4 @@ def make_family(config):
             config.vq_decay,
             config.vq_dead_steps,
         )
-    if config.latent == "gmm":
-        return GaussianMixture(config.num_latent_layers, config.z_dim, config.mixture_components)
-    raise ValueError(f"latent family {config.latent!r} is not implemented")
+    return GaussianMixture(config.num_latent_layers, config.z_dim, config.mixture_components)

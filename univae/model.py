@@ -530,7 +530,7 @@ class UniVAE(nn.Module):
             return self.fitted_prior.sample(n, spread=SAMPLE_SPREAD if spread is None else spread).to(device)
         if component is None:
             return torch.cat([self.family.prior(n, device, layer=j) for j in range(n_latent)], dim=-1)
-        if self.config.latent != "gmm":
+        if not self.family.has_components:
             raise ValueError(f"a mixture component needs --latent gmm; this model's latent is {self.config.latent}")
         per_layer = [component] * n_latent if isinstance(component, int) else list(component)
         if len(per_layer) != n_latent:
@@ -553,25 +553,25 @@ class UniVAE(nn.Module):
 
     # ------------------------------------------------------------------ discrete views (vq codes, gmm components)
 
-    def _need(self, latent):
-        if self.config.latent != latent:
+    def _need(self, ability, latent):
+        if not getattr(self.family, ability):
             raise ValueError(f"this needs --latent {latent}; the model's latent family is {self.config.latent}")
 
     @torch.no_grad()
     def encode_codes(self, texts, batch_size=256):
         """vq: sentences -> their code indices, LongTensor (N, n_latent), lowest latent layer first."""
-        self._need("vq")
+        self._need("has_codes", "vq")
         return self.z_to_codes(self.encode(texts, batch_size))
 
     def z_to_codes(self, z):
         """vq: codes (N, n_latent*z_dim) -> the index of the nearest code per layer, (N, n_latent)."""
-        self._need("vq")
+        self._need("has_codes", "vq")
         z = z.to(self.device)
         return torch.stack([self.family.codes(zl, layer=j) for j, zl in enumerate(self.split_z(z))], dim=-1).cpu()
 
     def codes_to_z(self, codes):
         """vq: code indices (N, n_latent) -> z (N, n_latent*z_dim), the code vectors the decoder reads."""
-        self._need("vq")
+        self._need("has_codes", "vq")
         codes = torch.as_tensor(codes, dtype=torch.long)
         n, K = self.config.num_latent_layers, self.config.codebook_size
         if codes.dim() != 2 or codes.shape[1] != n:
@@ -590,7 +590,7 @@ class UniVAE(nn.Module):
         """gmm: sentences -> argmax_c q(c|x) per latent layer, LongTensor (N, n_latent)."""
         from univae.tokenizer import encode_texts
 
-        self._need("gmm")
+        self._need("has_components", "gmm")
         ids, _, _ = encode_texts(self.tokenizer, texts, self.config.maxlen)
         params = self.posterior_params(ids.to(self.device))
         return torch.stack([self.family.component_log_probs(p).argmax(-1) for p in params], dim=-1).cpu()

@@ -127,8 +127,8 @@ class VAEObjective(nn.Module):
         each --bow-chars class counts (char_class_token_masks); needed when a class other than all is
         chosen."""
         super().__init__()
-        c = model.config
-        self.kl_constant = model.family.kl_is_constant
+        c, family = model.config, model.family
+        self.kl_constant = family.kl_is_constant
         self.kl_weight, self.kl_reduction = cfg.kl_weight, cfg.kl_reduction
         self.anneal = dict(
             schedule=cfg.kl_anneal,
@@ -151,12 +151,12 @@ class VAEObjective(nn.Module):
                 if on
             ]
             if useless:
-                why = "with fixed kappa" if c.latent == "vmf" else "(log K per layer)"
                 raise ValueError(
-                    f"{', '.join(useless)} act on the KL, but --latent {c.latent} {why} has a constant KL; "
+                    f"{', '.join(useless)} act on the KL, but --latent {c.latent} {family.constant_kl_reason} has a "
+                    "constant KL; "
                     "use --latent gaussian, or --word-dropout / --bow-weight, which work with any latent"
                 )
-        self.mixture = c.latent == "gmm"
+        self.mixture = family.has_components
         self.dispersion_weight, self.mi_weight = cfg.dispersion_weight, cfg.mi_weight
         if not self.mixture and (
             cfg.dispersion_weight != TrainConfig.dispersion_weight or cfg.mi_weight != TrainConfig.mi_weight
