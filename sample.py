@@ -57,7 +57,7 @@ import torch
 
 from univae import generate
 from univae.config import ATTN_BACKENDS
-from univae.generate import Decoding
+from univae.decoding import Decoding
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "last")
 DEFAULT_N = {"prior": 10, "edit": 6, "analogy": 1, "augment": 4, "codes": 1}

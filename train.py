@@ -22,7 +22,6 @@ import time
 import torch
 import torch.distributed as dist
 
-from univae import data as D
 from univae import generate, training
 from univae.checkpoint import read_config
 from univae.config import (
@@ -37,6 +36,7 @@ from univae.config import (
     from_hf_config,
     preset,
 )
+from univae.data import Batches, load_sentences, split
 from univae.density import PRIOR_FILE, fit_prior
 from univae.model import UniVAE
 from univae.objective import VAEObjective, char_class_token_masks
@@ -236,13 +236,13 @@ def model_maxlen(cfg, model_overrides, resume_dir):
 
 def load_data(cfg, maxlen, log):
     """The corpus, cut to maxlen - 2 characters per piece, as train / val / test splits."""
-    sentences, stats = D.load_sentences(cfg.corpus, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
+    sentences, stats = load_sentences(cfg.corpus, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
     if cfg.val:
-        val_sentences, _ = D.load_sentences(cfg.val, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
-        splits = D.split(sentences, seed=cfg.split_seed, val_fraction=0.0)
+        val_sentences, _ = load_sentences(cfg.val, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
+        splits = split(sentences, seed=cfg.split_seed, val_fraction=0.0)
         splits["val"] = val_sentences
     else:
-        splits = D.split(sentences, seed=cfg.split_seed)
+        splits = split(sentences, seed=cfg.split_seed)
     log(
         f"corpus {cfg.corpus}: {stats['lines']} lines, {stats['sentences']} sentences "
         f"({stats['duplicates']} duplicates dropped, {stats['skipped']} bad lines skipped) -> "
@@ -348,7 +348,7 @@ def main(argv=None):
     )
     # fused: one kernel over all parameters, on CPU too (6x faster than the per-tensor loop for `small`)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
-    batches = D.Batches(
+    batches = Batches(
         train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=BUCKET, pad_id=c.pad_token_id
     )
     run_args = {**dataclasses.asdict(cfg), "lr": lr, "resume": None, "world_size": world}

@@ -14,7 +14,7 @@ per-step cost behaves along the sequence.
    state, so it is activations plus allocator slack (Linux: the peak is reset through
    /proc/self/clear_refs first; elsewhere ru_maxrss, which a larger earlier peak can hide). On CUDA:
    torch.cuda.max_memory_allocated over the same two steps, minus what was allocated before.
-2. Decoding: univae.generate.CachedDecoder on N rows, every step timed (median over repetitions),
+2. Decoding: univae.decoding.CachedDecoder on N rows, every step timed (median over repetitions),
    for each --decode-maxlen; the first, middle and last few steps, last/first (the target: flat,
    <= 1.3x), the FLOPs of the first and last step (FlopCounterMode), and the recompute decoder's
    step (the reference's way: the whole joined sequence per token), interleaved with it.
@@ -33,7 +33,7 @@ import torch
 from common import device_arg, flop_counter, interleaved, machine_note, ms, ratio, setup, sync, table  # noqa: E402 (sets sys.path)
 
 from univae import data as D  # noqa: E402
-from univae import generate as G  # noqa: E402
+from univae import decoding  # noqa: E402
 from univae.config import preset  # noqa: E402
 from univae.model import UniVAE  # noqa: E402
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer  # noqa: E402
@@ -186,7 +186,7 @@ def decode_scaling(args, device):
         with torch.no_grad():
 
             def run_cached():
-                decoder = G.CachedDecoder(model, z)
+                decoder = decoding.CachedDecoder(model, z)
                 for t in range(T):
                     sync(device)
                     t0 = time.perf_counter()
@@ -194,7 +194,7 @@ def decode_scaling(args, device):
                     sync(device)
                     steps[t].append(time.perf_counter() - t0)
 
-            recompute = G.RecomputeDecoder(model, z)
+            recompute = decoding.RecomputeDecoder(model, z)
             fns = {
                 "cached (all steps)": run_cached,
                 "recompute first": lambda: recompute(prefix[:, :1]),
@@ -206,7 +206,7 @@ def decode_scaling(args, device):
             med = [statistics.median(s) for s in steps]
             w = min(args.window, T // 2)  # single steps are ~ms: compare windows of w steps
             first, middle, last = (statistics.mean(med[i : i + w]) for i in (0, (T - w) // 2, T - w))
-            decoder = G.CachedDecoder(model, z)
+            decoder = decoding.CachedDecoder(model, z)
             flops = []
             for t in range(T):
                 if t in (0, T - 1):

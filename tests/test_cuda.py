@@ -50,7 +50,7 @@ import masks  # noqa: E402
 import train  # noqa: E402
 import univae  # noqa: E402
 import univae.trainer  # noqa: E402
-from univae import generate as G  # noqa: E402
+from univae import decoding  # noqa: E402
 from univae.attention import attend  # noqa: E402
 from univae.model import _build_mask  # noqa: E402
 
@@ -260,11 +260,11 @@ def test_compiled_decode_step_under_cuda_graphs_equals_eager(hf_dirs, cuda_graph
     cls = m.tokenizer.token_to_id("[CLS]")
     steps = m.config.maxlen - 1
     with torch.no_grad():
-        compiled = G.CachedDecoder(m, z[:4], compile_step=True)
+        compiled = decoding.CachedDecoder(m, z[:4], compile_step=True)
         for batch, zb in enumerate((z[:4], z[4:])):
             if batch:
                 compiled.reset(zb)
-            eager = G.CachedDecoder(m, zb)
+            eager = decoding.CachedDecoder(m, zb)
             prefix = torch.full((4, 1), cls, device="cuda")
             for t in range(steps):
                 with torch._dynamo.config.patch(error_on_recompile=batch > 0 or t > 0):

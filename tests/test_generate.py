@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import univae
+from univae import decoding
 from univae import generate as G
 from univae.attention import BACKENDS
 from univae.latents import vmf_mean_cosine
@@ -35,7 +36,7 @@ def model(request, hf_dirs):
 
 def _step_all(model, z, steps):
     """Feed the cached and the recompute decoder the same greedy prefix; their logits at every step."""
-    cached, recompute = G.CachedDecoder(model, z), G.RecomputeDecoder(model, z)
+    cached, recompute = decoding.CachedDecoder(model, z), decoding.RecomputeDecoder(model, z)
     prefix = torch.full((z.shape[0], 1), model.tokenizer.token_to_id("[CLS]"))
     out = []
     for _ in range(steps):
@@ -61,9 +62,9 @@ def test_cached_logits_equal_recompute_at_every_step(hf_dirs, kind, attn):
         teacher = m.decode_logits(z, prefix[:, :-1])  # teacher forcing on the same prefix
         torch.testing.assert_close(torch.stack([c for c, _ in steps], 1), teacher, atol=1e-5, rtol=0)
         # the test can fail: another z, or a cache without the latent slot, changes the logits
-        other = G.CachedDecoder(m, m.sample_prior(3))(prefix[:, :1])
+        other = decoding.CachedDecoder(m, m.sample_prior(3))(prefix[:, :1])
         assert (other - steps[0][0]).abs().max() > 1e-2
-        empty = G.CachedDecoder(m, z)
+        empty = decoding.CachedDecoder(m, z)
         for cache in empty.caches:
             cache.k.zero_(), cache.v.zero_()
         assert (empty(prefix[:, :1]) - steps[0][0]).abs().max() > 1e-2
@@ -76,8 +77,8 @@ def test_greedy_and_beam_outputs_identical_cached_and_recompute(model, attn):
     z = model.sample_prior(4)
     greedy = model.generate(z)
     assert greedy == model.generate(z, use_cache=False)
-    assert G.decode_ids(model, z, G.Decoding(beam_size=3)) == G.decode_ids(
-        model, z, G.Decoding(beam_size=3, use_cache=False)
+    assert decoding.decode_ids(model, z, decoding.Decoding(beam_size=3)) == decoding.decode_ids(
+        model, z, decoding.Decoding(beam_size=3, use_cache=False)
     )
     assert model.generate(z, beam_size=1) == greedy
 
@@ -90,7 +91,7 @@ def test_flex_backend(hf_dirs):
     torch.manual_seed(3)
     z = m.sample_prior(4)
     with torch.no_grad():
-        cached, recompute = G.CachedDecoder(m, z), G.RecomputeDecoder(m, z)
+        cached, recompute = decoding.CachedDecoder(m, z), decoding.RecomputeDecoder(m, z)
         prefix = torch.full((4, 1), m.tokenizer.token_to_id("[CLS]"))
         steps = []
         for t in range(m.config.maxlen - 1):
@@ -126,7 +127,7 @@ def test_compiled_step_equals_eager_without_recompiling(hf_dirs, kind, fresh_dyn
     torch.manual_seed(14)
     z = m.sample_prior(1)
     with torch.no_grad():
-        eager, compiled = G.CachedDecoder(m, z), G.CachedDecoder(m, z, compile_step=True)
+        eager, compiled = decoding.CachedDecoder(m, z), decoding.CachedDecoder(m, z, compile_step=True)
         prefix = torch.full((1, 1), m.tokenizer.token_to_id("[CLS]"))
         for t in range(5):
             with torch._dynamo.config.patch(error_on_recompile=t > 0):
@@ -136,8 +137,8 @@ def test_compiled_step_equals_eager_without_recompiling(hf_dirs, kind, fresh_dyn
             prefix = torch.cat([prefix, want.argmax(-1, keepdim=True)], dim=1)
         other = m.sample_prior(1)
         with torch._dynamo.config.patch(error_on_recompile=True):
-            got = G.CachedDecoder(m, other, compile_step=True)(prefix[:, :1])
-        torch.testing.assert_close(got, G.CachedDecoder(m, other)(prefix[:, :1]), atol=1e-5, rtol=0)
+            got = decoding.CachedDecoder(m, other, compile_step=True)(prefix[:, :1])
+        torch.testing.assert_close(got, decoding.CachedDecoder(m, other)(prefix[:, :1]), atol=1e-5, rtol=0)
     assert counters["stats"]["unique_graphs"] == 1  # one graph: no graph break, no recompile
 
 
@@ -152,7 +153,7 @@ def test_generate_compiled_equals_eager(hf_dirs, fresh_dynamo):
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert model.generate(z[:1], beam_size=3, compile_step=True) == model.generate(z[:1], beam_size=3)
     with pytest.raises(ValueError, match="cached decoder"):
-        G.Decoding(compile_step=True, use_cache=False)
+        decoding.Decoding(compile_step=True, use_cache=False)
 
 
 @pytest.mark.parametrize("beam_size", [1, 2])
@@ -165,16 +166,16 @@ def test_batches_reuse_one_cached_decoder(hf_dirs, monkeypatch, beam_size):
     z = model.sample_prior(7)
     built = []
 
-    class Counting(G.CachedDecoder):
+    class Counting(decoding.CachedDecoder):
         def __init__(self, *a, **k):
             built.append(1)
             super().__init__(*a, **k)
 
-    monkeypatch.setattr(G, "CachedDecoder", Counting)
+    monkeypatch.setattr(decoding, "CachedDecoder", Counting)
     batched = model.generate(z, batch_size=3, beam_size=beam_size)
     assert len(built) == 2  # rows 0-2 and 3-5 share one decoder; row 6 is a batch of one
     assert batched == [model.generate(z[i : i + 1], beam_size=beam_size)[0] for i in range(7)]
-    decoder = G.CachedDecoder(model, z[:3])
+    decoder = decoding.CachedDecoder(model, z[:3])
     with pytest.raises(ValueError, match="3 rows"):
         decoder.reset(z[:2])
 
@@ -227,10 +228,10 @@ SPEC_SEP = SPECIAL["sep"]
 @pytest.mark.parametrize("alpha", [0.0, 0.6])
 def test_beam_search_finds_the_exhaustive_optimum(alpha):
     maxlen, V, K = 5, 6, 32  # 4 free tokens, beams wider than every prefix set: beam search is exact
-    opts = G.Decoding(beam_size=K, length_penalty=alpha)
+    opts = decoding.Decoding(beam_size=K, length_penalty=alpha)
     for seed in range(3):
         dec = TableDecoder(2 * K, V, seed)
-        got = G.beam_search(dec, 2, K, maxlen, SPECIAL, opts, "cpu")
+        got = decoding.beam_search(dec, 2, K, maxlen, SPECIAL, opts, "cpu")
         want = _brute_force(dec, maxlen, alpha)
         assert got[0] == want and got[1] == want, seed
 
@@ -249,9 +250,9 @@ def test_filter_logits_matches_hf():
     torch.manual_seed(5)
     logits = 3 * torch.randn(8, 50)
     for k in (1, 5, 50):
-        torch.testing.assert_close(G.filter_logits(logits, top_k=k), TopKLogitsWarper(k)(None, logits.clone()))
+        torch.testing.assert_close(decoding.filter_logits(logits, top_k=k), TopKLogitsWarper(k)(None, logits.clone()))
     for p in (0.05, 0.5, 0.9, 1.0):
-        torch.testing.assert_close(G.filter_logits(logits, top_p=p), TopPLogitsWarper(p)(None, logits.clone()))
+        torch.testing.assert_close(decoding.filter_logits(logits, top_p=p), TopPLogitsWarper(p)(None, logits.clone()))
 
 
 def test_no_repeat_ngram_matches_hf():
@@ -261,7 +262,7 @@ def test_no_repeat_ngram_matches_hf():
     prefix = torch.randint(0, 4, (16, 9))  # a small alphabet: many repeats
     logits = torch.randn(16, 6)
     for n in (1, 2, 3, 10):
-        ours = G.ban_repeated_ngrams(logits.clone(), prefix, n)
+        ours = decoding.ban_repeated_ngrams(logits.clone(), prefix, n)
         torch.testing.assert_close(ours, NoRepeatNGramLogitsProcessor(n)(prefix, logits.clone()))
 
 
@@ -288,14 +289,14 @@ def test_greedy_stops_at_sep_or_maxlen():
             logits[1, SPEC_SEP] = -5.0
             return logits
 
-    prefix = G.greedy_or_sample(StopDecoder(), 2, 8, SPECIAL, G.Decoding(), "cpu")
-    rows = [G._strip(r[1:], SPEC_SEP, 0) for r in prefix.tolist()]
+    prefix = decoding.greedy_or_sample(StopDecoder(), 2, 8, SPECIAL, decoding.Decoding(), "cpu")
+    rows = [decoding._strip(r[1:], SPEC_SEP, 0) for r in prefix.tolist()]
     assert rows == [[4, 4], [4] * 7]  # at most maxlen - 1 tokens
 
 
 def test_outputs_are_aligned_and_short_enough(model):
     torch.manual_seed(8)
-    out = G.decode_ids(model, model.sample_prior(5), G.Decoding())
+    out = decoding.decode_ids(model, model.sample_prior(5), decoding.Decoding())
     assert len(out) == 5 and all(len(ids) <= model.config.maxlen - 1 for ids in out)
     assert len(model.generate(model.sample_prior(5), batch_size=2)) == 5
     with pytest.raises(ValueError, match="shape"):

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import masks
 import univae.attention
 import univae.model
-from univae import generate as G
+from univae import decoding
 from univae.attention import SplitLayout
 from univae.config import preset
 from univae.model import UniVAE
@@ -106,7 +106,7 @@ def test_cached_decoder_builds_no_mask_per_step(monkeypatch):
     calls = _Calls(monkeypatch)
     z = model.sample_prior(2)
     with torch.no_grad():
-        decoder = G.CachedDecoder(model, z)
+        decoder = decoding.CachedDecoder(model, z)
         assert calls.n["materialize"] == 2  # the two (maxlen + 1)^2 masks, once
         prefix = torch.randint(5, model.config.vocab_size, (2, 4))
         for t in range(4):
@@ -208,7 +208,7 @@ def test_cached_decoder_flops_per_step_stay_flat(attn):
     z = model.sample_prior(3)
     prefix = torch.randint(5, c.vocab_size, (3, c.maxlen))
     with torch.no_grad():
-        decoder = G.CachedDecoder(model, z)
+        decoder = decoding.CachedDecoder(model, z)
         per_step = [_flops(lambda: decoder(prefix[:, : t + 1])) for t in range(c.maxlen)]
         uncached_last = _flops(lambda: model.decode_logits(z, prefix))
     assert per_step[0] > 0

@@ -169,7 +169,7 @@ def test_augment_drops_copies_of_the_source_and_duplicates(model, monkeypatch):
         4: [src, src + " ", "今天很好", "今天很好"],
         8: [src, "今天很好", "明天下雨", "今天天气", "今天天气", src, "x", "y"],
     }
-    monkeypatch.setattr(G, "_texts", lambda model, z, opts, forced=None: outputs[z.shape[0]])
+    monkeypatch.setattr(G, "decode_texts", lambda model, z, opts, forced=None: outputs[z.shape[0]])
     assert G.augment(model, [src], 4) == [["今天很好"]]  # " " differs from the source by whitespace alone
     ranked = G.augment(model, [src], 2, candidates=4, rank="overlap")[0]
     assert ranked == ["今天很好", "今天天气"]  # the two with the most characters of the source, in decoding order

@@ -40,6 +40,8 @@ except ImportError as e:  # the optional extra is missing: one line, not a trace
     sys.exit(f'univae.app: error: {e.name} is not installed; the explorer needs the app extra: pip install -e ".[app]"')
 
 from univae import generate
+from univae.checkpoint import CheckpointError
+from univae.model import load_trained
 from univae.tokenizer import detokenize
 
 N_MAX = 20  # edit variants and prior samples per request
@@ -272,9 +274,6 @@ def create_app(model, checkpoint=""):
 
 def load_model(path, device="cpu"):
     """A univae checkpoint directory -> the model in eval mode on `device`; AppError names what is wrong."""
-    from univae.checkpoint import CheckpointError
-    from univae.model import load_trained
-
     try:
         return load_trained(path, device)
     except CheckpointError as e:

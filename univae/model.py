@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import masks
+from univae import generate
 from univae.attention import SplitLayout, attend, resolve
 from univae.checkpoint import (
     CheckpointError,
@@ -32,8 +33,9 @@ from univae.checkpoint import (
     save_univae,
 )
 from univae.config import UniVAEConfig
-from univae.density import PRIOR_FILE, load_prior
+from univae.density import PRIOR_FILE, SAMPLE_SPREAD, load_prior
 from univae.latents import make_family
+from univae.tokenizer import encode_texts
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -479,8 +481,6 @@ class UniVAE(nn.Module):
     @torch.no_grad()
     def encode(self, texts, batch_size=256):
         """Sentences -> posterior mean codes (N, n_latent*z_dim); deterministic."""
-        from univae.tokenizer import encode_texts
-
         ids, _, _ = encode_texts(self.tokenizer, texts, self.config.maxlen)
         out = [self.encode_ids(chunk.to(self.device)) for chunk in ids.split(batch_size)]
         return torch.cat(out).float()
@@ -522,8 +522,6 @@ class UniVAE(nn.Module):
         per latent layer (a list); default: drawn from p(c). spread (fitted draws only): each mixture
         component's standard deviation times this; default univae.density.SAMPLE_SPREAD (1 = the
         fitted density itself)."""
-        from univae.density import SAMPLE_SPREAD
-
         device = device or self.device
         n_latent = self.config.num_latent_layers
         if self.uses_fitted_prior(prior, component):
@@ -588,8 +586,6 @@ class UniVAE(nn.Module):
     @torch.no_grad()
     def encode_components(self, texts):
         """gmm: sentences -> argmax_c q(c|x) per latent layer, LongTensor (N, n_latent)."""
-        from univae.tokenizer import encode_texts
-
         self._need("has_components", "gmm")
         ids, _, _ = encode_texts(self.tokenizer, texts, self.config.maxlen)
         params = self.posterior_params(ids.to(self.device))
@@ -633,42 +629,30 @@ class UniVAE(nn.Module):
 
     def generate(self, z, use_cache=True, **decoding):
         """Codes (N, latent_dim) -> N sentences. use_cache=False re-runs the whole joined sequence per step."""
-        from univae import generate
-
         return generate.generate(self, z, use_cache=use_cache, **decoding)
 
     def reconstruct(self, texts, **decoding):
         """Sentences -> their decoded posterior means."""
-        from univae import generate
-
         return generate.reconstruct(self, texts, **decoding)
 
     def sample(self, n, **decoding):
         """n sentences from prior draws: prior="auto" (the fitted prior when the model has one),
         "fitted" or "uniform" (sample_prior); spread=s scales the fitted prior's draws (sample_prior);
         gmm: component=c draws every layer from mixture component c."""
-        from univae import generate
-
         return generate.sample(self, n, **decoding)
 
     def edit(self, texts, dims, n, **decoding):
         """n variants of each sentence (a str or a list) with latent dims ("0:32", "0:16,48:64", "-16:";
         vq: code positions) redrawn: from the fitted prior's conditional given the kept dims when the
         model has one (prior="uniform": the training prior, as before)."""
-        from univae import generate
-
         return generate.edit(self, texts, dims, n, **decoding)
 
     def interpolate(self, a, b, steps, **decoding):
         """steps sentences from a to b, ends included (slerp per vMF layer, linear otherwise; vq: snapped to codes)."""
-        from univae import generate
-
         return generate.interpolate(self, a, b, steps, **decoding)
 
     def analogy(self, a, b, c, n=1, **decoding):
         """a is to b as c is to ?: decode z_c + z_b - z_a (renormalised per vMF layer)."""
-        from univae import generate
-
         return generate.analogy(self, a, b, c, n=n, **decoding)
 
     def transfer(self, texts, from_texts, to_texts, strength=None, **decoding):
@@ -676,8 +660,6 @@ class UniVAE(nn.Module):
         positive reviews) along the probe direction between their codes, by `strength` (default
         generate.DEFAULT_STRENGTH; 0 = the plain reconstruction), and decoded; method="mean" uses
         the plain difference of the means."""
-        from univae import generate
-
         strength = generate.DEFAULT_STRENGTH if strength is None else strength
         return generate.transfer(self, texts, from_texts, to_texts, strength=strength, **decoding)
 

@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from univae.config import ANNEAL_SCHEDULES, TrainConfig
+from univae.metrics import CharClasses
 
 
 def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, ratio_increase=0.25):
@@ -70,8 +71,6 @@ def char_class_token_masks(tokenizer, sentences):
     (pattern) character by univae.metrics.CharClasses over `sentences`, one document each; a '##'
     form counts as its character. Special tokens ([CLS], ...) are longer than one character, so they
     are in neither. Pattern, as in the evaluation, holds punctuation."""
-    from univae.metrics import CharClasses
-
     classes = CharClasses(sentences)
     vocab = tokenizer.get_vocab()
     masks = {kind: torch.zeros(len(vocab), dtype=torch.bool) for kind in ("content", "pattern")}
