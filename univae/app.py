@@ -20,7 +20,6 @@ Requests outside the caps below are refused (422) rather than silently clipped; 
 than the model's maxlen is truncated, as everywhere in univae, and the reply says so (`notice`).
 """
 
-import argparse
 import difflib
 import inspect
 import sys
@@ -41,6 +40,7 @@ except ImportError as e:  # the optional extra is missing: one line, not a trace
 
 from univae import generate
 from univae.checkpoint import CheckpointError
+from univae.cli import CLIError, Parser, report
 from univae.model import load_trained
 from univae.tokenizer import detokenize
 
@@ -56,10 +56,6 @@ PAGE = Path(__file__).with_name("app_page.html")
 # opentelemetry-api installed its providers are no-ops, but an OTel SDK in the same environment (or
 # FASTAPI_OTEL_AUTO_CONFIGURE=true) would export spans, so the explorer switches all of it off.
 TELEMETRY_OFF = dict(tracing=False, metrics=False, logs=False, operation_spans=False, auto_configure=False)
-
-
-class AppError(Exception):
-    """A start-up error (bad checkpoint): printed as one line, exit status 2."""
 
 
 # ----------------------------------------------------------------------------- requests
@@ -273,16 +269,11 @@ def create_app(model, checkpoint=""):
 
 
 def load_model(path, device="cpu"):
-    """A univae checkpoint directory -> the model in eval mode on `device`; AppError names what is wrong."""
+    """A univae checkpoint directory -> the model in eval mode on `device`; CLIError names what is wrong."""
     try:
         return load_trained(path, device)
     except CheckpointError as e:
-        raise AppError(str(e)) from None
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage too; one line is enough
-        raise AppError(f"{message} (see --help)")
+        raise CLIError(str(e)) from None
 
 
 def build_parser():
@@ -301,9 +292,8 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
         model = load_model(args.checkpoint, args.device)
-    except AppError as e:
-        print(f"univae.app: error: {e}", file=sys.stderr)
-        return 2
+    except CLIError as e:
+        return report("univae.app", e)
     if args.host not in LOCAL_HOSTS:
         print(
             f"univae.app: warning: listening on {args.host}, not 127.0.0.1: anyone who can reach this machine "

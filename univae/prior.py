@@ -7,7 +7,6 @@ The corpus is reloaded and split as train.py split it (DIR/train_args.json), and
 is written atomically. From Python, `fit_prior(model, ids)` fits on any sentences.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ import time
 import torch
 
 # the density's names stay importable from here too (univae.prior.fit_prior, FittedPrior, ...)
+from univae.cli import CLIError, Parser, report
 from univae.density import (  # noqa: F401
     DEFAULT_COMPONENTS,
     DEFAULT_MAX_SENTENCES,
@@ -33,13 +33,8 @@ from univae.tokenizer import encode_texts
 # ----------------------------------------------------------------------------- command
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage too; one line is enough
-        raise ValueError(f"{message} (see --help)")
-
-
 def build_parser():
-    p = _Parser(
+    p = Parser(
         prog="python -m univae.prior",
         description="Fit a Gaussian mixture to a checkpoint's posterior "
         "codes on the train split of its corpus and write CHECKPOINT/prior.safetensors (see univae/prior.py).",
@@ -92,9 +87,8 @@ def main(argv=None):
         )
         path = os.path.join(args.checkpoint, PRIOR_FILE)
         prior.save(path)
-    except (ValueError, OSError) as e:  # CorpusError and json's errors are ValueErrors
-        print(f"univae.prior: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+    except (CLIError, ValueError, OSError) as e:  # CorpusError and json's errors are ValueErrors
+        return report("univae.prior", _one_line(e))
     i = prior.info
     heldout = (
         f", held-out {i['heldout_mean_log_likelihood']:.2f} ({i['heldout_n_sentences']} val sentences)"
