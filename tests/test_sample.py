@@ -178,7 +178,7 @@ def test_edit_table_shows_a_variant_drawn_twice_once_with_its_count(capsys, ckpt
     def fake_edit(model, texts, dims, n, return_z=False, **kwargs):
         return ["甲乙", "丙", "甲乙"], torch.zeros(3, model.config.latent_dim)
 
-    monkeypatch.setattr(sample.generate, "edit", fake_edit)
+    monkeypatch.setattr("univae.generate.edit", fake_edit)
     code, out, _ = run(capsys, "--checkpoint", ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--n", "3")
     assert code == 0 and out.split("\n\n")[1].splitlines() == [SENTENCES[0], "    甲乙  (×2)", "    丙"]
     lines = run_json(capsys, ckpt, "--text", SENTENCES[0], "--replace-dims", "0:8", "--n", "3")

@@ -1,0 +1,620 @@
+"""sample.py's modes as a table, and its flag rules as data.
+
+Each row of MODES is one mode: the flags that select it, the flags that go with it, the function
+that runs it on a model and the printer of its table. FLAGS says, in the order they are checked,
+what the error is when a flag is given to a mode that does not take it; CHECKS are the rules on
+flag values. check_args applies all of them before the model loads, run() runs a mode. A new mode
+is one row here (and its flags in sample.py's parser).
+
+A mode's records are one dict per output line, {"mode", "input", "output", ...details}: what
+`sample.py --json` prints, one JSON object per line.
+"""
+
+import collections
+import dataclasses
+import os
+import sys
+import unicodedata
+import warnings
+from typing import Callable
+
+from univae import generate
+from univae.cli import CLIError
+from univae.decoding import Decoding
+
+HELD_OUT_EDITS = 5  # --replace-dims alone: this many held-out sentences of the checkpoint's corpus
+
+# ----------------------------------------------------------------------------- the tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    name: str
+    selected_by: tuple  # flags any of which selects the mode (the first row in MODES wins); none: the fallback
+    takes: tuple  # the FLAGS that go with it, its own selectors included; any other one given is refused
+    run: Callable  # (model, args, records): append the mode's records
+    show: Callable  # (records, args, model, out): print them as a table
+    default_n: int | None = None  # outputs per input without --n; None: --n does not apply
+    needs: dict = dataclasses.field(default_factory=dict)  # flag -> the error when it is missing
+    refusal: str = "{flag} does not go with --{mode}"  # the error for another mode's selector given with this one
+    hints: dict = dataclasses.field(default_factory=dict)  # refused flag -> the flag to use instead
+    prepare: Callable | None = None  # (args): mode-specific values, checked before the model loads
+    setup: Callable | None = None  # (model, args): what the mode loads before it runs
+    jsonl: Callable | None = None  # records -> the mode's own JSONL objects (--out, or stdout without --json)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    name: str  # the parser's dest
+    refused: str | None = None  # the error when a mode does not take it; None: a selector, the mode's refusal
+    default: object = None  # the parser's default: any other value counts as given
+
+    @property
+    def option(self):
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    broken: Callable  # args -> whether the rule is broken
+    message: str  # formatted with the flags' values
+    modes: tuple | None = None  # the modes it applies to; None: all
+
+
+# messages are formatted with the flags' values, the mode's name (mode) and the refused flag's option (flag)
+PRIOR_SPREAD = (
+    "--prior-spread {prior_spread}: a positive scale of the fitted prior's draws, "
+    "for prior sampling (no --text/--input/--augment...)"
+)
+WITH_Z = "--with-z needs --json and is not available with --augment"
+FLAGS = (  # checked in this order: the first one needed and missing, or given and not taken, is the error
+    Flag("reconstruct"),
+    Flag("text"),
+    Flag("interpolate"),
+    Flag("analogy"),
+    Flag("augment"),
+    Flag("codes"),
+    Flag("input"),
+    Flag("transfer"),
+    Flag("strength", "--strength goes with --transfer"),
+    Flag("direction", "--direction goes with --transfer"),
+    Flag("replace_dims"),
+    Flag("out", "--out goes with --augment"),
+    Flag(
+        "component",
+        "--component chooses the mixture component of prior draws: it goes with prior sampling or --replace-dims",
+    ),
+    Flag("prior", "--prior chooses what prior draws come from: it goes with prior sampling or --replace-dims"),
+    Flag("prior_spread", PRIOR_SPREAD),
+    Flag("n", "--n does not apply to --{mode}"),
+    Flag("candidates", "--candidates goes with --augment", default=1),
+    Flag("keep_start", "--keep-start goes with --augment"),
+    Flag("with_z", WITH_Z, default=False),
+)
+
+
+def texts_given(args):
+    """The sentences given on the command line (not in files)."""
+    texts = [args.text, *(args.reconstruct or []), *(args.interpolate or []), *(args.analogy or [])]
+    return [t for t in texts if t is not None]
+
+
+CHECKS = (  # after the defaults are filled in, in this order
+    Check(
+        lambda a: a.prior == "fitted" and a.component is not None,
+        "--component draws from the training prior's own mixture: it does not go with --prior fitted",
+    ),
+    Check(lambda a: a.prior_spread is not None and not a.prior_spread > 0, PRIOR_SPREAD),
+    Check(lambda a: a.n < 1, "--n must be at least 1, got {n}"),
+    Check(lambda a: a.steps < 2, "--steps must be at least 2, got {steps}", modes=("interpolate",)),
+    Check(
+        lambda a: a.keep_start is not None and not 0 <= a.keep_start <= 1,
+        "--keep-start must be in [0, 1], got {keep_start}",
+    ),
+    Check(
+        lambda a: a.keep_start and a.beam_size > 1,
+        "--keep-start forces a prefix, which beam search cannot: use --keep-start 0 with --beam-size",
+    ),
+    Check(lambda a: a.candidates < 1, "--candidates must be at least 1, got {candidates}"),
+    Check(lambda a: a.with_z and not a.json, WITH_Z),
+    Check(
+        lambda a: any(not t.strip() for t in texts_given(a)),
+        "empty text: every input sentence needs at least one character",
+    ),
+)
+
+# ----------------------------------------------------------------------------- before the model loads
+
+
+def select_mode(args):
+    """The first row of MODES one of whose selecting flags is given; the row with none when no flag selects."""
+    chosen = (m for m in MODES if any(getattr(args, flag) is not None for flag in m.selected_by))
+    return next(chosen, None) or next(m for m in MODES if not m.selected_by)
+
+
+def check_flags(args, mode):
+    """FLAGS in order: the first one the mode needs and lacks, or given and not taken, is a CLIError."""
+    for flag in FLAGS:
+        given = getattr(args, flag.name) != flag.default
+        if not given and flag.name in mode.needs:
+            raise CLIError(mode.needs[flag.name])
+        if given and flag.name not in mode.takes:
+            message = (mode.refusal if flag.refused is None else flag.refused).format(
+                mode=mode.name, flag=flag.option, **vars(args)
+            )
+            raise CLIError(message + (f" (use {mode.hints[flag.name]})" if flag.name in mode.hints else ""))
+
+
+def decoding_options(args):
+    """The decoding flags as generate's keyword arguments, checked by decoding.Decoding."""
+    options = dict(
+        beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
+        do_sample=True if args.do_sample else None,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        no_repeat_ngram=args.no_repeat_ngram,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        use_cache=not args.no_cache,
+        compile_step=args.compile,
+    )
+    try:
+        Decoding(**options)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return options
+
+
+def check_args(args):
+    """Everything that can be checked before the model loads. -> the mode's row; args gets its defaults
+    (prior, n, the mode's own values) and args.decoding. A mistake is a CLIError."""
+    mode = select_mode(args)
+    check_flags(args, mode)
+    args.prior = args.prior or "auto"
+    args.n = (mode.default_n or 1) if args.n is None else args.n
+    if mode.prepare:
+        mode.prepare(args)
+    for check in CHECKS:
+        if (check.modes is None or mode.name in check.modes) and check.broken(args):
+            raise CLIError(check.message.format(**vars(args)))
+    args.decoding = decoding_options(args)
+    return mode
+
+
+def parse_codes(args):
+    """--codes "12 7 301 5" (or commas) -> args.code_ids."""
+    try:
+        args.code_ids = [int(x) for x in args.codes.replace(",", " ").split()]
+    except ValueError:
+        raise CLIError(f'--codes {args.codes!r}: expected integers separated by spaces, e.g. "12 7 301 5"') from None
+    if not args.code_ids:
+        raise CLIError("--codes is empty: give one code index per latent layer")
+
+
+def transfer_defaults(args):
+    args.strength = generate.DEFAULT_STRENGTH if args.strength is None else args.strength
+    args.direction = args.direction or "probe"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def read_lines(path):
+    """Non-blank lines of a UTF-8 file, or of stdin for '-'."""
+    try:
+        if path == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+    except OSError as e:
+        raise CLIError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"cannot read {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = [s.strip() for s in lines if s.strip()]
+    if not lines:
+        raise CLIError(f"{path} has no sentences (every line is blank)")
+    return lines
+
+
+def load_model(checkpoint, device, attn=None):
+    """A univae checkpoint directory -> the model in eval mode; CLIError names what is wrong."""
+    from univae.checkpoint import CheckpointError
+    from univae.model import load_trained
+
+    try:
+        return load_trained(checkpoint, device, **({"attn": attn} if attn else {}))
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+
+
+def attribute_lines(model, path):
+    """The lines of a --transfer FROM/TO file that fit in maxlen (a longer one would be truncated, and
+    its code would describe a different sentence): skipped with a warning; none left is an error."""
+    lines = read_lines(path)
+    limit = model.config.maxlen - 2
+    fit = [s for s in lines if len(model.tokenizer.encode(s, add_special_tokens=False).ids) <= limit]
+    if not fit:
+        raise CLIError(
+            f"{path}: every line is longer than maxlen - 2 = {limit} tokens; --transfer needs sentences that fit"
+        )
+    if len(fit) < len(lines):
+        warnings.warn(
+            f"{path}: skipped {len(lines) - len(fit)} of {len(lines)} lines longer than maxlen - 2 = {limit} tokens"
+        )
+    return fit
+
+
+def held_out_sentences(checkpoint, maxlen):
+    """The first HELD_OUT_EDITS sentences of the test split of the checkpoint's corpus, loaded and split
+    as univae.evaluate does by default (train_args.json's corpus, text field and split seed);
+    -> (sentences, where they come from)."""
+    from univae.evaluate import load_data
+    from univae.rundir import ARGS_FILE, read_train_args
+
+    hint = "pass --text or --input with the sentences to edit"
+    try:
+        train_args = read_train_args(checkpoint)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot read {os.path.join(checkpoint, ARGS_FILE)} ({e}): {hint}") from None
+    if not train_args or not train_args.get("corpus"):
+        raise CLIError(
+            f"{checkpoint} has no {ARGS_FILE} naming its training corpus, so no held-out sentences to edit: {hint}"
+        )
+    try:
+        texts, source, _, _ = load_data(f"{train_args['corpus']}:test", maxlen, train_args)
+    except (OSError, ValueError) as e:  # CorpusError is a ValueError
+        raise CLIError(
+            f"cannot read the checkpoint's corpus {train_args['corpus']} ({' '.join(str(e).split())}): {hint}"
+        ) from None
+    texts = texts[:HELD_OUT_EDITS]
+    return texts, f"the first {len(texts)} sentences of the {source}"
+
+
+def edit_setup(model, args):
+    """--replace-dims with neither --text nor --input: the checkpoint's held-out sentences. Loaded before
+    run() records warnings: importing univae.evaluate may raise import-time DeprecationWarnings that are
+    not the user's business."""
+    args.held_out, args.held_out_source = None, None
+    if args.text is None and args.input is None:
+        args.held_out, args.held_out_source = held_out_sentences(args.checkpoint, model.config.maxlen)
+
+
+def check_lengths(model, texts, strict):
+    """With --strict, a text longer than maxlen is an error; otherwise encode_texts warns and truncates."""
+    if not strict:
+        return
+    limit = model.config.maxlen - 2  # [CLS] and [SEP] take two of the maxlen slots
+    for text in texts:
+        n = len(model.tokenizer.encode(text, add_special_tokens=False).ids)
+        if n > limit:
+            short = text if len(text) <= 20 else text[:20] + "…"
+            raise CLIError(f"text {short!r} has {n} tokens, more than maxlen - 2 = {limit} (drop --strict to truncate)")
+
+
+def check_model_flags(model, args):
+    """The flags that depend on the checkpoint: --component, --prior fitted, --spread."""
+    c = model.config
+    if args.component is not None:
+        if not model.family.has_components:
+            raise CLIError(f"--component needs a --latent gmm checkpoint; this one's latent family is {c.latent}")
+        if not 0 <= args.component < c.mixture_components:
+            raise CLIError(f"--component {args.component}: the mixture has components 0..{c.mixture_components - 1}")
+    if args.prior == "fitted" and model.fitted_prior is None:
+        if not model.family.fits_prior:
+            raise CLIError("a vq checkpoint has no fitted prior: its draws are uniform codes (--prior uniform)")
+        raise CLIError(
+            f"{args.checkpoint} has no fitted prior: fit one with "
+            f"`python -m univae.prior --checkpoint {args.checkpoint}`, or use --prior uniform"
+        )
+    try:
+        generate.layer_spreads(model, args.spread)
+    except ValueError as e:  # "spread has 3 values, but ..." / "spread must be non-negative, ..."
+        raise CLIError(f"--{e}") from None
+
+
+# ----------------------------------------------------------------------------- running a mode
+
+
+class Records(list):
+    """A mode's records; add() puts in the code's vq indices (which --codes takes back) and, with --with-z, z."""
+
+    def __init__(self, model, mode, with_z):
+        super().__init__()
+        self.model, self.mode, self.with_z = model, mode, with_z
+
+    def add(self, z, **fields):
+        if self.model.family.has_codes:
+            fields["codes"] = self.model.z_to_codes(z[None])[0].tolist()
+        if self.with_z:
+            fields["z"] = z.tolist()
+        self.append({"mode": self.mode, **fields})
+
+
+def run(model, mode, args):
+    """Run `mode` (a row of MODES, from check_args) -> its records. The API's own argument checks
+    (empty text, bad dims, ...) raise ValueErrors: CLIErrors here."""
+    try:
+        check_model_flags(model, args)
+        records = Records(model, mode.name, args.with_z)
+        mode.run(model, args, records)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return list(records)
+
+
+def prior_used(model, args):
+    return "fitted" if model.uses_fitted_prior(args.prior, args.component) else "uniform"
+
+
+def run_prior(model, args, records):
+    prior = prior_used(model, args)
+    out, z = generate.sample(
+        model,
+        args.n,
+        return_z=True,
+        component=args.component,
+        prior=args.prior,
+        spread=args.prior_spread,
+        **args.decoding,
+    )
+    for i, s in enumerate(out):
+        records.add(z[i], input=None, output=s, index=i, prior=prior)
+
+
+def run_reconstruct(model, args, records):
+    texts = args.reconstruct if args.reconstruct is not None else read_lines(args.input)
+    check_lengths(model, texts, args.strict)
+    out, z = generate.reconstruct(model, texts, return_z=True, **args.decoding)
+    for i, (t, s) in enumerate(zip(texts, out)):
+        records.add(z[i], input=t, output=s)
+
+
+def run_edit(model, args, records):
+    prior = prior_used(model, args)
+    try:
+        _, ranges = generate.parse_dims(args.replace_dims, generate.edit_size(model))
+    except ValueError as e:
+        raise CLIError(f"--replace-dims: {e}") from None
+    texts = (
+        [args.text] if args.text is not None else read_lines(args.input) if args.input is not None else args.held_out
+    )
+    check_lengths(model, texts, args.strict)
+    layers = generate.edited_layers(model, args.replace_dims)
+    n = args.n
+    out, z = generate.edit(
+        model, texts, args.replace_dims, n, return_z=True, component=args.component, prior=args.prior, **args.decoding
+    )
+    for i, s in enumerate(out):  # the n variants of each sentence together
+        records.add(
+            z[i],
+            input=texts[i // n],
+            output=s,
+            index=i % n,
+            replace_dims=args.replace_dims,
+            dims=[list(r) for r in ranges],
+            latent_layers=layers,
+            prior=prior,
+        )
+
+
+def run_interpolate(model, args, records):
+    check_lengths(model, args.interpolate, args.strict)
+    out, z = generate.interpolate(model, *args.interpolate, args.steps, return_z=True, **args.decoding)
+    for i, s in enumerate(out):
+        records.add(z[i], input=list(args.interpolate), output=s, step=i, alpha=i / (args.steps - 1))
+
+
+def run_analogy(model, args, records):
+    check_lengths(model, args.analogy, args.strict)
+    out, z = generate.analogy(model, *args.analogy, n=args.n, spread=args.spread, return_z=True, **args.decoding)
+    for i, s in enumerate(out):
+        records.add(z[i], input=list(args.analogy), output=s, index=i)
+
+
+def run_codes(model, args, records):
+    c = model.config
+    if not model.family.has_codes:
+        raise CLIError(f"--codes needs a --latent vq checkpoint; this one's latent family is {c.latent}")
+    if len(args.code_ids) != c.num_latent_layers:
+        raise CLIError(
+            f"--codes has {len(args.code_ids)} codes, but the model has {c.num_latent_layers} latent "
+            "layers: give one code per layer, lowest first"
+        )
+    bad = [x for x in args.code_ids if not 0 <= x < c.codebook_size]
+    if bad:
+        raise CLIError(f"--codes: {bad[0]} is not a code; codes are 0..{c.codebook_size - 1}")
+    z = model.codes_to_z([args.code_ids]).expand(args.n, -1)
+    out = generate.generate(model, z, **args.decoding)
+    for i, s in enumerate(out):
+        records.add(z[i], input=args.codes, output=s, index=i)
+
+
+def run_transfer(model, args, records):
+    texts = read_lines(args.input)
+    check_lengths(model, texts, args.strict)
+    from_texts, to_texts = (attribute_lines(model, path) for path in args.transfer)
+    out, z = generate.transfer(
+        model,
+        texts,
+        from_texts,
+        to_texts,
+        strength=args.strength,
+        method=args.direction,
+        return_z=True,
+        **args.decoding,
+    )
+    for i, (t, s) in enumerate(zip(texts, out)):
+        records.add(z[i], input=t, output=s, strength=args.strength, direction=args.direction)
+
+
+def run_augment(model, args, records):
+    texts = read_lines(args.augment)
+    check_lengths(model, texts, args.strict)
+    variants_of = generate.augment(
+        model,
+        texts,
+        args.n,
+        spread=args.spread,
+        candidates=args.candidates,
+        rank=args.rank,
+        keep_start=args.keep_start,
+        **args.decoding,
+    )
+    for j, (t, variants) in enumerate(zip(texts, variants_of)):
+        for i, s in enumerate(variants):
+            records.append(
+                {"mode": records.mode, "input": t, "output": s, "index": i, "input_index": j, "spread": args.spread}
+            )
+        if not variants:  # keep the input in the table and the JSONL even when every variant was dropped
+            records.append(
+                {
+                    "mode": records.mode,
+                    "input": t,
+                    "output": None,
+                    "index": None,
+                    "input_index": j,
+                    "spread": args.spread,
+                }
+            )
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _width(s):
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
+
+
+def _table(header, rows, out):
+    widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for r in [header, *rows]:
+        cells = [str(c) + " " * (w - _width(str(c))) for c, w in zip(r, widths)]
+        print("  ".join([*cells, str(r[-1])]).rstrip(), file=out)
+
+
+def show_samples(records, args, model, out):
+    _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
+
+
+def show_pairs(records, args, model, out):
+    _table(["input", "output"], [[r["input"], r["output"]] for r in records], out)
+
+
+def show_transfer(records, args, model, out):
+    print(
+        f"moved from {args.transfer[0]} towards {args.transfer[1]} ({args.direction} direction, strength "
+        f"{args.strength:g})",
+        file=out,
+    )
+    show_pairs(records, args, model, out)
+
+
+def _edit_groups(records):
+    """[(sentence, Counter of its variants in first-drawn order)] of edit records, n per sentence."""
+    groups = []
+    for r in records:
+        if r["index"] == 0:
+            groups.append((r["input"], collections.Counter()))
+        groups[-1][1][r["output"]] += 1
+    return groups
+
+
+def show_edits(records, args, model, out):
+    """What was replaced once, then each sentence with its variants indented below it."""
+    r0 = records[0]
+    what = f"{generate.edit_unit(model)} {r0['replace_dims']} of {generate.edit_size(model)}"
+    source = {"fitted": "the fitted prior's conditional given the kept dims", "uniform": "the training prior"}
+    print(
+        f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest), "
+        f"redrawn from {source[r0['prior']]}",
+        file=out,
+    )
+    if args.held_out_source:
+        print(f"sentences: {args.held_out_source}", file=out)
+    for text, variants in _edit_groups(records):
+        print(f"\n{text}", file=out)
+        for variant, k in variants.items():  # a variant drawn k > 1 times is shown once, with its count
+            print(f"    {variant}" + (f"  (×{k})" if k > 1 else ""), file=out)
+
+
+def show_codes(records, args, model, out):
+    print(f"codes: {' '.join(map(str, records[0]['codes']))}", file=out)
+    show_samples(records, args, model, out)
+
+
+def show_path(records, args, model, out):
+    _table(["alpha", "output"], [[f"{r['alpha']:.2f}", r["output"]] for r in records], out)
+
+
+def show_analogy(records, args, model, out):
+    a, b, c = records[0]["input"]
+    print(f"{a} : {b} :: {c} : ?", file=out)
+    _table(["#", "output"], [["=" if r["index"] == 0 else r["index"], r["output"]] for r in records], out)
+
+
+def show_augment(records, args, model, out):
+    rows, last = [], None
+    for r in records:
+        rows.append(
+            ["" if r["input_index"] == last else r["input"], "(no new variant)" if r["output"] is None else r["output"]]
+        )
+        last = r["input_index"]
+    _table(["input", "variants"], rows, out)
+
+
+def augment_groups(records):
+    """Per-variant records -> one {"input", "outputs"} per input line, in input order."""
+    groups = {}
+    for r in records:
+        g = groups.setdefault(r["input_index"], {"input": r["input"], "outputs": []})
+        if r["output"] is not None:
+            g["outputs"].append(r["output"])
+    return list(groups.values())
+
+
+# ----------------------------------------------------------------------------- the modes
+
+MODES = (  # selection tries the rows in this order; prior sampling, selected by no flag, is the fallback
+    Mode("prior", (), ("component", "prior", "prior_spread", "n", "with_z"), run_prior, show_samples, default_n=10),
+    Mode(
+        "transfer",
+        ("transfer",),
+        ("transfer", "input", "strength", "direction", "with_z"),
+        run_transfer,
+        show_transfer,
+        needs={"input": "--transfer needs --input FILE: the sentences to move, one per line"},
+        refusal="--transfer does not go with {flag}: it moves the lines of --input FILE",
+        prepare=transfer_defaults,
+    ),
+    Mode(
+        "edit",
+        ("text", "replace_dims"),
+        ("text", "replace_dims", "input", "component", "prior", "n", "with_z"),
+        run_edit,
+        show_edits,
+        default_n=6,
+        needs={"replace_dims": "--text needs --replace-dims RANGES (e.g. 0:32) saying which latent dims to redraw"},
+        refusal="--replace-dims goes with --text, --input, or alone (held-out sentences of the checkpoint's corpus)",
+        setup=edit_setup,
+    ),
+    Mode("reconstruct", ("reconstruct", "input"), ("reconstruct", "input", "with_z"), run_reconstruct, show_pairs),
+    Mode(
+        "interpolate", ("interpolate",), ("interpolate", "with_z"), run_interpolate, show_path, hints={"n": "--steps"}
+    ),
+    Mode("analogy", ("analogy",), ("analogy", "n", "with_z"), run_analogy, show_analogy, default_n=1),
+    Mode(
+        "augment",
+        ("augment",),
+        ("augment", "n", "out", "candidates", "keep_start"),
+        run_augment,
+        show_augment,
+        default_n=4,
+        jsonl=augment_groups,
+    ),
+    Mode("codes", ("codes",), ("codes", "n", "with_z"), run_codes, show_codes, default_n=1, prepare=parse_codes),
+)
+MODE = {m.name: m for m in MODES}
+DEFAULT_N = {m.name: m.default_n for m in MODES if m.default_n is not None}
