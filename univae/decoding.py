@@ -44,9 +44,10 @@ class KVCache:
         self.v = torch.zeros(N, H, S, D, dtype=dtype, device=device)
 
     def update(self, slots, k, v):
-        """Write k, v (N, H, n, D) at `slots` (LongTensor of n indices); return the full buffers to attend over."""
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
+        """Write k, v (N, H, n, D) at `slots` (LongTensor of n indices); return the full buffers to attend over.
+        Under autocast k, v may come in another dtype than the cache's (RoFormer's rotary makes them fp32)."""
+        self.k.index_copy_(2, slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, slots, v.to(self.v.dtype))
         return self.k, self.v
 
     def reorder(self, rows):
@@ -79,6 +80,8 @@ class CachedDecoder:
         c, tr = model.config, model.transformer
         N, S = z.shape[0], c.maxlen + 1  # slot 0 + maxlen target positions
         device, dtype = z.device, tr.embed.word.weight.dtype
+        if torch.is_autocast_enabled(device.type):  # the projections hand K/V over in autocast's dtype
+            dtype = torch.get_autocast_dtype(device.type)
         self.model, self.t = model, 0
         backend = model.backend(device)
         self.backend = "eager" if backend == "eager" else "sdpa"
