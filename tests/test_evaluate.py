@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import univae
 from univae import data as D
 from univae import evaluate as E
+from univae import measure, rundir
 from univae import metrics as M
-from univae import rundir
 from univae.diagnostics import latent_metrics
 from univae.latents import log_sphere_area, make_family, vmf_log_normalizer
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
@@ -109,7 +109,7 @@ def test_sequence_log_likelihood_equals_the_training_ce(model):
     torch.manual_seed(0)
     z = model.sample_prior(6)
     with torch.no_grad():
-        ll, n = E.sequence_log_likelihood(model, z, E.trim(ids, 0))
+        ll, n = measure.sequence_log_likelihood(model, z, measure.trim(ids, 0))
         out = model(*D.join(ids), z=z)
     assert int(n.sum()) == int(out.n_tokens) == sum(len(s) + 1 for s in SENTENCES[:6])  # one token per char, plus [SEP]
     torch.testing.assert_close(-ll.sum() / n.sum(), out.ce, atol=1e-5, rtol=1e-5)
@@ -122,7 +122,7 @@ def test_importance_weighted_against_a_recomputation(model):
     K, family = 5, model.family
     with torch.no_grad():
         torch.manual_seed(0)
-        log_px, elbo = E.importance_weighted(model, ids, K)
+        log_px, elbo = measure.importance_weighted(model, ids, K)
         torch.manual_seed(0)  # the same draws, in the same order: layer by layer, rows b*K + k
         params = [p.repeat_interleave(K, dim=0) for p in model.posterior_params(ids)]
         zs = [family.sample(p) for p in params]
@@ -138,7 +138,7 @@ def test_importance_weighted_against_a_recomputation(model):
     torch.testing.assert_close(elbo, log_w.mean(1), atol=1e-4, rtol=1e-6)
     assert bool((log_px >= elbo).all())  # Jensen
     torch.manual_seed(1)
-    one, elbo_one = E.importance_weighted(model, ids, 1)
+    one, elbo_one = measure.importance_weighted(model, ids, 1)
     torch.testing.assert_close(one, elbo_one)  # K = 1: the estimate is its own ELBO
 
 
@@ -152,15 +152,15 @@ def test_gaussian_family_has_a_density():
     model = univae.UniVAE(univae.preset("debug", vocab_size=tok.get_vocab_size(), latent="gaussian"), tok).eval()
     ids, _, _ = encode_texts(tok, SENTENCES[:3], model.config.maxlen)
     with torch.no_grad():
-        log_px, elbo = E.importance_weighted(model, ids, 8)
-    assert E.has_density(model) and bool((log_px >= elbo).all()) and bool((log_px < 0).all())
+        log_px, elbo = measure.importance_weighted(model, ids, 8)
+    assert measure.has_density(model) and bool((log_px >= elbo).all()) and bool((log_px < 0).all())
 
 
 def test_no_density_family_is_skipped(model, monkeypatch):
     monkeypatch.delattr(type(model.family), "log_prior")  # as VQ, whose prior is over code indices
     ids, _, _ = encode_texts(model.tokenizer, SENTENCES[:3], model.config.maxlen)
     with torch.no_grad():
-        likelihood, latent = E.likelihood_and_latent_sections(model, ids, SENTENCES[:3], 2, 3, 8)
+        likelihood, latent = measure.likelihood_and_latent_sections(model, ids, SENTENCES[:3], 2, 3, 8)
     assert likelihood["iw_nll"] is None and "no importance-weighted NLL" in likelihood["note"]
     assert likelihood["ce"] > 0 and len(latent["kl_per_layer"]) == model.config.num_latent_layers
 
@@ -186,7 +186,7 @@ def test_control_scores_on_literal_strings():
     texts = ["房间很干净", "很好。"]
     outputs = ["房间很脏", "干净", "很好", "很好。"]  # two edits per sentence, grouped per sentence
     reconstructions = ["房间很干净", "很好"]
-    s = E.control_scores(texts, outputs, reconstructions, 2, classes)
+    s = measure.control_scores(texts, outputs, reconstructions, 2, classes)
     # content: 房间干净 kept 2/4 then 2/4; "很好。" has none, so only the first sentence counts
     assert s["content_kept"] == pytest.approx(0.5)
     # pattern: 很 kept 1/1, then 0/1; 很好。 kept 2/3, then 3/3
@@ -195,9 +195,11 @@ def test_control_scores_on_literal_strings():
     assert s["char_f1"] == pytest.approx(
         M.mean(M.char_f1(o, t) for o, t in zip(outputs, [texts[0]] * 2 + [texts[1]] * 2))
     )
-    assert E.control_scores(texts, outputs[::2], reconstructions, 1, None)["content_kept"] is None  # no IDF corpus
+    assert (
+        measure.control_scores(texts, outputs[::2], reconstructions, 1, None)["content_kept"] is None
+    )  # no IDF corpus
     with pytest.raises(ValueError):
-        E.control_scores(texts, outputs, reconstructions, 3, classes)
+        measure.control_scores(texts, outputs, reconstructions, 3, classes)
 
 
 def test_lowest_vs_top():
@@ -206,11 +208,11 @@ def test_lowest_vs_top():
         {"name": "layer 2", "content_kept": 0.5, "pattern_kept": 0.25},
         {"name": "layer 3", "content_kept": 0.25, "pattern_kept": float("nan")},
     ]
-    out = E.lowest_vs_top(rows)
+    out = measure.lowest_vs_top(rows)
     assert (out["lowest"], out["top"]) == ("layer 1", "layer 3")
     assert out["content_kept"] == {"lowest": 0.75, "top": 0.25, "diff": 0.5}
     assert out["pattern_kept"]["diff"] is None  # a score that could not be computed makes no difference either
-    assert E.lowest_vs_top(rows[:1]) is None
+    assert measure.lowest_vs_top(rows[:1]) is None
 
 
 def test_control_flags_are_checked():
@@ -222,7 +224,7 @@ def test_control_flags_are_checked():
 def test_read_metrics_keeps_the_last_row_per_step(run_dir, tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 1, "loss": 9}\ncut{\n', encoding="utf-8")
-    train, val = E.read_metrics(str(path))
+    train, val = measure.read_metrics(str(path))
     assert [(r["step"], r["loss"]) for r in train] == [(1, 9), (2, 2)] and val == []
 
 
@@ -234,11 +236,11 @@ def test_split_spec_reproduces_the_training_split(run_dir):
     the training sentences (for novelty) are the train split."""
     out, corpus = run_dir
     train_args = rundir.read_train_args(str(out / "last"))
-    texts, source, train_texts, notes = E.load_data(f"{corpus}:test", 16, train_args)
+    texts, source, train_texts, notes = measure.load_data(f"{corpus}:test", 16, train_args)
     expected = D.split(SENTENCES, seed=1)
     assert texts == expected["test"] and train_texts == expected["train"] and notes == []
     assert source.startswith("test split (seed 1)")
-    texts, _, _, notes = E.load_data(f"{corpus}:val", 16, None)
+    texts, _, _, notes = measure.load_data(f"{corpus}:val", 16, None)
     assert texts == D.split(SENTENCES, seed=0)["val"] and "split seed 0 assumed" in notes[0]
 
 
@@ -534,7 +536,7 @@ def test_report_with_a_fitted_prior(run_dir, model, tmp_path):
         z_edit = z.clone()
         z_edit[:, span] = z0[span]
         outputs = [o for o in model.generate(z_edit) for _ in range(2)]
-        expected = E.control_scores(texts, outputs, reconstructions, 2, classes)
+        expected = measure.control_scores(texts, outputs, reconstructions, 2, classes)
         assert {k: row[k] for k in expected} == pytest.approx(expected)
         assert 0 <= row["content_kept"] <= 1 and 0 <= row["pattern_kept"] <= 1
     assert fitted.calls == 1 + 2 * 4  # one prior block, and one draw per sentence for each of the two layers

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import sample
 import train
+from univae.report import render_markdown
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 with open(os.path.join(GOLDEN, "golden.json"), encoding="utf-8") as f:
@@ -50,3 +51,14 @@ def test_every_sample_mode_gives_the_recorded_lines_on_the_tiny_checkpoint(mode,
         assert ours == then
         if z_then is not None:
             torch.testing.assert_close(torch.tensor(z_ours), torch.tensor(z_then), rtol=1e-4, atol=1e-5)
+
+
+def test_report_markdown_matches_the_recorded_rendering():
+    """report.md rendered from a recorded report.json (python -m univae.evaluate on the tiny checkpoint,
+    40 reviews test sentences) is the recorded report.md, line for line."""
+    folder = os.path.join(os.path.dirname(__file__), "golden", "report")
+    with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    with open(os.path.join(folder, "report.md"), encoding="utf-8") as f:
+        expected = f.read()
+    assert render_markdown(report).splitlines() == expected.splitlines()

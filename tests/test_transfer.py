@@ -216,7 +216,7 @@ def test_augment_keeps_the_start(model):
 
 
 def test_downstream_section_is_skipped_without_labels(model, tmp_path):
-    from univae.evaluate import downstream_section
+    from univae.measure import downstream_section
 
     section = downstream_section(model, {"corpus": str(tmp_path / "corpus.txt")}, 0, 64)
     assert section["transfer"] is None and section["augmentation"] is None and "no labels" in section["note"]

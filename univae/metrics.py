@@ -21,6 +21,8 @@ from univae.data import load_sentences
 
 BLEU_ORDER = 4  # sacrebleu's default max n-gram order
 
+FIRST_CHARS = 100  # first-character plausibility: the training split's 100 most frequent first characters
+
 
 def strip_ws(text):
     return "".join(text.split())

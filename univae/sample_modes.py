@@ -21,6 +21,7 @@ from typing import Callable
 from univae import generate
 from univae.cli import CLIError
 from univae.decoding import Decoding
+from univae.measure import load_data
 
 HELD_OUT_EDITS = 5  # --replace-dims alone: this many held-out sentences of the checkpoint's corpus
 
@@ -251,7 +252,6 @@ def held_out_sentences(checkpoint, maxlen):
     """The first HELD_OUT_EDITS sentences of the test split of the checkpoint's corpus, loaded and split
     as univae.evaluate does by default (train_args.json's corpus, text field and split seed);
     -> (sentences, where they come from)."""
-    from univae.evaluate import load_data
     from univae.rundir import ARGS_FILE, read_train_args
 
     hint = "pass --text or --input with the sentences to edit"
