@@ -21,7 +21,8 @@ import train
 import univae
 from univae import evaluate as E
 from univae import rundir as T
-from univae.config import BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TRAINING, TrainConfig
+from univae import settings
+from univae.config import BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TRAINING, SettingsError, TrainConfig, preset
 from univae.objective import VAEObjective
 
 
@@ -41,36 +42,36 @@ def weights(path):
 def test_settle_layers_defaults_recipe_saved_args_and_flags(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # the default run fine-tunes the bundled backbone with its measured recipe
-    cfg, overrides = train.settle({})
-    assert cfg.init_from == "bundled" and not cfg.from_scratch and cfg.time_budget == train.DEFAULT_TIME_BUDGET
+    cfg, overrides = settings.resolve({})
+    assert cfg.init_from == "bundled" and not cfg.from_scratch and cfg.time_budget == settings.DEFAULT_TIME_BUDGET
     assert cfg.lr == BUNDLED_TRAINING["lr"] and overrides == BUNDLED_MODEL
     assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (1.0, "0,-1", "content,pattern")
-    cfg, overrides = train.settle({"z_dim": 32, "lr": 1e-4})
+    cfg, overrides = settings.resolve({"z_dim": 32, "lr": 1e-4})
     assert cfg.lr == 1e-4 and overrides == {**BUNDLED_MODEL, "z_dim": 32}  # a flag wins over the recipe
     # from scratch: --from-scratch, or implied by --preset or an architecture flag
-    cfg, overrides = train.settle({"from_scratch": True})
+    cfg, overrides = settings.resolve({"from_scratch": True})
     assert cfg.init_from == "" and cfg.lr == PRESET_TRAINING["small"]["lr"] and overrides == {}
     assert cfg.word_dropout == PRESET_TRAINING["small"]["word_dropout"]
     assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (1.0, "0,-1", "content,pattern")
     # the recipe's bag of words goes as a whole
-    cfg, _ = train.settle({"from_scratch": True, "bow_weight": 0.5})
+    cfg, _ = settings.resolve({"from_scratch": True, "bow_weight": 0.5})
     assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (0.5, "0,-1", "content,pattern")
     for given in ({"bow_weight": 0.0}, {"num_latent_layers": 1}, {"from_scratch": True, "num_latent_layers": 1}):
-        cfg, _ = train.settle(given)
+        cfg, _ = settings.resolve(given)
         assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (0.0, "", "all"), given
-    cfg, _ = train.settle({"from_scratch": True, "bow_layers": "-1"})
+    cfg, _ = settings.resolve({"from_scratch": True, "bow_layers": "-1"})
     assert (cfg.bow_weight, cfg.bow_layers, cfg.bow_chars) == (1.0, "-1", "all")
-    cfg, _ = train.settle({"preset": "debug", "max_steps": 7})
+    cfg, _ = settings.resolve({"preset": "debug", "max_steps": 7})
     assert cfg.init_from == "" and cfg.lr == TrainConfig.lr and cfg.time_budget == 0 and cfg.max_steps == 7
-    cfg, _ = train.settle({"init_from": "some/dir", "epochs": 1.0})
+    cfg, _ = settings.resolve({"init_from": "some/dir", "epochs": 1.0})
     assert cfg.lr == TrainConfig.lr and cfg.word_dropout == 0  # no recipe for a user's backbone
     saved = {"lr": 5e-4, "max_steps": 40, "batch_size": 16, "world_size": 2, "resume": None}
-    cfg, overrides = train.settle({"resume": "last", "batch_size": 8, "z_dim": 4}, saved)
+    cfg, overrides = settings.resolve({"resume": "last", "batch_size": 8, "z_dim": 4}, saved)
     assert (cfg.lr, cfg.max_steps, cfg.batch_size, cfg.time_budget) == (5e-4, 40, 8, 0)  # the flag wins over saved
     assert overrides == {"z_dim": 4}
-    cfg, overrides = train.settle({"hidden_size": 96, "num_hidden_layers": 5, "num_latent_layers": 2})
+    cfg, overrides = settings.resolve({"hidden_size": 96, "num_hidden_layers": 5, "num_latent_layers": 2})
     assert overrides == {"hidden_size": 96, "num_hidden_layers": 5, "num_latent_layers": 2} and cfg.init_from == ""
-    assert train.preset(cfg.preset, **overrides).num_hidden_layers == 5
+    assert preset(cfg.preset, **overrides).num_hidden_layers == 5
     for given, message in [
         ({"codebook_size": 8}, "for --latent vq"),
         ({"preset": "huge"}, "unknown --preset"),
@@ -83,8 +84,8 @@ def test_settle_layers_defaults_recipe_saved_args_and_flags(tmp_path, monkeypatc
         ({"init_from": "x", "hidden_size": 64}, "from scratch"),
         ({"resume": "last", "num_hidden_layers": 6}, "from scratch"),
     ]:
-        with pytest.raises(train.SettingsError, match=message.replace("-", r"\-")):
-            train.settle(given)
+        with pytest.raises(SettingsError, match=message.replace("-", r"\-")):
+            settings.resolve(given)
     assert os.listdir(tmp_path) == []  # pure: nothing read or written
 
 

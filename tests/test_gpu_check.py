@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import masks
-import train
+from univae import settings
 from univae.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,5 +90,5 @@ def test_block_size_is_torchs_128_on_cuda_and_fits_the_source_half_on_cpu():
 def test_device_cuda_under_torchrun_is_the_local_rank_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = TrainConfig(device="cuda")
-    assert train.pick_device(cfg, local_rank=1) == torch.device("cuda", 1)
-    assert train.pick_device(TrainConfig(device="cuda:0"), local_rank=1) == torch.device("cuda", 0)
+    assert settings.pick_device(cfg, local_rank=1) == torch.device("cuda", 1)
+    assert settings.pick_device(TrainConfig(device="cuda:0"), local_rank=1) == torch.device("cuda", 0)

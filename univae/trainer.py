@@ -19,9 +19,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from univae import data, training
-from univae.config import SettingsError
+from univae.config import SettingsError, preset
+from univae.density import PRIOR_FILE, fit_prior
 from univae.diagnostics import collapse_warning
+from univae.model import UniVAE
 from univae.rundir import TrainingError, prune_checkpoints, save_checkpoint
+from univae.tokenizer import build_tokenizer, char_vocab
 from univae.training import all_finite, evaluate, lr_at, peak_rss_mb
 
 
@@ -359,3 +362,93 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+# ----------------------------------------------------------------------------- building a run
+
+
+def load_splits(cfg, maxlen, log):
+    """The corpus, cut to maxlen - 2 characters per piece, as train / val / test splits."""
+    sentences, stats = data.load_sentences(cfg.corpus, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
+    if cfg.val:
+        val_sentences, _ = data.load_sentences(cfg.val, limit=maxlen - 2, text_field=cfg.text_field, strict=cfg.strict)
+        splits = data.split(sentences, seed=cfg.split_seed, val_fraction=0.0)
+        splits["val"] = val_sentences
+    else:
+        splits = data.split(sentences, seed=cfg.split_seed)
+    log(
+        f"corpus {cfg.corpus}: {stats['lines']} lines, {stats['sentences']} sentences "
+        f"({stats['duplicates']} duplicates dropped, {stats['skipped']} bad lines skipped) -> "
+        f"train {len(splits['train'])} / val {len(splits['val'])} / test {len(splits['test'])}"
+    )
+    for message in stats["problems"]:
+        log(f"  skipped {message}")
+    return splits
+
+
+def build_model(cfg, model_overrides, resume_dir, train_sentences):
+    """Resumed, fine-tuned from a HF checkpoint, or a fresh preset with the corpus's characters as vocab."""
+    if resume_dir:
+        model = UniVAE.from_pretrained(resume_dir, **{k: v for k, v in model_overrides.items() if k == "attn"})
+        model.fitted_prior = None  # fitted to the old weights' codes; refitted when this run ends
+        return model
+    if cfg.init_from:
+        return UniVAE.from_pretrained(cfg.init_from, **model_overrides)
+    vocab = char_vocab(train_sentences, min_count=cfg.min_char_count)
+    tokenizer = build_tokenizer(vocab)
+    tokenizer.do_lower_case = True
+    return UniVAE(preset(cfg.preset, **{**model_overrides, "vocab_size": len(vocab)}), tokenizer)
+
+
+def describe(model, n_unk, n_unk_val, n_trunc):
+    c = model.config
+    return (
+        f"model: {c.model_type} {c.num_hidden_layers}x{c.hidden_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+        f"vocab {c.vocab_size}, maxlen {c.maxlen}, latent {c.latent} {c.num_latent_layers}x{c.z_dim}"
+        + "".join(f" {d}" for d in [model.family.describe(c)] if d)
+        + f"; {n_unk} train / {n_unk_val} val tokens are [UNK], {n_trunc} train sentences truncated"
+    )
+
+
+def unknown_share(backbone, n_unk, ids, pad_id):
+    """The line saying how much of the corpus the backbone's vocab cannot spell (those become [UNK])."""
+    n_chars = int(ids.ne(pad_id).sum()) - 2 * len(ids)  # [CLS] and [SEP] are not the corpus's
+    share = n_unk / max(n_chars, 1)
+    line = f"{share:.2%} of the training corpus's {n_chars} tokens are outside the vocab of {backbone} ([UNK])"
+    if share > 0.01:
+        line += ": the model cannot read or write them; a backbone pretrained on this corpus (python -m univae.pretrain) can"
+    return line
+
+
+def fit_sampling_prior(model, cfg, train_ids, val_ids, out, log):
+    """Fit the density that sampling and edits draw from (univae/density.py) to the final model's
+    training codes and write it into OUT/last (atomically; `python -m univae.prior` refits one)."""
+    if not cfg.prior_components or model.family.space == "codebook":  # vq: its codes stay uniform
+        return
+    k = min(cfg.prior_components, len(train_ids) // 10)  # at least 10 codes per component
+    if k < 1:
+        log(f"no fitted prior: {len(train_ids)} training sentences are too few; sampling uses the training prior")
+        return
+    t0 = time.time()
+    model.fitted_prior = fit_prior(
+        model,
+        train_ids,
+        n_components=k,
+        seed=cfg.seed,
+        source=f"train split (seed {cfg.split_seed}) of {cfg.corpus}",
+        heldout_ids=val_ids,
+    )
+    path = os.path.join(out, "last", PRIOR_FILE)
+    try:
+        model.fitted_prior.save(path)
+    except OSError as e:
+        raise TrainingError(
+            f"could not write {path}: {e.strerror or e}; the checkpoint is complete without it "
+            f"(python -m univae.prior --checkpoint {out}/last fits one)"
+        ) from None
+    info = model.fitted_prior.info
+    log(
+        f"fitted prior: {info['n_components']}-component Gaussian mixture on {info['n_codes']} training codes, "
+        f"mean log-likelihood {info['mean_log_likelihood']:.1f} (val {info['heldout_mean_log_likelihood']:.1f}) "
+        f"-> {path} ({time.time() - t0:.0f}s)"
+    )
