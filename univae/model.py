@@ -35,6 +35,7 @@ from univae.checkpoint import (
 from univae.config import UniVAEConfig
 from univae.density import PRIOR_FILE, SAMPLE_SPREAD, load_prior
 from univae.latents import make_family
+from univae.objective import vae_loss
 from univae.tokenizer import encode_texts
 
 ACTIVATIONS = {
@@ -407,14 +408,11 @@ class UniVAE(nn.Module):
             kl_per_layer = logits.new_zeros(B, c.num_latent_layers, dtype=torch.float32)
             mu = torch.cat(zs, dim=-1)
         kl = kl_per_layer.sum(-1).mean()
-        if self.family.kl_is_constant:
-            loss = ce  # vMF with fixed kappa, VQ: the KL is a constant, reported but not optimised
-        else:  # -ELBO per target token: (sum of token CEs + sum of sentence KLs) / n_tokens
-            loss = ce + kl / (n_tokens / B)
-        if "commitment" in terms:
-            loss = loss + c.vq_beta * terms["commitment"]
+        # -ELBO per target token, (sum of token CEs + sum of sentence KLs) / n_tokens; vMF with fixed
+        # kappa and VQ: the KL is a constant, reported but not optimised
+        penalty = None if self.family.kl_is_constant else kl
         return UniVAEOutput(
-            loss=loss,
+            loss=vae_loss(ce, terms.get("commitment"), c.vq_beta, penalty, n_tokens / B),
             ce=ce,
             kl=kl,
             kl_per_layer=kl_per_layer.mean(0),

@@ -29,6 +29,7 @@ bonus unopposed below the floor, and the components would drift apart without li
 (reweighed) is added whole.
 --latent vq: the KL is the constant log K per layer; the commitment term pulls the encoder's
 vector towards its code (vq_beta is a model field, UniVAEConfig, so that UniVAEOutput.loss has it).
+Both losses come from one formula, vae_loss.
 
 For fixed-kappa vMF and VQ the KL is a constant: loss = ce (+ commitment) (+ bow_weight * bow) and
 the KL flags are an error, as are the gmm weights for any other family. The BoW heads and the
@@ -43,6 +44,18 @@ import torch.nn.functional as F
 
 from univae.config import ANNEAL_SCHEDULES, TrainConfig
 from univae.metrics import CharClasses
+
+
+def vae_loss(ce, commitment=None, vq_beta=0.0, penalty=None, tokens=1.0):
+    """The loss formula, in one place: ce (+ vq_beta * commitment, VQ) (+ penalty / tokens, families
+    with a KL to optimise). UniVAE.forward calls it with penalty = kl and tokens = target tokens per
+    sentence (the plain negative ELBO per token); VAEObjective with its weighed, floored, annealed rate."""
+    loss = ce
+    if commitment is not None:
+        loss = loss + vq_beta * commitment
+    if penalty is not None:
+        loss = loss + penalty / tokens
+    return loss
 
 
 def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, ratio_increase=0.25):
@@ -210,9 +223,8 @@ class VAEObjective(nn.Module):
         """out: UniVAEOutput of a training forward; step: optimiser steps done so far.
         -> (loss, logs), logs holding tensors or floats (call .item() only when logging)."""
         logs = {"ce": out.ce, "kl": out.kl}
-        loss = out.ce
+        penalty, tokens = None, 1.0
         if out.commitment is not None:  # vq
-            loss = loss + self.vq_beta * out.commitment
             logs["commitment"] = out.commitment
         if not self.kl_constant:
             beta = self.kl_weight * kl_anneal_weight(step, **self.anneal)
@@ -233,8 +245,8 @@ class VAEObjective(nn.Module):
                 penalty = penalty + self.mdr_multiplier * (self.target_rate - out.kl)
                 logs["mdr_multiplier"] = self.mdr_multiplier.clone()
             tokens = out.n_tokens / out.labels.shape[0] if self.kl_reduction == "per-token" else 1.0
-            loss = loss + penalty / tokens
             logs["kl_weight"] = beta
+        loss = vae_loss(out.ce, out.commitment, self.vq_beta, penalty, tokens)
         if self.bow_weight > 0:
             bow = self.bow_loss(out.z, out.labels)
             loss = loss + self.bow_weight * bow
