@@ -1,7 +1,7 @@
 """Generation against a peer: UniVAE's cached decoder vs transformers' generate() with its KV cache
 on a GPT-2 of the same size, in generated tokens per second.
 
-    python bench/generate_peer.py --dtype bf16 --reps 5          the issue's setting: small and base, B 1 16 64, 2 threads
+    python bench/generate_peer.py --dtype bf16 --reps 5          small and base, B 1 16 64, 2 threads, bf16 autocast
     python bench/generate_peer.py --reps 5                       --dtype auto: bf16 only where it is fast
     python bench/generate_peer.py --presets small --batch-sizes 1 16 --reps 1 --dtype fp32    a smoke run
 
@@ -28,11 +28,11 @@ warm-up) counts each sentence's tokens up to and including an end token, and tok
 counts / the median time. The "new tokens" column says what both sides produced per sentence,
 or both counts where they differ.
 
-Both run under the same precision: --dtype bf16 (torch.autocast, as the issue asks), fp32, or
+Both run under the same precision: --dtype bf16 (torch.autocast), fp32, or
 auto (bf16 only where the CPU or GPU multiplies bf16 in hardware, univae.training.autocast_dtype;
 elsewhere oneDNN emulates bf16 and both sides slow down several-fold). The footer says which.
 Timing is interleaved (bench/common.py): the median of --reps runs per side, on --threads 2
-unless told otherwise (the issue's setting; on a loaded machine two threads wait on each other,
+unless told otherwise (both cores; on a loaded machine two threads wait on each other,
 see common.py). Other differences are UniVAE's own: its output layer has BERT's transform (dense,
 gelu, LayerNorm) before the tied projection, GPT-2's only a final LayerNorm; UniVAE's cache holds
 maxlen + 1 slots from the start and every step attends over all of them (the mask hides the
