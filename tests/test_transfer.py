@@ -1,4 +1,4 @@
-"""Attribute transfer and augmentation filtering (issue 15): the direction and the move against hand
+"""Attribute transfer and augmentation filtering: the direction and the move against hand
 computations, strength 0 against the reconstruction, sample.py --transfer's rows and its bad input,
 augment's dedupe against a constructed decoder output, the downstream helpers."""
 
