@@ -7,7 +7,9 @@ import re
 import pytest
 import torch
 
+from univae import tokenizer
 from univae.data import Batches, CorpusError, iter_corpus, join, load_sentences, new_report, normalize, segment, split
+from univae.tokenizer import build_tokenizer, char_vocab
 
 # ---------------------------------------------------------------------------------------------
 # normalize
@@ -273,3 +275,20 @@ def test_bucketed_batches_are_a_permutation_with_similar_lengths():
     again = Batches(ids, 10, seed=3, bucket=8)
     again.load_state_dict({"epoch": 0, "position": 13})
     assert torch.equal(again.next_batch(), rows_b[130:140])
+
+
+def test_encode_texts_in_chunks_is_one_batch_written_out(monkeypatch):
+    """encode_texts encodes ENCODE_CHUNK sentences per call; the ids, truncation and [UNK] counts are
+    those of the whole list at once: [CLS] body [SEP] then [PAD], bodies cut to maxlen - 2."""
+    texts = ["好评", "质量很好，下次还来", "一", "差评！" * 5, "龘好", "还行吧"] * 3
+    tok = build_tokenizer(char_vocab([t.replace("龘", "") for t in texts]))
+    vocab = tok.get_vocab()
+    monkeypatch.setattr(tokenizer, "ENCODE_CHUNK", 4)
+    ids, n_truncated, n_unk = tokenizer.encode_texts(tok, texts, maxlen=8, warn=False)
+    pad, cls, sep, unk = (tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[UNK]"))
+    expected = []
+    for t in texts:
+        body = [vocab.get(ch, unk) for ch in t][:6]
+        expected.append([cls, *body, sep] + [pad] * (6 - len(body)))
+    assert ids.tolist() == expected
+    assert n_truncated == 3 * 2 and n_unk == 3

@@ -388,9 +388,14 @@ class UniVAE(nn.Module):
         logits = self.transformer.logits(h[:, -m:])  # (B, m, V), target half only (the last m rows)
 
         n_tokens = (labels != -100).sum()
-        # sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not NaN
+        # sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not NaN.
+        # The last position predicts nothing: an ignored label there keeps the logits one contiguous view
+        # (slicing them off would copy B x m x V floats, and their gradient again).
         ce = F.cross_entropy(
-            logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+            logits.float().flatten(0, 1),
+            F.pad(labels, (0, 1), value=-100).flatten(),
+            ignore_index=-100,
+            reduction="sum",
         ) / n_tokens.clamp_min(1)
         kl_per_dim, terms = None, {}
         if params:

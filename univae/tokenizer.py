@@ -104,6 +104,17 @@ def _is_cjk(ch):
     )
 
 
+ENCODE_CHUNK = 1024  # sentences per encode_batch call: a whole corpus at once holds every Encoding object
+
+
+def _token_ids(tok, texts):
+    """Each sentence's token ids (no special tokens), encoded a chunk at a time."""
+    texts = list(texts)
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        for enc in tok.encode_batch(texts[start : start + ENCODE_CHUNK], add_special_tokens=False):
+            yield enc.ids
+
+
 def encode_texts(tok, texts, maxlen, warn=True):
     """Sentences -> LongTensor (N, maxlen): [CLS] tokens [SEP] then [PAD]; too-long ones are cut.
 
@@ -113,8 +124,7 @@ def encode_texts(tok, texts, maxlen, warn=True):
     pad, cls, sep, unk = (tok.token_to_id(t) for t in (PAD, CLS, SEP, UNK))
     ids = torch.full((len(texts), maxlen), pad, dtype=torch.long)
     n_truncated = n_unk = 0
-    for i, enc in enumerate(tok.encode_batch(list(texts), add_special_tokens=False)):
-        body = enc.ids
+    for i, body in enumerate(_token_ids(tok, texts)):
         if len(body) > maxlen - 2:
             body = body[: maxlen - 2]
             n_truncated += 1

@@ -219,6 +219,7 @@ class Trainer:
                 self.val_ids,
                 self.splits["val"],
                 self.cfg.eval_sentences,
+                batch_size=self.cfg.batch_size,  # the training step's shapes: evaluating adds no higher peak
                 autocast=self.autocast,
                 au_delta=self.cfg.au_delta,
             )
