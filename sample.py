@@ -46,6 +46,7 @@ stderr and a non-zero exit.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -209,26 +210,47 @@ def add_decoding_flags(g):
     )
 
 
-def print_records(mode, records, args, model):
-    """The records on stdout: --json lines, or the mode's table; a mode with its own JSONL (--augment)
-    writes it to --out, or prints it instead of the table when there is neither --out nor --json."""
+def print_records(mode, records, args, model, jsonl_file):
+    """One pass's records on stdout: --json lines, or the mode's table; a mode with its own JSONL
+    (--augment) writes it to jsonl_file (--out's), or prints it instead of the table when there is
+    neither --out nor --json. -> the JSONL lines written to jsonl_file."""
+    written = 0
     if mode.jsonl and (args.out or not args.json):
         lines = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in mode.jsonl(records))
         if not args.out:
             sys.stdout.write(lines)  # no --out, no --json: the JSONL itself is the output
-            return
-        try:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(lines)
-        except OSError as e:
-            raise CLIError(f"cannot write {args.out}: {e.strerror or e}") from None
-        print(f"sample.py: wrote {lines.count(chr(10))} lines to {args.out}", file=sys.stderr)
+            return 0
+        jsonl_file.write(lines)
+        written = lines.count("\n")
     if args.json:
         for r in records:
             if r["output"] is not None:
                 print(json.dumps(r, ensure_ascii=False))
     else:
         mode.show(records, args, model, sys.stdout)
+    return written
+
+
+@contextlib.contextmanager
+def jsonl_output(mode, args):
+    """--out's file for a mode's JSONL, written as OUT.tmp and renamed to OUT when every pass is done:
+    a failure leaves no half-written OUT. None when there is no such file."""
+    if not (mode.jsonl and args.out):
+        yield None
+        return
+    tmp = f"{args.out}.tmp"
+    try:
+        f = open(tmp, "w", encoding="utf-8")
+    except OSError as e:
+        raise CLIError(f"cannot write {args.out}: {e.strerror or e}") from None
+    try:
+        with f:
+            yield f
+        os.replace(tmp, args.out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def main(argv=None):
@@ -238,12 +260,15 @@ def main(argv=None):
         model = sample_modes.load_model(args.checkpoint, args.device, args.attn)
         if mode.setup:  # before recording warnings, which are the run's own
             mode.setup(model, args)
-        with warnings.catch_warnings(record=True) as caught:
+        n_written = 0
+        with warnings.catch_warnings(record=True) as caught, jsonl_output(mode, args) as jsonl_file:
             warnings.simplefilter("always")
-            records = sample_modes.run(model, mode, args)
+            for records in sample_modes.run(model, mode, args):  # one pass, or one per chunk of a streamed file
+                n_written += print_records(mode, records, args, model, jsonl_file)
         for w in caught:
             print(f"sample.py: warning: {w.message}", file=sys.stderr)
-        print_records(mode, records, args, model)
+        if jsonl_file is not None:
+            print(f"sample.py: wrote {n_written} lines to {args.out}", file=sys.stderr)
         return 0
     except CLIError as e:
         return report("sample.py", e)

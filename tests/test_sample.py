@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import univae
+import univae.generate
 import univae.prior
+from univae import sample_modes
 from univae.data import join, load_sentences, split
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 
@@ -280,6 +282,48 @@ def test_augment(capsys, ckpt, tmp_path):
     assert code == 2 and out == "" and "--spread has 3 values" in err and "2 latent layers" in err
     code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--spread", "1,-1")
     assert code == 2 and out == "" and "non-negative" in err
+
+
+def test_augment_and_input_stream_their_file_a_chunk_at_a_time(capsys, ckpt, tmp_path, monkeypatch):
+    """--augment and --input read and decode STREAM_LINES lines per pass: generate sees chunks of at
+    most that many sentences, in file order, and the outputs are those of one pass (greedy
+    reconstruction is the same sentence by sentence; augment keeps every input once, in order)."""
+    lines = [SENTENCES[i % 5] + "，" + SENTENCES[(3 * i) % 5][: 1 + i % 4] for i in range(23)]
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(lines[:10]) + "\n\n  \n" + "\n".join(lines[10:]) + "\n", encoding="utf-8")
+    whole = [r["output"] for r in run_json(capsys, ckpt, "--input", str(f))]
+    seen, reconstruct, augment = [], univae.generate.reconstruct, univae.generate.augment
+    monkeypatch.setattr(sample_modes, "STREAM_LINES", 5)
+    monkeypatch.setattr(
+        univae.generate, "reconstruct", lambda m, texts, **k: seen.append(len(texts)) or reconstruct(m, texts, **k)
+    )
+    monkeypatch.setattr(
+        univae.generate, "augment", lambda m, texts, n, **k: seen.append(len(texts)) or augment(m, texts, n, **k)
+    )
+    streamed = run_json(capsys, ckpt, "--input", str(f))
+    assert seen == [5, 5, 5, 5, 3] and [r["input"] for r in streamed] == lines
+    assert [r["output"] for r in streamed] == whole
+    seen.clear()
+    out_file = tmp_path / "aug.jsonl"
+    code, out, err = run(capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "2", "--out", str(out_file))
+    groups = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
+    assert code == 0 and seen == [5, 5, 5, 5, 3] and "wrote 23 lines" in err
+    assert [g["input"] for g in groups] == lines
+
+
+def test_a_failed_stream_leaves_the_out_file_as_it_was(capsys, ckpt, tmp_path, monkeypatch):
+    """A sentence too long for --strict in the third chunk stops the run with one line; --out keeps
+    its old content and no temporary file is left beside it."""
+    monkeypatch.setattr(sample_modes, "STREAM_LINES", 4)
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(SENTENCES * 2 + ["我喜欢手机" * 8] + SENTENCES) + "\n", encoding="utf-8")
+    out_file = tmp_path / "aug.jsonl"
+    out_file.write_text("old\n", encoding="utf-8")
+    code, out, err = run(
+        capsys, "--checkpoint", ckpt, "--augment", str(f), "--n", "2", "--strict", "--out", str(out_file)
+    )
+    assert code == 2 and "maxlen" in err and len(err.splitlines()) == 1
+    assert out_file.read_text(encoding="utf-8") == "old\n" and sorted(os.listdir(tmp_path)) == ["aug.jsonl", "in.txt"]
 
 
 def test_truncation_warns_or_fails_with_strict(capsys, ckpt):

@@ -10,11 +10,10 @@ A mode's records are one dict per output line, {"mode", "input", "output", ...de
 `sample.py --json` prints, one JSON object per line.
 """
 
-import collections
+import contextlib
 import dataclasses
 import os
 import sys
-import unicodedata
 import warnings
 from typing import Callable
 
@@ -22,6 +21,17 @@ from univae import generate
 from univae.cli import CLIError
 from univae.decoding import Decoding
 from univae.measure import load_data
+from univae.sample_tables import (
+    augment_groups,
+    show_analogy,
+    show_augment,
+    show_codes,
+    show_edits,
+    show_pairs,
+    show_path,
+    show_samples,
+    show_transfer,
+)
 
 HELD_OUT_EDITS = 5  # --replace-dims alone: this many held-out sentences of the checkpoint's corpus
 
@@ -42,6 +52,7 @@ class Mode:
     prepare: Callable | None = None  # (args): mode-specific values, checked before the model loads
     setup: Callable | None = None  # (model, args): what the mode loads before it runs
     jsonl: Callable | None = None  # records -> the mode's own JSONL objects (--out, or stdout without --json)
+    streams: str | None = None  # the flag naming an input file read STREAM_LINES lines per pass (when given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +213,34 @@ def transfer_defaults(args):
 # ----------------------------------------------------------------------------- inputs
 
 
+STREAM_LINES = 1024  # lines of a streamed input file per pass: memory stays flat in the file's length
+
+
+def line_chunks(path, size=None):
+    """The non-blank, stripped lines of a UTF-8 file (stdin for '-'), read lazily, `size` (default
+    STREAM_LINES) at a time."""
+    size, n_lines = size or STREAM_LINES, 0
+    try:
+        with contextlib.nullcontext(sys.stdin) if path == "-" else open(path, encoding="utf-8") as f:
+            chunk = []
+            for line in f:
+                if line.strip():
+                    chunk.append(line.strip())
+                if len(chunk) == size:
+                    n_lines += size
+                    yield chunk
+                    chunk = []
+            if chunk:
+                n_lines += len(chunk)
+                yield chunk
+    except OSError as e:
+        raise CLIError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"cannot read {path}: not UTF-8 text ({e.reason} after line {n_lines + len(chunk)})") from None
+    if not n_lines:
+        raise CLIError(f"{path} has no sentences (every line is blank)")
+
+
 def read_lines(path):
     """Non-blank lines of a UTF-8 file, or of stdin for '-'."""
     try:
@@ -334,15 +373,28 @@ class Records(list):
 
 
 def run(model, mode, args):
-    """Run `mode` (a row of MODES, from check_args) -> its records. The API's own argument checks
-    (empty text, bad dims, ...) raise ValueErrors: CLIErrors here."""
+    """Run `mode` (a row of MODES, from check_args) -> its records, one list per pass: a single pass,
+    or for a mode that streams its input file, one per STREAM_LINES lines (args.lines, starting at
+    line args.line_offset). The API's own argument checks (empty text, bad dims, ...) raise
+    ValueErrors: CLIErrors here."""
     try:
         check_model_flags(model, args)
-        records = Records(model, mode.name, args.with_z)
-        mode.run(model, args, records)
+        path = getattr(args, mode.streams) if mode.streams else None
+        passes = [(None, 0)] if path is None else _numbered(line_chunks(path))
+        for args.lines, args.line_offset in passes:
+            records = Records(model, mode.name, args.with_z)
+            mode.run(model, args, records)
+            yield list(records)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    return list(records)
+
+
+def _numbered(chunks):
+    """Chunks of lines -> (chunk, index of its first line)."""
+    offset = 0
+    for chunk in chunks:
+        yield chunk, offset
+        offset += len(chunk)
 
 
 def prior_used(model, args):
@@ -365,7 +417,7 @@ def run_prior(model, args, records):
 
 
 def run_reconstruct(model, args, records):
-    texts = args.reconstruct if args.reconstruct is not None else read_lines(args.input)
+    texts = args.reconstruct if args.reconstruct is not None else args.lines
     check_lengths(model, texts, args.strict)
     out, z = generate.reconstruct(model, texts, return_z=True, **args.decoding)
     for i, (t, s) in enumerate(zip(texts, out)):
@@ -451,7 +503,7 @@ def run_transfer(model, args, records):
 
 
 def run_augment(model, args, records):
-    texts = read_lines(args.augment)
+    texts = args.lines
     check_lengths(model, texts, args.strict)
     variants_of = generate.augment(
         model,
@@ -463,7 +515,7 @@ def run_augment(model, args, records):
         keep_start=args.keep_start,
         **args.decoding,
     )
-    for j, (t, variants) in enumerate(zip(texts, variants_of)):
+    for j, (t, variants) in enumerate(zip(texts, variants_of), args.line_offset):
         for i, s in enumerate(variants):
             records.append(
                 {"mode": records.mode, "input": t, "output": s, "index": i, "input_index": j, "spread": args.spread}
@@ -479,100 +531,6 @@ def run_augment(model, args, records):
                     "spread": args.spread,
                 }
             )
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def _width(s):
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
-
-
-def _table(header, rows, out):
-    widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
-    for r in [header, *rows]:
-        cells = [str(c) + " " * (w - _width(str(c))) for c, w in zip(r, widths)]
-        print("  ".join([*cells, str(r[-1])]).rstrip(), file=out)
-
-
-def show_samples(records, args, model, out):
-    _table(["#", "output"], [[r["index"], r["output"]] for r in records], out)
-
-
-def show_pairs(records, args, model, out):
-    _table(["input", "output"], [[r["input"], r["output"]] for r in records], out)
-
-
-def show_transfer(records, args, model, out):
-    print(
-        f"moved from {args.transfer[0]} towards {args.transfer[1]} ({args.direction} direction, strength "
-        f"{args.strength:g})",
-        file=out,
-    )
-    show_pairs(records, args, model, out)
-
-
-def _edit_groups(records):
-    """[(sentence, Counter of its variants in first-drawn order)] of edit records, n per sentence."""
-    groups = []
-    for r in records:
-        if r["index"] == 0:
-            groups.append((r["input"], collections.Counter()))
-        groups[-1][1][r["output"]] += 1
-    return groups
-
-
-def show_edits(records, args, model, out):
-    """What was replaced once, then each sentence with its variants indented below it."""
-    r0 = records[0]
-    what = f"{generate.edit_unit(model)} {r0['replace_dims']} of {generate.edit_size(model)}"
-    source = {"fitted": "the fitted prior's conditional given the kept dims", "uniform": "the training prior"}
-    print(
-        f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest), "
-        f"redrawn from {source[r0['prior']]}",
-        file=out,
-    )
-    if args.held_out_source:
-        print(f"sentences: {args.held_out_source}", file=out)
-    for text, variants in _edit_groups(records):
-        print(f"\n{text}", file=out)
-        for variant, k in variants.items():  # a variant drawn k > 1 times is shown once, with its count
-            print(f"    {variant}" + (f"  (×{k})" if k > 1 else ""), file=out)
-
-
-def show_codes(records, args, model, out):
-    print(f"codes: {' '.join(map(str, records[0]['codes']))}", file=out)
-    show_samples(records, args, model, out)
-
-
-def show_path(records, args, model, out):
-    _table(["alpha", "output"], [[f"{r['alpha']:.2f}", r["output"]] for r in records], out)
-
-
-def show_analogy(records, args, model, out):
-    a, b, c = records[0]["input"]
-    print(f"{a} : {b} :: {c} : ?", file=out)
-    _table(["#", "output"], [["=" if r["index"] == 0 else r["index"], r["output"]] for r in records], out)
-
-
-def show_augment(records, args, model, out):
-    rows, last = [], None
-    for r in records:
-        rows.append(
-            ["" if r["input_index"] == last else r["input"], "(no new variant)" if r["output"] is None else r["output"]]
-        )
-        last = r["input_index"]
-    _table(["input", "variants"], rows, out)
-
-
-def augment_groups(records):
-    """Per-variant records -> one {"input", "outputs"} per input line, in input order."""
-    groups = {}
-    for r in records:
-        g = groups.setdefault(r["input_index"], {"input": r["input"], "outputs": []})
-        if r["output"] is not None:
-            g["outputs"].append(r["output"])
-    return list(groups.values())
 
 
 # ----------------------------------------------------------------------------- the modes
@@ -600,7 +558,14 @@ MODES = (  # selection tries the rows in this order; prior sampling, selected by
         refusal="--replace-dims goes with --text, --input, or alone (held-out sentences of the checkpoint's corpus)",
         setup=edit_setup,
     ),
-    Mode("reconstruct", ("reconstruct", "input"), ("reconstruct", "input", "with_z"), run_reconstruct, show_pairs),
+    Mode(
+        "reconstruct",
+        ("reconstruct", "input"),
+        ("reconstruct", "input", "with_z"),
+        run_reconstruct,
+        show_pairs,
+        streams="input",
+    ),
     Mode(
         "interpolate", ("interpolate",), ("interpolate", "with_z"), run_interpolate, show_path, hints={"n": "--steps"}
     ),
@@ -613,6 +578,7 @@ MODES = (  # selection tries the rows in this order; prior sampling, selected by
         show_augment,
         default_n=4,
         jsonl=augment_groups,
+        streams="augment",
     ),
     Mode("codes", ("codes",), ("codes", "n", "with_z"), run_codes, show_codes, default_n=1, prepare=parse_codes),
 )
