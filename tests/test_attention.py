@@ -5,7 +5,7 @@ import torch
 
 import masks
 from univae.attention import attend
-from univae.model import _build_mask
+from univae.transformer import build_mask
 
 SRC, B, H, D = 16, 3, 2, 8
 LENGTHS = torch.tensor([16, 9, 1])
@@ -18,7 +18,7 @@ def _qkv(seed=0, requires_grad=False):
 
 @pytest.mark.parametrize("factory", [masks.independent, masks.uniae])
 def test_sdpa_matches_eager_forward_and_grad(factory):
-    dense = _build_mask(factory(SRC, LENGTHS), B, 2 * SRC, 2 * SRC, "eager", "cpu")
+    dense = build_mask(factory(SRC, LENGTHS), B, 2 * SRC, 2 * SRC, "eager", "cpu")
     outs, grads = [], []
     for backend in ("eager", "sdpa"):
         q, k, v = _qkv(requires_grad=True)
@@ -35,9 +35,9 @@ def test_sdpa_matches_eager_forward_and_grad(factory):
 def test_flex_forward_matches_eager(factory):
     mod = factory(SRC, LENGTHS)
     q, k, v = _qkv()
-    ref = attend(q, k, v, _build_mask(mod, B, 2 * SRC, 2 * SRC, "eager", "cpu"), "eager")
+    ref = attend(q, k, v, build_mask(mod, B, 2 * SRC, 2 * SRC, "eager", "cpu"), "eager")
     with torch.no_grad():
-        got = attend(q, k, v, _build_mask(mod, B, 2 * SRC, 2 * SRC, "flex", "cpu"), "flex")
+        got = attend(q, k, v, build_mask(mod, B, 2 * SRC, 2 * SRC, "flex", "cpu"), "flex")
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -46,7 +46,7 @@ def test_flex_forward_matches_eager(factory):
 
 def test_flex_with_grad_on_cpu_is_a_clear_error():
     q, k, v = _qkv(requires_grad=True)
-    bm = _build_mask(masks.uniae(SRC), None, 2 * SRC, 2 * SRC, "flex", "cpu")
+    bm = build_mask(masks.uniae(SRC), None, 2 * SRC, 2 * SRC, "flex", "cpu")
     with pytest.raises(RuntimeError, match="--attn sdpa"):
         attend(q, k, v, bm, "flex")
 
@@ -75,7 +75,7 @@ def test_row_with_no_allowed_key_is_zero_in_every_backend():
 def test_split_matches_eager_forward_and_grad(factory, sees_cls, lengths):
     from univae.attention import SplitLayout
 
-    dense = _build_mask(factory(SRC, lengths), B if lengths is not None else 1, 2 * SRC, 2 * SRC, "eager", "cpu")
+    dense = build_mask(factory(SRC, lengths), B if lengths is not None else 1, 2 * SRC, 2 * SRC, "eager", "cpu")
     results = []
     for backend, mask in (("eager", dense), ("split", SplitLayout(SRC, lengths, sees_cls))):
         q, k, v = _qkv(seed=1, requires_grad=True)

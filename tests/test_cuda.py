@@ -52,7 +52,7 @@ import univae  # noqa: E402
 import univae.trainer  # noqa: E402
 from univae import decoding  # noqa: E402
 from univae.attention import attend  # noqa: E402
-from univae.model import _build_mask  # noqa: E402
+from univae.transformer import build_mask  # noqa: E402
 
 SRC, B, H, D = 16, 4, 2, 16  # flex's CUDA kernels need a head size of at least 16 (D = 16: the debug preset's)
 LENGTHS = [16, 9, 1, 5]
@@ -83,7 +83,7 @@ def test_flex_forward_and_backward_match_eager(factory):
     results = []
     for backend in ("eager", "flex"):
         q, k, v = [t.cuda().requires_grad_() for t in qkv]
-        out = attend(q, k, v, _build_mask(mod, B, 2 * SRC, 2 * SRC, backend, "cuda"), backend)
+        out = attend(q, k, v, build_mask(mod, B, 2 * SRC, 2 * SRC, backend, "cuda"), backend)
         (out * torch.linspace(-1, 1, D, device="cuda")).square().sum().backward()
         results.append((out.detach(), [t.grad for t in (q, k, v)]))
     (out_e, grads_e), (out_f, grads_f) = results

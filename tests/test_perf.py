@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import masks
 import univae.attention
 import univae.model
+import univae.transformer
 from univae import decoding
 from univae.attention import SplitLayout
 from univae.config import preset
@@ -57,13 +58,13 @@ class _Calls:
 def _masks_seen_by_layers(monkeypatch):
     """Record the mask object each Layer.forward hands to attend."""
     seen = []
-    real = univae.model.attend
+    real = univae.transformer.attend
 
     def spy(q, k, v, mask, backend, **kw):
         seen.append(mask)
         return real(q, k, v, mask, backend, **kw)
 
-    monkeypatch.setattr(univae.model, "attend", spy)
+    monkeypatch.setattr(univae.transformer, "attend", spy)
     return seen
 
 

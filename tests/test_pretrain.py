@@ -19,8 +19,8 @@ from univae import data, pretrain, training
 from univae.checkpoint import BUNDLED, convert_hf_state_dict, to_hf_state_dict
 from univae.config import UniVAEConfig
 from univae.mlm import IGNORE, mask_tokens, mlm_loss
-from univae.model import Transformer, load_transformer
 from univae.tokenizer import encode_texts, load_tokenizer
+from univae.transformer import Transformer, load_transformer
 
 HF_CLASSES = {"bert": transformers.BertForMaskedLM, "roformer": transformers.RoFormerForMaskedLM}
 

@@ -40,8 +40,8 @@ from univae import data, rundir, training
 from univae.checkpoint import HF_ARCHITECTURES, save_hf_backbone
 from univae.config import PRESETS, UniVAEConfig, add_config_flags
 from univae.mlm import mask_tokens, mlm_logits, mlm_loss
-from univae.model import Transformer, load_transformer
 from univae.tokenizer import CLS, MASK, PAD, SEP, build_tokenizer, char_vocab, encode_texts, load_tokenizer
+from univae.transformer import Transformer, load_transformer
 
 BUNDLED_CORPORA = "builtin:reviews,builtin:news"
 ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
