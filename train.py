@@ -59,15 +59,10 @@ def parse_args(argv):
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    given, default_run = parse_args(argv)
-    rank, world, local_rank = setup_distributed()
-    master = rank == 0
-    log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
-    keep_freed_memory()  # before the first big tensor: no page faults for each step's logits (univae/training.py)
-
-    # resolve every setting, and fail on a bad one, before touching --out
+def resolve_run(given, default_run, master, local_rank):
+    """Every setting resolved, and a bad one failed on, before --out is touched: -> (cfg,
+    model_overrides, device, maxlen, resume_dir, training state or None, the run's lock, whether
+    --out's old contents are to be replaced)."""
     resume_dir, state, saved_args = settings.resume_dir_of(given), None, {}
     out = given.get("out", TrainConfig.out)
     lock = RunLock(out)
@@ -90,6 +85,42 @@ def main(argv=None):
     replace_out = master and not resuming_in_place and os.path.isdir(out) and bool(RunLock.contents(out))
     if replace_out and not (cfg.overwrite or default_run):
         fail(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
+    return cfg, model_overrides, device, maxlen, resume_dir, state, lock, replace_out
+
+
+def claim_out(trainer, lock, replace_out, default_run, log):
+    """From here on --out is this run's: take the lock, clear old contents if replacing, open the logs."""
+    out = lock.out
+    try:
+        lock.acquire()
+    except RunLocked as e:
+        fail(str(e))
+    if lock.stale_pid:
+        log(f"{out}/.lock was left by pid {lock.stale_pid}, which is no longer running: taken over")
+    if replace_out:
+        log(f"replacing {out}/" + (" (the default run always starts afresh)" if default_run else ""))
+        clear_out_dir(out)
+    trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may not be installed
+
+        trainer.writer = SummaryWriter(os.path.join(out, "tensorboard"))
+    except ImportError:
+        pass
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    given, default_run = parse_args(argv)
+    rank, world, local_rank = setup_distributed()
+    master = rank == 0
+    log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
+    keep_freed_memory()  # before the first big tensor: no page faults for each step's logits (univae/training.py)
+
+    cfg, model_overrides, device, maxlen, resume_dir, state, lock, replace_out = resolve_run(
+        given, default_run, master, local_rank
+    )
+    out = lock.out
 
     # data, model, objective, optimiser
     torch.manual_seed(cfg.seed)
@@ -131,24 +162,8 @@ def main(argv=None):
             fail(str(e))
         log(f"resumed from {resume_dir} at step {trainer.step}")
 
-    # from here on --out is ours
     if master:
-        try:
-            lock.acquire()
-        except RunLocked as e:
-            fail(str(e))
-        if lock.stale_pid:
-            log(f"{out}/.lock was left by pid {lock.stale_pid}, which is no longer running: taken over")
-        if replace_out:
-            log(f"replacing {out}/" + (" (the default run always starts afresh)" if default_run else ""))
-            clear_out_dir(out)
-        trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            trainer.writer = SummaryWriter(os.path.join(out, "tensorboard"))
-        except ImportError:
-            pass
+        claim_out(trainer, lock, replace_out, default_run, log)
 
     training.stop_on_signals(trainer.stop_signal)
     try:

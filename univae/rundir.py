@@ -130,7 +130,7 @@ class RunLock:
     file whose flock can be taken is stale by construction; `stale_pid` then names the dead run."""
 
     def __init__(self, out_dir):
-        self.path = os.path.join(out_dir, LOCK_FILE)
+        self.out, self.path = out_dir, os.path.join(out_dir, LOCK_FILE)
         self.fd = None
         self.stale_pid = None
 
