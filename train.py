@@ -183,6 +183,7 @@ def main(argv=None):
             fail(str(e), code=1)
         show(model, splits["val"])
     if world > 1:
+        dist.barrier()  # every rank leaves together, after rank 0's prior fit and demo
         dist.destroy_process_group()
     if trainer.stop_signal:
         sys.exit(128 + trainer.stop_signal[0])
