@@ -258,7 +258,8 @@ def check_trained(path):
         raise CheckpointError(f'{path} is not a univae checkpoint (no config.json with a "univae" section)')
 
 
-def _atomic(path, write):
+def write_atomically(path, write):
+    """write(tmp) then os.replace(tmp, path): a crash leaves the old file or none, never half of one."""
     tmp = path + ".tmp"
     write(tmp)
     os.replace(tmp, path)
@@ -272,9 +273,11 @@ def _write_json(obj, path):
 def save_univae(config, state_dict, tokenizer, directory):
     """config.json ({"univae": ...}), model.safetensors and the tokenizer files, each written atomically."""
     os.makedirs(directory, exist_ok=True)
-    _atomic(os.path.join(directory, "config.json"), lambda p: _write_json({"univae": config.to_dict()}, p))
+    write_atomically(os.path.join(directory, "config.json"), lambda p: _write_json({"univae": config.to_dict()}, p))
     sd = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    _atomic(os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
+    write_atomically(
+        os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"})
+    )
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory)
 
@@ -327,7 +330,9 @@ def save_hf_backbone(transformer, tokenizer, directory, dtype=torch.float32):
     that `train.py --init-from` fine-tunes. Each file is written atomically."""
     os.makedirs(directory, exist_ok=True)
     config = {**hf_config_dict(transformer.config), "torch_dtype": str(dtype).removeprefix("torch.")}
-    _atomic(os.path.join(directory, "config.json"), lambda p: _write_json(config, p))
+    write_atomically(os.path.join(directory, "config.json"), lambda p: _write_json(config, p))
     sd = {k: v.to(dtype) for k, v in to_hf_state_dict(transformer).items()}
-    _atomic(os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
+    write_atomically(
+        os.path.join(directory, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"})
+    )
     save_tokenizer(tokenizer, directory)

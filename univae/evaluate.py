@@ -70,6 +70,7 @@ import warnings
 import torch
 
 from univae import measure, metrics
+from univae.checkpoint import write_atomically
 from univae.generate import edit_size, layer_span, parse_dims
 from univae.model import UniVAE
 from univae.plots import plot_control, plot_lengths, plot_training_curves
@@ -212,8 +213,8 @@ def run(args, model, device, train_args, spec, source, texts_all, train_texts, n
     report["plots"] = draw_plots(out_dir, report, texts, curves, model.config.maxlen, **drawn)
     report["seconds"] = time.time() - t0
     report = clean_json(report)
-    write_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2, ensure_ascii=False))
-    write_atomically(os.path.join(out_dir, "report.md"), render_markdown(report))
+    write_atomically(os.path.join(out_dir, "report.json"), write_text(json.dumps(report, indent=2, ensure_ascii=False)))
+    write_atomically(os.path.join(out_dir, "report.md"), write_text(render_markdown(report)))
     return report, out_dir
 
 
@@ -304,12 +305,14 @@ def draw_plots(out_dir, report, texts, curves, maxlen, control_rows, samples):
     return plots
 
 
-def write_atomically(path, text):
-    """Write text to path through a temporary file and a rename: a crash leaves the old file or none, never half."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def write_text(text):
+    """A writer for checkpoint.write_atomically: text into the file it is handed."""
+
+    def write(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return write
 
 
 def main(argv=None):
