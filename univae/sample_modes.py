@@ -242,21 +242,8 @@ def line_chunks(path, size=None):
 
 
 def read_lines(path):
-    """Non-blank lines of a UTF-8 file, or of stdin for '-'."""
-    try:
-        if path == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-    except OSError as e:
-        raise CLIError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise CLIError(f"cannot read {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    lines = [s.strip() for s in lines if s.strip()]
-    if not lines:
-        raise CLIError(f"{path} has no sentences (every line is blank)")
-    return lines
+    """Non-blank lines of a UTF-8 file, or of stdin for '-', all at once."""
+    return [line for chunk in line_chunks(path, sys.maxsize) for line in chunk]
 
 
 def load_model(checkpoint, device, attn=None):
