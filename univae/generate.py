@@ -139,11 +139,15 @@ def parse_dims(spec, size):
     return torch.tensor(dims, dtype=torch.long), ranges
 
 
+def _edit_width(model):
+    """--replace-dims positions per latent layer: z_dim, or one code position (VQ)."""
+    return 1 if model.family.edits_whole_layers else model.config.z_dim
+
+
 def edit_size(model):
     """What --replace-dims ranges index: the latent_dim dims of z, or for VQ the n_latent code
     positions (one per latent layer; a code is replaced whole)."""
-    c = model.config
-    return c.num_latent_layers if model.family.edits_whole_layers else c.latent_dim
+    return model.config.num_latent_layers * _edit_width(model)
 
 
 def edit_unit(model):
@@ -153,14 +157,14 @@ def edit_unit(model):
 
 def layer_span(model, j):
     """The --replace-dims range that covers latent layer j (0 = lowest)."""
-    k = 1 if model.family.edits_whole_layers else model.config.z_dim
+    k = _edit_width(model)
     return f"{j * k}:{(j + 1) * k}"
 
 
 def edited_layers(model, dims):
     """The latent layers (0 = lowest) that a --replace-dims spec touches."""
     _, ranges = parse_dims(dims, edit_size(model))
-    k = 1 if model.family.edits_whole_layers else model.config.z_dim
+    k = _edit_width(model)
     return sorted({d // k for a, b in ranges for d in range(a, b)})
 
 
