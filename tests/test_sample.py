@@ -286,12 +286,13 @@ def test_augment(capsys, ckpt, tmp_path):
 
 def test_augment_and_input_stream_their_file_a_chunk_at_a_time(capsys, ckpt, tmp_path, monkeypatch):
     """--augment and --input read and decode STREAM_LINES lines per pass: generate sees chunks of at
-    most that many sentences, in file order, and the outputs are those of one pass (greedy
-    reconstruction is the same sentence by sentence; augment keeps every input once, in order)."""
+    most that many sentences, in file order, and the outputs are those of one pass decoded in
+    batches of the same size (augment keeps every input once, in order)."""
     lines = [SENTENCES[i % 5] + "，" + SENTENCES[(3 * i) % 5][: 1 + i % 4] for i in range(23)]
     f = tmp_path / "in.txt"
     f.write_text("\n".join(lines[:10]) + "\n\n  \n" + "\n".join(lines[10:]) + "\n", encoding="utf-8")
-    whole = [r["output"] for r in run_json(capsys, ckpt, "--input", str(f))]
+    # decoding batches of 5, as the streamed passes are: the same rows batched together, the same floats
+    whole = [r["output"] for r in run_json(capsys, ckpt, "--input", str(f), "--batch-size", "5")]
     seen, reconstruct, augment = [], univae.generate.reconstruct, univae.generate.augment
     monkeypatch.setattr(sample_modes, "STREAM_LINES", 5)
     monkeypatch.setattr(
@@ -300,7 +301,7 @@ def test_augment_and_input_stream_their_file_a_chunk_at_a_time(capsys, ckpt, tmp
     monkeypatch.setattr(
         univae.generate, "augment", lambda m, texts, n, **k: seen.append(len(texts)) or augment(m, texts, n, **k)
     )
-    streamed = run_json(capsys, ckpt, "--input", str(f))
+    streamed = run_json(capsys, ckpt, "--input", str(f), "--batch-size", "5")
     assert seen == [5, 5, 5, 5, 3] and [r["input"] for r in streamed] == lines
     assert [r["output"] for r in streamed] == whole
     seen.clear()
