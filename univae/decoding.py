@@ -149,8 +149,8 @@ class CachedDecoder:
         slot = t + 1  # target t lives in cache slot t + 1
         h = tr.embed(tok, torch.ones_like(tok), self.positions.index_select(0, t))
         rope = None if self.rope is None else tuple(r.index_select(0, t) for r in self.rope)  # (1, D) each
-        for layer, mask, cache in zip(tr.layers, self.masks, self.caches):
-            h = layer(h, mask.index_select(2, slot), self.backend, rope, cache=(cache, slot))  # mask (1, 1, 1, S)
+        rows = [mask.index_select(2, slot) for mask in self.masks]  # (1, 1, 1, S) each
+        h = tr.run_layers(h, rows, self.backend, rope, caches=[(cache, slot) for cache in self.caches])
         return tr.logits(h[:, -1])
 
     def reorder(self, rows):

@@ -127,27 +127,28 @@ class UniVAE(nn.Module):
         """The layer stack with the bottleneck on position 0. z forces the code; else encode it.
         dropped (B,) long, optional: the latent layer whose code each sentence gets as a training-prior
         draw instead (-1: none; code dropout). The [CLS] state is shared, so the layers above read the
-        draw too; z_list and params_list keep the encoder's own codes.
+        draw too; z_list and params_list keep the encoder's own codes. Fewer masks than layers stop
+        at the input of the first layer not run, after its bottleneck has read its params.
 
         Returns (h, z_list, params_list) where params are None when z was forced."""
-        assert len(layer_masks) == len(self.transformer.layers)
         zs = self.split_z(z) if z is not None else []
         params = []
-        for l, (layer, mask) in enumerate(zip(self.transformer.layers, layer_masks)):
+
+        def bottleneck(l, h):
             j = self.latent_index.get(l)
-            if j is not None:
-                if z is None:
-                    p = self.down[j](h[:, 0])
-                    params.append(p)
-                    zs.append(self.family.sample(p, layer=j) if sample else self.family.mean(p, layer=j))
-                zj = zs[j]
-                if dropped is not None:
-                    draw = self.family.prior(len(zj), zj.device, layer=j).to(zj.dtype)
-                    zj = torch.where((dropped == j)[:, None], draw, zj)
-                h = torch.cat([self.up[j](zj.to(h.dtype))[:, None], h[:, 1:]], dim=1)
-            h = layer(h, mask, backend, rope)
-            if rope is not None and isinstance(mask, SplitLayout):  # the rows the layer kept
-                rope = tuple(mask.keep(t, 0) for t in rope)
+            if j is None:
+                return h
+            if z is None:
+                p = self.down[j](h[:, 0])
+                params.append(p)
+                zs.append(self.family.sample(p, layer=j) if sample else self.family.mean(p, layer=j))
+            zj = zs[j]
+            if dropped is not None:
+                draw = self.family.prior(len(zj), zj.device, layer=j).to(zj.dtype)
+                zj = torch.where((dropped == j)[:, None], draw, zj)
+            return torch.cat([self.up[j](zj.to(h.dtype))[:, None], h[:, 1:]], dim=1)
+
+        h = self.transformer.run_layers(h, layer_masks, backend, rope, at_input=bottleneck)
         return h, zs, params
 
     # ------------------------------------------------------------------ training forward
@@ -275,18 +276,8 @@ class UniVAE(nn.Module):
         else:
             mask = [build_mask(masks.independent(S, src_lengths), B, S, S, backend, src_ids.device)] * top
         positions = torch.arange(S, device=src_ids.device)
-        rope = self.transformer.rope(positions)
         h = self.transformer.embed(src_ids, torch.zeros_like(src_ids), positions)
-        params = []
-        for l, layer in enumerate(self.transformer.layers):
-            j = self.latent_index.get(l)
-            if j is not None:
-                p = self.down[j](h[:, 0])
-                params.append(p)
-                h = torch.cat([self.up[j](self.family.mean(p, layer=j).to(h.dtype))[:, None], h[:, 1:]], dim=1)
-            if l == top:
-                break
-            h = layer(h, mask[l], backend, rope)
+        _, _, params = self._run(h, mask, backend, self.transformer.rope(positions))
         return params
 
     def mean_code(self, params_list):

@@ -182,10 +182,25 @@ class Transformer(nn.Module):
             return keep[b, kv_idx]
 
         mask = build_mask(mask_mod, B, S, S, backend, input_ids.device)
-        rope = self.rope(positions)
         h = self.embed(input_ids, token_type_ids, positions)
-        for layer in self.layers:
-            h = layer(h, mask, backend, rope)
+        return self.run_layers(h, [mask] * len(self.layers), backend, self.rope(positions))
+
+    def run_layers(self, h, layer_masks, backend, rope=None, caches=None, at_input=None):
+        """The one walk through the layers: h (B, S, d) goes through layer l under layer_masks[l].
+
+        Fewer masks than layers stop the walk early, at the input of the first layer not run.
+        at_input(l, h) -> h, optional: rewrites the input of layer l, and of the layer where an early
+        stop ends (UniVAE's bottleneck on position 0). caches[l] = (KVCache, slots), optional: a
+        one-token decoding step that writes its keys and values there and attends over the cache. A
+        SplitLayout that keeps only some query rows keeps their rotary rows for the layer above."""
+        for l, mask in enumerate(layer_masks):
+            if at_input is not None:
+                h = at_input(l, h)
+            h = self.layers[l](h, mask, backend, rope, cache=None if caches is None else caches[l])
+            if rope is not None and isinstance(mask, SplitLayout):
+                rope = tuple(mask.keep(t, 0) for t in rope)
+        if at_input is not None and len(layer_masks) < len(self.layers):
+            h = at_input(len(layer_masks), h)
         return h
 
 
