@@ -4,10 +4,13 @@ the same wall time, one after another (never sharing the cores), for each seed; 
 
     python bench/finetune_ab.py                                  # default vs --from-scratch, seeds 0 1
     python bench/finetune_ab.py --seeds 0 1 2 --budget 480 --recipe lr1e3="--lr 1e-3"
+    python bench/finetune_ab.py --steps 580 --baselines default --recipe w50="--warmup 50"
     python bench/finetune_ab.py --table runs/ab                  # only print the table of finished runs
 
-A recipe is NAME="flags added to python train.py"; `default` (no flags) and `scratch`
-(--from-scratch) are always run. Columns: steps made, val CE at the last common step (equal steps)
+A recipe is NAME="flags added to python train.py"; the baselines `default` (no flags) and `scratch`
+(--from-scratch) run too unless --baselines names fewer. --steps N runs every recipe for N steps
+instead of a wall-clock budget (give the steps the budget makes on quiet cores): the results then do
+not depend on what else shares the cores, so such runs may overlap other work. Columns: steps made, val CE at the last common step (equal steps)
 and at the end (equal wall time), and the report's headline: greedy exact / char-F1, content and
 pattern kept when the lowest vs the top latent layer is redrawn (lowest - top), the fitted prior's
 first-character plausibility over real sentences', distinct-2 of prior samples and of real ones.
@@ -88,7 +91,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budget", type=float, default=480.0, help="seconds of training per run")
+    p.add_argument("--steps", type=int, default=0, help="train each run for this many steps instead of --budget")
     p.add_argument("--recipe", action="append", default=[], metavar='NAME="FLAGS"')
+    p.add_argument("--baselines", nargs="*", choices=["default", "scratch"], default=["default", "scratch"])
     p.add_argument("--out", default="runs/ab")
     p.add_argument("--table", metavar="DIR", help="print the table of the finished runs under DIR and stop")
     args = p.parse_args(argv)
@@ -96,12 +101,14 @@ def main(argv=None):
         names = sorted(n for n in os.listdir(args.table) if os.path.exists(os.path.join(args.table, n, "last", "eval")))
         table({n: summary(os.path.join(args.table, n)) for n in names})
         return
-    recipes = {"default": [], "scratch": ["--from-scratch"]}
+    baselines = {"default": [], "scratch": ["--from-scratch"]}
+    recipes = {name: baselines[name] for name in args.baselines}
     for spec in args.recipe:
         name, _, flags = spec.partition("=")
         recipes[name] = shlex.split(flags)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.budget:.0f} s per run",
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        + (f"{args.steps} steps per run" if args.steps else f"{args.budget:.0f} s per run"),
         flush=True,
     )
     results = {}
@@ -114,8 +121,11 @@ def main(argv=None):
                 *flags,
                 "--seed",
                 str(seed),
-                "--time-budget",
-                str(args.budget),
+                *(
+                    ["--max-steps", str(args.steps), "--time-budget", "0"]
+                    if args.steps
+                    else ["--time-budget", str(args.budget)]
+                ),
                 "--out",
                 out,
                 "--overwrite",
