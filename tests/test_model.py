@@ -150,6 +150,19 @@ def test_encode_equals_joined_forward_posterior_mean(model):
     torch.testing.assert_close(out.z, out.mu)
 
 
+def test_posterior_chunks_cover_every_row_in_order(model):
+    ids, _ = random_joined(model, seed=6)
+    src = ids[:, : model.config.maxlen]
+    with torch.no_grad():
+        whole = model.posterior_params(src)
+        chunks = list(model.posterior_chunks(src, batch_size=3))
+        in_chunks = model.posterior_params_all(src, batch_size=3)
+    assert [len(chunk) for chunk, _ in chunks] == [3] * (len(src) // 3) + ([len(src) % 3] if len(src) % 3 else [])
+    torch.testing.assert_close(torch.cat([chunk for chunk, _ in chunks]), src)
+    for a, b in zip(in_chunks, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_loss_counts_real_target_tokens_and_sep(model):
     ids, tt = random_joined(model, seed=6, lengths=[3, 7, 10, 1])
     with torch.no_grad():

@@ -343,8 +343,7 @@ def posterior_samples(model, ids, samples_per_sentence=1, batch_size=256):
     """z ~ q(z | x) for source ids (N, maxlen): (N * samples_per_sentence, latent_dim) float32, the
     samples of one sentence together. Uses the global RNG (fit_prior forks and seeds it)."""
     out = []
-    for chunk in ids.split(batch_size):
-        params = model.posterior_params(chunk.to(model.device))
+    for _, params in model.posterior_chunks(ids, batch_size):
         zs = [
             torch.cat([model.family.sample(p, layer=j) for j, p in enumerate(params)], dim=-1).float()
             for _ in range(samples_per_sentence)

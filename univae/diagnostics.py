@@ -101,12 +101,10 @@ def posterior_params_of(model, ids, batch_size=128, autocast=None):
     """ids (N, maxlen) source token ids -> per-layer posterior params (N, param_dim), float32."""
     was_training = model.training
     model.eval()
-    chunks = []
-    for chunk in ids.split(batch_size):
-        with autocast or contextlib.nullcontext():
-            chunks.append([p.float() for p in model.posterior_params(chunk.to(model.device))])
+    with autocast or contextlib.nullcontext():
+        params = model.posterior_params_all(ids, batch_size)
     model.train(was_training)
-    return [torch.cat(layer) for layer in zip(*chunks)]
+    return [p.float() for p in params]
 
 
 def latent_metrics(family, params_list, au_delta=0.01):

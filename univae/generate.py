@@ -328,7 +328,7 @@ def posterior(model, texts):
     truncated with a warning (encode_texts)."""
     texts = _check_texts(texts)
     ids, _, _ = encode_texts(model.tokenizer, texts, model.config.maxlen)
-    params = model.posterior_params(ids.to(model.device))
+    params = model.posterior_params_all(ids)
     return model.mean_code(params), params
 
 

@@ -136,9 +136,8 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
     MI, active units) over all sentences; the importance-weighted NLL over the first iw_sentences."""
     pad = model.config.pad_token_id
     total_nats, n_tokens, params_list = 0.0, 0, []
-    for chunk in progress(ids.split(batch_size), "likelihood (posterior mean)"):
-        chunk = chunk.to(model.device)
-        params = model.posterior_params(chunk)
+    encoded = model.posterior_chunks(ids, batch_size)
+    for chunk, params in progress(encoded, "likelihood (posterior mean)", total=-(-len(ids) // batch_size)):
         mu = model.mean_code(params)
         ll, n = sequence_log_likelihood(model, mu, trim(chunk, pad))
         total_nats -= ll.sum().item()

@@ -287,12 +287,23 @@ class UniVAE(nn.Module):
     def encode_ids(self, src_ids):
         return self.mean_code(self.posterior_params(src_ids))
 
+    def posterior_chunks(self, ids, batch_size=256):
+        """Source ids (N, maxlen) on any device -> yields (chunk on the model's device, its per-layer
+        posterior params), batch_size rows at a time: the one loop that encodes many sentences."""
+        for chunk in ids.split(batch_size):
+            chunk = chunk.to(self.device)
+            yield chunk, self.posterior_params(chunk)
+
+    def posterior_params_all(self, ids, batch_size=256):
+        """Source ids (N, maxlen) -> per-layer posterior params (N, param_dim), encoded in chunks."""
+        chunks = [params for _, params in self.posterior_chunks(ids, batch_size)]
+        return [torch.cat(layer) for layer in zip(*chunks)]
+
     @torch.no_grad()
     def encode(self, texts, batch_size=256):
         """Sentences -> posterior mean codes (N, n_latent*z_dim); deterministic."""
         ids, _, _ = encode_texts(self.tokenizer, texts, self.config.maxlen)
-        out = [self.encode_ids(chunk.to(self.device)) for chunk in ids.split(batch_size)]
-        return torch.cat(out).float()
+        return self.mean_code(self.posterior_params_all(ids, batch_size)).float()
 
     def decoder_inputs(self, tgt_ids):
         """[slot; target] ids, token types and positions for decoding without a source.
@@ -397,7 +408,7 @@ class UniVAE(nn.Module):
         """gmm: sentences -> argmax_c q(c|x) per latent layer, LongTensor (N, n_latent)."""
         self._need("has_components", "gmm")
         ids, _, _ = encode_texts(self.tokenizer, texts, self.config.maxlen)
-        params = self.posterior_params(ids.to(self.device))
+        params = self.posterior_params_all(ids)
         return torch.stack([self.family.component_log_probs(p).argmax(-1) for p in params], dim=-1).cpu()
 
     # ------------------------------------------------------------------ checkpoints
