@@ -30,6 +30,7 @@ from univae.config import (
 from univae.data import Batches
 from univae.objective import VAEObjective, char_class_token_masks
 from univae.rundir import (
+    MetricsLog,
     RunLock,
     RunLocked,
     TrainingError,
@@ -100,13 +101,7 @@ def claim_out(trainer, lock, replace_out, default_run, log):
     if replace_out:
         log(f"replacing {out}/" + (" (the default run always starts afresh)" if default_run else ""))
         clear_out_dir(out)
-    trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may not be installed
-
-        trainer.writer = SummaryWriter(os.path.join(out, "tensorboard"))
-    except ImportError:
-        pass
+    trainer.metrics_log = MetricsLog(out, tensorboard=True)
 
 
 def main(argv=None):
@@ -171,9 +166,7 @@ def main(argv=None):
     except TrainingError as e:  # disk full, an I/O error, non-finite weights or steps: one line, `last` intact
         fail(str(e), code=1)
     finally:
-        for f in (trainer.metrics_file, trainer.writer):
-            if f is not None:
-                f.close()
+        trainer.metrics_log.close()
         if master:
             lock.release()
     if master and not trainer.stop_signal:

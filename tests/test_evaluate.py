@@ -221,13 +221,6 @@ def test_control_flags_are_checked():
             E.parse_args(["--checkpoint", "x", flag, "0"])
 
 
-def test_read_metrics_keeps_the_last_row_per_step(run_dir, tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 1, "loss": 9}\ncut{\n', encoding="utf-8")
-    train, val = measure.read_metrics(str(path))
-    assert [(r["step"], r["loss"]) for r in train] == [(1, 9), (2, 2)] and val == []
-
-
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -2,9 +2,7 @@
 its part of report.json (the keys are documented in univae/evaluate.py, which runs them in order).
 """
 
-import json
 import math
-import os
 import sys
 
 import torch
@@ -17,7 +15,7 @@ from univae.decoding import Decoding, decode_ids
 from univae.density import SAMPLE_SPREAD
 from univae.diagnostics import latent_metrics
 from univae.generate import DEFAULT_STRENGTH, edit_size, edit_z, parse_dims
-from univae.rundir import ARGS_FILE, split_corpus
+from univae.rundir import ARGS_FILE, find_metrics_file, read_metrics, split_corpus
 from univae.tokenizer import detokenize
 
 SPLITS = ("train", "val", "test")
@@ -425,35 +423,6 @@ def interpolation_section(model, texts, n_paths, steps):
 
 
 # ----------------------------------------------------------------------------- training curves
-
-
-def find_metrics_file(checkpoint):
-    """metrics.jsonl in the checkpoint dir or its parent (train.py: OUT/metrics.jsonl, OUT/step-N)."""
-    candidates = [
-        checkpoint,
-        os.path.dirname(os.path.abspath(checkpoint)),
-        os.path.dirname(os.path.realpath(checkpoint)),
-    ]  # OUT/last -> step-N: both parents are OUT
-    for d in candidates:
-        path = os.path.join(d, "metrics.jsonl")
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def read_metrics(path):
-    """metrics.jsonl -> (train rows, val rows), each sorted by step; a step logged twice (a resumed
-    run re-logs the steps after its checkpoint) keeps its last row. Unreadable lines are skipped."""
-    train, val = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill mid-write
-            if isinstance(row, dict) and "step" in row:
-                (val if row.get("split") == "val" else train)[row["step"]] = row
-    return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
 
 def training_section(checkpoint):

@@ -23,7 +23,6 @@ both halves' position and segment embeddings are trained (univae/mlm.py).
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
@@ -239,7 +238,7 @@ class Pretrainer:
         self.max_steps = cfg.max_steps or math.inf
         self.budget = cfg.time_budget or math.inf
         self.stop_signal = []
-        self.metrics_file = None
+        self.metrics_log = rundir.MetricsLog()  # main gives rank 0 the run directory's log
         self.run_args = dataclasses.asdict(cfg) | {"world_size": world}
 
     def training_state(self):
@@ -301,15 +300,10 @@ class Pretrainer:
         self.step += 1
         return loss.detach()
 
-    def record(self, row):
-        if self.master:
-            self.metrics_file.write(json.dumps(row) + "\n")
-            self.metrics_file.flush()
-
     def evaluate(self):
         if self.master:
             metrics = evaluate_mlm(self.transformer, self.tokenizer, self.val_ids, self.cfg.mask_rate, self.autocast)
-            self.record({"step": self.step, "split": "val", **metrics})
+            self.metrics_log.record({"step": self.step, "split": "val", **metrics})
             self.log(
                 f"step {self.step} val: masked-LM ce {metrics['mlm_ce']:.3f}, accuracy {metrics['mlm_accuracy']:.3f}"
             )
@@ -354,7 +348,7 @@ class Pretrainer:
                     "elapsed": round(self.elapsed, 1),
                     "peak_rss_mb": round(training.peak_rss_mb()),
                 }
-                self.record(row)
+                self.metrics_log.record(row)
                 self.log(
                     f"step {self.step}  mlm ce {row['mlm_ce']:.3f}  lr {row['lr']:.2e}  "
                     f"{row['sentences_per_s']:.0f} sent/s  {self.elapsed:.0f}s"
@@ -375,9 +369,8 @@ class Pretrainer:
 
 
 def heldout_curve(out):
-    """The held-out evaluations of the run in OUT/metrics.jsonl, in order."""
-    with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
-        return [row for row in map(json.loads, f) if row.get("split") == "val"]
+    """The held-out evaluations of the run in OUT/metrics.jsonl, in order of step."""
+    return rundir.read_metrics(os.path.join(out, rundir.METRICS_FILE))[1]
 
 
 def parse_args(argv):
@@ -478,7 +471,7 @@ def main(argv=None):
         lock.acquire()
         if not resume_dir and rundir.RunLock.contents(out):
             rundir.clear_out_dir(out)
-        trainer.metrics_file = open(os.path.join(out, "metrics.jsonl"), "a", encoding="utf-8")
+        trainer.metrics_log = rundir.MetricsLog(out)
 
     training.stop_on_signals(trainer.stop_signal)
     try:
@@ -494,8 +487,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     finally:
-        if trainer.metrics_file is not None:
-            trainer.metrics_file.close()
+        trainer.metrics_log.close()
         if rank == 0:
             lock.release()
     if world > 1:

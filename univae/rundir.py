@@ -4,7 +4,8 @@ every other command reads it back. The one module that knows this layout:
     step-N/    the model's save_pretrained files + training_state.pt + train_args.json
     last  ->   step-N   (a symlink, swapped atomically with os.replace)
     .lock      the pid of the run using OUT (RunLock)
-    metrics.jsonl
+    metrics.jsonl   one JSON row per logged step and per evaluation (MetricsLog)
+    tensorboard/    the same scalars, when tensorboard is installed (train.py)
 
 A checkpoint is written to a hidden temporary directory and renamed into place (a rename onto a
 fresh name is atomic), and only then does `last` move. A kill at any moment leaves every earlier
@@ -28,6 +29,7 @@ from univae import data
 STATE_FILE = "training_state.pt"
 ARGS_FILE = "train_args.json"
 LOCK_FILE = ".lock"
+METRICS_FILE = "metrics.jsonl"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -225,3 +227,70 @@ def split_corpus(corpus, maxlen, train_args):
     # depend on it (cut first), but the train split does, and novelty needs that one.
     val_fraction = 0.0 if args.get("val") else 0.02
     return data.split(sentences, seed=seed, val_fraction=val_fraction), seed
+
+
+# ----------------------------------------------------------------------------- the metrics log
+
+
+class MetricsLog:
+    """A run's metrics: each row (a dict with "step"; evaluation rows have "split": "val") appended to
+    OUT/metrics.jsonl and flushed at once, so a kill loses no row already recorded; with
+    tensorboard=True also TensorBoard scalars `<split>/<name>` under OUT/tensorboard where tensorboard
+    is installed. MetricsLog(None) records nothing: the ranks other than 0 hold one."""
+
+    def __init__(self, out=None, tensorboard=False):
+        self.file = self.writer = None
+        if out is None:
+            return
+        self.file = open(os.path.join(out, METRICS_FILE), "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may not be installed
+            except ImportError:
+                return
+            self.writer = SummaryWriter(os.path.join(out, "tensorboard"))
+
+    def record(self, row):
+        if self.file is None:
+            return
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for name, value in row.items():
+                if isinstance(value, (int, float)) and name != "step":
+                    self.writer.add_scalar(f"{row.get('split', 'train')}/{name}", value, row["step"])
+
+    def close(self):
+        for f in (self.file, self.writer):
+            if f is not None:
+                f.close()
+        self.file = self.writer = None
+
+
+def find_metrics_file(checkpoint):
+    """metrics.jsonl in the checkpoint dir or its parent (OUT/metrics.jsonl beside OUT/step-N)."""
+    candidates = [
+        checkpoint,
+        os.path.dirname(os.path.abspath(checkpoint)),
+        os.path.dirname(os.path.realpath(checkpoint)),
+    ]  # OUT/last -> step-N: both parents are OUT
+    for d in candidates:
+        path = os.path.join(d, METRICS_FILE)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_metrics(path):
+    """metrics.jsonl -> (train rows, val rows), each sorted by step; a step logged twice (a resumed
+    run re-logs the steps after its checkpoint) keeps its last row. Unreadable lines are skipped."""
+    train, val = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+            if isinstance(row, dict) and "step" in row:
+                (val if row.get("split") == "val" else train)[row["step"]] = row
+    return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]

@@ -8,7 +8,6 @@ is rebuilt from the flags.
 """
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -23,7 +22,7 @@ from univae.config import SettingsError, preset
 from univae.density import PRIOR_FILE, fit_prior
 from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
-from univae.rundir import TrainingError, prune_checkpoints, save_checkpoint
+from univae.rundir import MetricsLog, TrainingError, prune_checkpoints, save_checkpoint
 from univae.tokenizer import build_tokenizer, char_vocab
 from univae.training import all_finite, evaluate, lr_at, peak_rss_mb
 
@@ -114,7 +113,7 @@ class Trainer:
             self.max_steps = min(self.max_steps, math.ceil(cfg.epochs * batches.steps_per_epoch))
         self.budget = cfg.time_budget or math.inf
         self.stop_signal = []
-        self.metrics_file = self.writer = None
+        self.metrics_log = MetricsLog()  # train.py gives rank 0 the run directory's log
 
     def log(self, *a):
         if self.master:
@@ -223,7 +222,7 @@ class Trainer:
                 autocast=self.autocast,
                 au_delta=self.cfg.au_delta,
             )
-            self.record({"step": self.step, "split": "val", **metrics})
+            self.metrics_log.record({"step": self.step, "split": "val", **metrics})
             self.log(f"step {self.step} " + describe_eval(metrics, self.model.config))
             warning = collapse_warning(metrics, self.model.config, self.cfg.au_delta)
             if warning:
@@ -246,16 +245,6 @@ class Trainer:
                 self.log(f"removed {gone} (--keep-last {self.cfg.keep_last})")
         if self.world > 1:
             dist.barrier()
-
-    def record(self, row):
-        if not self.master:
-            return
-        self.metrics_file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.metrics_file.flush()
-        if self.writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.writer.add_scalar(f"{row.get('split', 'train')}/{k}", v, row["step"])
 
     # -------------------------------------------------------------- the loop
 
@@ -297,7 +286,7 @@ class Trainer:
                 }
                 if self.skipped:
                     row["skipped_steps"] = self.skipped
-                self.record(row)
+                self.metrics_log.record(row)
                 progress.show(row)
             if self.step % cfg.eval_every == 0:
                 self.evaluate()
