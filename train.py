@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from univae import generate, settings, training
+from univae.cli import CLIError, Parser, fail
 from univae.config import (
     SettingsError,
     TrainConfig,
@@ -41,18 +42,17 @@ from univae.tokenizer import encode_texts
 from univae.trainer import Trainer, build_model, describe, fit_sampling_prior, load_splits, unknown_share
 from univae.training import keep_freed_memory, param_groups, setup_distributed
 
+PROG = "train.py"
 BUCKET = 16  # length-sort within groups of 16 batches, then trim each batch (univae.trainer.trim_length)
 
 
-def fail(message, code=2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     settings.add_train_flags(p)
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except CLIError as e:
+        fail(PROG, e)
     given = {k: v for k, v in vars(args).items() if v is not None}
     return given, not argv
 
@@ -81,11 +81,11 @@ def resolve_run(given, default_run, master, local_rank):
         device = settings.pick_device(cfg, local_rank)
         maxlen = settings.model_maxlen(cfg, model_overrides, resume_dir)
     except (RunLocked, FileNotFoundError, ValueError) as e:  # SettingsError is a ValueError
-        fail(str(e))
+        fail(PROG, str(e))
     resuming_in_place = bool(resume_dir) and os.path.realpath(out) == os.path.dirname(os.path.realpath(resume_dir))
     replace_out = master and not resuming_in_place and os.path.isdir(out) and bool(RunLock.contents(out))
     if replace_out and not (cfg.overwrite or default_run):
-        fail(f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
+        fail(PROG, f"--out {out} is not empty; pass --resume to continue it or --overwrite to replace it")
     return cfg, model_overrides, device, maxlen, resume_dir, state, lock, replace_out
 
 
@@ -95,7 +95,7 @@ def claim_out(trainer, lock, replace_out, default_run, log):
     try:
         lock.acquire()
     except RunLocked as e:
-        fail(str(e))
+        fail(PROG, str(e))
     if lock.stale_pid:
         log(f"{out}/.lock was left by pid {lock.stale_pid}, which is no longer running: taken over")
     if replace_out:
@@ -128,7 +128,7 @@ def main(argv=None):
         if cfg.word_dropout:  # writes [MASK]: a vocab without one fails here
             model.mask_token_id()
     except (FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
-        fail(str(e))
+        fail(PROG, str(e))
     tok, c = model.tokenizer, model.config
     train_ids, n_trunc, n_unk = encode_texts(tok, splits["train"], c.maxlen, warn=False)
     val_ids, _, n_unk_val = encode_texts(tok, splits["val"], c.maxlen, warn=False)
@@ -154,7 +154,7 @@ def main(argv=None):
         try:
             trainer.load_state(state)
         except SettingsError as e:
-            fail(str(e))
+            fail(PROG, str(e))
         log(f"resumed from {resume_dir} at step {trainer.step}")
 
     if master:
@@ -164,7 +164,7 @@ def main(argv=None):
     try:
         trainer.fit()
     except TrainingError as e:  # disk full, an I/O error, non-finite weights or steps: one line, `last` intact
-        fail(str(e), code=1)
+        fail(PROG, str(e), code=1)
     finally:
         trainer.metrics_log.close()
         if master:
@@ -173,7 +173,7 @@ def main(argv=None):
         try:
             fit_sampling_prior(model, cfg, train_ids, val_ids, out, log)
         except TrainingError as e:
-            fail(str(e), code=1)
+            fail(PROG, str(e), code=1)
         show(model, splits["val"])
     if world > 1:
         dist.barrier()  # every rank leaves together, after rank 0's prior fit and demo

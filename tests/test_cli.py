@@ -31,3 +31,13 @@ def test_each_command_prints_a_bad_flag_as_one_line(module, prog, capsys):
     assert main(["--checkpoint", "nowhere", "--bogus"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"{prog}: error: unrecognized arguments: --bogus (see --help)\n"
+
+
+@pytest.mark.parametrize("module, prog", [("train", "train.py"), ("univae.pretrain", "univae.pretrain")])
+def test_each_run_command_exits_on_a_bad_flag_with_one_line(module, prog, capsys):
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as e:
+        main(["--bogus"])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"{prog}: error: unrecognized arguments: --bogus (see --help)\n"

@@ -284,7 +284,7 @@ def test_fine_tuning_bad_input_is_one_line(corpus, tmp_path, capsys, hf_bert):
             train.main(["--out", str(tmp_path / "out"), "--max-steps", "1", "--precision", "fp32", *argv])
         assert e.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ")
+        assert len(lines) == 1 and lines[0].startswith("train.py: error: ")
         return lines[0]
 
     few = tmp_path / "few.txt"

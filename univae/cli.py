@@ -1,6 +1,7 @@
-"""One-line command-line errors, shared by the commands (sample.py, `python -m univae.app`,
-`python -m univae.prior`): a bad flag or a user mistake is one line on stderr, `PROG: error: ...`,
-and exit status 2, instead of argparse's usage block."""
+"""One-line command-line errors, shared by the commands (train.py, sample.py, `python -m
+univae.app`, `.prior`, `.pretrain`): a bad flag or a user mistake is one line on stderr, `PROG:
+error: ...`, and exit status 2, instead of argparse's usage block; a run that fails after it started
+(a full disk, non-finite weights) is one line too, with status 1."""
 
 import argparse
 import sys
@@ -21,3 +22,9 @@ def report(prog, error):
     """Print `error` as `PROG: error: ...` on stderr; -> the exit status, 2."""
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 2
+
+
+def fail(prog, error, code=2):
+    """Print `error` as one line (report) and exit with `code`: 2 for a user error, 1 for a failed run."""
+    report(prog, error)
+    sys.exit(code)

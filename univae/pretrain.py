@@ -37,11 +37,13 @@ import torch.nn.functional as F
 
 from univae import data, rundir, training
 from univae.checkpoint import HF_ARCHITECTURES, save_hf_backbone
+from univae.cli import CLIError, Parser, fail
 from univae.config import PRESETS, UniVAEConfig, add_config_flags
 from univae.mlm import mask_tokens, mlm_logits, mlm_loss
 from univae.tokenizer import CLS, MASK, PAD, SEP, build_tokenizer, char_vocab, encode_texts, load_tokenizer
 from univae.transformer import Transformer, load_transformer
 
+PROG = "univae.pretrain"
 BUNDLED_CORPORA = "builtin:reviews,builtin:news"
 ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 BUILTIN_NOTE = (
@@ -374,11 +376,15 @@ def heldout_curve(out):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m univae.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_flags(p, PretrainConfig)
-    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+    try:
+        args = p.parse_args(argv)
+    except CLIError as e:
+        fail(PROG, e)
+    return {k: v for k, v in vars(args).items() if v is not None}
 
 
 def machine_name():
@@ -452,8 +458,7 @@ def main(argv=None):
             tokenizer.do_lower_case = True
             transformer = Transformer(cfg.backbone_config(tokenizer.get_vocab_size()))
     except (rundir.TrainingError, FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROG, e)
     c = transformer.config
     train_ids, _, n_unk = encode_texts(tokenizer, train, cfg.maxlen, warn=False)
     val_ids, _, _ = encode_texts(tokenizer, val[: cfg.eval_sentences], cfg.maxlen, warn=False)
@@ -484,8 +489,7 @@ def main(argv=None):
                 f.write(model_card(cfg, argv, len(train_ids), len(val_ids), heldout_curve(cfg.out), trainer, finished))
             log(f"exported the backbone ({cfg.export_dtype}) and its model card to {cfg.export}")
     except rundir.TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        fail(PROG, e, code=1)
     finally:
         trainer.metrics_log.close()
         if rank == 0:
