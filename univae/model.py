@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import masks
 from univae import generate
@@ -33,7 +32,7 @@ from univae.checkpoint import (
 from univae.config import UniVAEConfig
 from univae.density import PRIOR_FILE, SAMPLE_SPREAD, load_prior
 from univae.latents import make_family
-from univae.objective import vae_loss
+from univae.objective import target_ce, vae_loss
 from univae.tokenizer import encode_texts
 from univae.transformer import Transformer, build_mask
 
@@ -184,10 +183,7 @@ class UniVAE(nn.Module):
         tgt = input_ids[:, m:]
         labels = tgt[:, 1:].masked_fill(tgt[:, 1:] == c.pad_token_id, -100)  # padding never counts
         if word_dropout > 0 and self.training:
-            drop = torch.rand(tgt.shape, device=tgt.device) < word_dropout
-            drop[:, 0] = False  # the target [CLS] is where decoding starts: never dropped
-            drop &= tgt != c.pad_token_id
-            input_ids = torch.cat([input_ids[:, :m], tgt.masked_fill(drop, self.mask_token_id())], dim=1)
+            input_ids = torch.cat([input_ids[:, :m], self._drop_words(tgt, word_dropout)], dim=1)
         src_lengths = (input_ids[:, :m] != c.pad_token_id).sum(1)
         layer_masks, backend = self.layer_masks(m, S, src_lengths, B, input_ids.device, prune=True)
         positions = torch.arange(S, device=input_ids.device)
@@ -195,24 +191,25 @@ class UniVAE(nn.Module):
         h = self.transformer.embed(input_ids, token_type_ids, positions)
         dropped = None
         if code_dropout and self.training and z is None:
-            n = c.num_latent_layers
-            pick = torch.randint(n, (B,), device=input_ids.device)
+            pick = torch.randint(c.num_latent_layers, (B,), device=input_ids.device)
             dropped = torch.where(torch.rand(B, device=input_ids.device) < code_dropout, pick, -1)
         h, zs, params = self._run(
             h, layer_masks, backend, self.transformer.rope(positions), z=z, sample=sample, dropped=dropped
         )
         logits = self.transformer.logits(h[:, -m:])  # (B, m, V), target half only (the last m rows)
+        ce, n_tokens = target_ce(logits, labels)
+        return self._output(logits, labels, ce, n_tokens, zs, params)
 
-        n_tokens = (labels != -100).sum()
-        # sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not NaN.
-        # The last position predicts nothing: an ignored label there keeps the logits one contiguous view
-        # (slicing them off would copy B x m x V floats, and their gradient again).
-        ce = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            F.pad(labels, (0, 1), value=-100).flatten(),
-            ignore_index=-100,
-            reduction="sum",
-        ) / n_tokens.clamp_min(1)
+    def _drop_words(self, tgt, rate):
+        """Word dropout on the target half: each real token after [CLS] becomes [MASK] with probability rate."""
+        drop = torch.rand(tgt.shape, device=tgt.device) < rate
+        drop[:, 0] = False  # the target [CLS] is where decoding starts: never dropped
+        drop &= tgt != self.config.pad_token_id
+        return tgt.masked_fill(drop, self.mask_token_id())
+
+    def _output(self, logits, labels, ce, n_tokens, zs, params):
+        """The forward's terms: KL per layer and per dim, the posterior mean, the family's own terms, the loss."""
+        c, B = self.config, logits.shape[0]
         kl_per_dim, terms = None, {}
         if params:
             kl_per_layer = torch.stack(

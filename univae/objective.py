@@ -58,6 +58,23 @@ def vae_loss(ce, commitment=None, vq_beta=0.0, penalty=None, tokens=1.0):
     return loss
 
 
+def target_ce(logits, labels):
+    """Mean cross-entropy per counted target token -> (ce, n_tokens). logits (B, m, V) predict
+    labels (B, m - 1), -100 where nothing counts (padding).
+
+    sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not
+    NaN. The last position predicts nothing: an ignored label there keeps the logits one contiguous
+    view (slicing them off would copy B x m x V floats, and their gradient again)."""
+    n_tokens = (labels != -100).sum()
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1),
+        F.pad(labels, (0, 1), value=-100).flatten(),
+        ignore_index=-100,
+        reduction="sum",
+    ) / n_tokens.clamp_min(1)
+    return ce, n_tokens
+
+
 def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, ratio_increase=0.25):
     """The KL weight multiplier in [0, 1] at optimiser step `step` (0 = the first step).
 
