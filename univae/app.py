@@ -136,131 +136,176 @@ def _one_list(result):
     return [str(s) for s in result]
 
 
-# ----------------------------------------------------------------------------- the app
+# ----------------------------------------------------------------------------- the endpoints
 
 
-def create_app(model, checkpoint=""):
-    model.eval()
-    c = model.config
-    lock = threading.Lock()
-    page = PAGE.read_text(encoding="utf-8")
-    kwargs = {"telemetry": TELEMETRY_OFF} if "telemetry" in inspect.signature(FastAPI).parameters else {}
-    app = FastAPI(title="univae explorer", docs_url=None, redoc_url=None, openapi_url=None, **kwargs)
+class Served:
+    """The one model every request uses, behind the one lock every request takes."""
 
-    def call(fn, *args, **kw):
+    def __init__(self, model):
+        self.model = model
+        self.lock = threading.Lock()
+
+    def call(self, fn, *args, **kw):
         """fn under the model lock; the API's own ValueErrors (empty text, bad dims, no fitted prior) -> 400.
         encode_texts's truncation warning is dropped: the reply's notice says it instead."""
-        with lock, warnings.catch_warnings():
+        with self.lock, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*longer than maxlen")
             try:
                 return fn(*args, **kw)
             except ValueError as e:
                 raise HTTPException(400, str(e)) from None
 
-    def prior_used(prior):
-        return "fitted" if call(model.uses_fitted_prior, prior) else "uniform"
+    def prior_used(self, prior):
+        return "fitted" if self.call(self.model.uses_fitted_prior, prior) else "uniform"
 
+
+def info_reply(model, checkpoint):
+    c = model.config
+    return {
+        "checkpoint": checkpoint,
+        "latent": c.latent,
+        "maxlen": c.maxlen,
+        "max_tokens": c.maxlen - 2,
+        "z_dim": c.z_dim,
+        "code_size": generate.edit_size(model),
+        "layers": [
+            {"index": j, "transformer_layer": l, "dims": generate.layer_span(model, j)}
+            for j, l in enumerate(c.latent_layers)
+        ],
+        "fitted_prior": model.fitted_prior is not None,
+        "transfer": hasattr(model, "transfer"),
+        "caps": CAPS,
+    }
+
+
+def reconstruct_reply(served, req):
+    model = served.model
+    out, z = served.call(generate.reconstruct, model, [req.text], return_z=True, beam_size=req.beam)
+    reply = {
+        "input": req.text,
+        "output": out[0],
+        "notice": truncation_notice(model, req.text),
+        "code": layer_codes(model, z)[0],
+    }
+    if model.family.has_codes:
+        reply["code_ids"] = model.z_to_codes(z)[0].tolist()
+    return reply
+
+
+def edit_dims(model, req):
+    """The dims an edit request redraws: its `dims` if given, else the spans of its latent layers; 400 if neither."""
+    if req.dims and req.dims.strip():
+        return req.dims.strip()
+    if req.layers:
+        n_layers = model.config.num_latent_layers
+        bad = [j for j in req.layers if not 0 <= j < n_layers]
+        if bad:
+            raise HTTPException(
+                400, f"latent layer {bad[0]} does not exist: this model has latent layers 0..{n_layers - 1}"
+            )
+        return ",".join(generate.layer_span(model, j) for j in sorted(set(req.layers)))
+    raise HTTPException(400, "choose at least one latent layer (or dims) to redraw")
+
+
+def edit_reply(served, req):
+    model, call = served.model, served.call
+    dims = edit_dims(model, req)
+    layers = call(generate.edited_layers, model, dims)
+    used = served.prior_used(req.prior)
+    recon = call(generate.reconstruct, model, [req.text], beam_size=req.beam)[0]
+    out, z = call(
+        generate.edit,
+        model,
+        req.text,
+        dims,
+        req.n,
+        return_z=True,
+        prior=req.prior,
+        seed=req.seed,
+        beam_size=req.beam,
+    )
+    codes = layer_codes(model, z)
+    return {
+        "input": req.text,
+        "reconstruction": recon,
+        "notice": truncation_notice(model, req.text),
+        "dims": dims,
+        "layers": layers,
+        "prior": used,
+        "seed": req.seed,
+        "variants": [{"text": s, "marks": marked(recon, s), "code": codes[i]} for i, s in enumerate(out)],
+    }
+
+
+def sample_reply(served, req):
+    used = served.prior_used(req.prior)
+    out = served.call(generate.sample, served.model, req.n, prior=req.prior, seed=req.seed, beam_size=req.beam)
+    return {"prior": used, "seed": req.seed, "samples": out}
+
+
+def interpolate_reply(served, req):
+    model = served.model
+    out = served.call(generate.interpolate, model, req.a, req.b, req.steps, beam_size=req.beam)
+    notices = [n for n in (truncation_notice(model, req.a), truncation_notice(model, req.b)) if n]
+    return {
+        "a": req.a,
+        "b": req.b,
+        "notice": "; ".join(notices) or None,
+        "path": [{"alpha": i / (req.steps - 1), "text": s} for i, s in enumerate(out)],
+    }
+
+
+def transfer_reply(served, req):
+    model = served.model
+    out = served.call(model.transfer, [req.text], req.from_texts, req.to_texts, strength=req.strength)
+    return {
+        "input": req.text,
+        "strength": req.strength,
+        "notice": truncation_notice(model, req.text),
+        "outputs": _one_list(out),
+    }
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(model, checkpoint=""):
+    """The page and the JSON endpoints over `model`; each route hands its request to a *_reply function above."""
+    model.eval()
+    served = Served(model)
+    page = PAGE.read_text(encoding="utf-8")
+    kwargs = {"telemetry": TELEMETRY_OFF} if "telemetry" in inspect.signature(FastAPI).parameters else {}
+    app = FastAPI(title="univae explorer", docs_url=None, redoc_url=None, openapi_url=None, **kwargs)
+
+    # FastAPI reads each route's request model from its signature, hence one small typed def per route
     @app.get("/", response_class=HTMLResponse)
     def index():
         return page
 
     @app.get("/api/info")
     def info():
-        return {
-            "checkpoint": checkpoint,
-            "latent": c.latent,
-            "maxlen": c.maxlen,
-            "max_tokens": c.maxlen - 2,
-            "z_dim": c.z_dim,
-            "code_size": generate.edit_size(model),
-            "layers": [
-                {"index": j, "transformer_layer": l, "dims": generate.layer_span(model, j)}
-                for j, l in enumerate(c.latent_layers)
-            ],
-            "fitted_prior": model.fitted_prior is not None,
-            "transfer": hasattr(model, "transfer"),
-            "caps": CAPS,
-        }
+        return info_reply(model, checkpoint)
 
     @app.post("/api/reconstruct")
     def reconstruct(req: TextIn):
-        out, z = call(generate.reconstruct, model, [req.text], return_z=True, beam_size=req.beam)
-        reply = {
-            "input": req.text,
-            "output": out[0],
-            "notice": truncation_notice(model, req.text),
-            "code": layer_codes(model, z)[0],
-        }
-        if model.family.has_codes:
-            reply["code_ids"] = model.z_to_codes(z)[0].tolist()
-        return reply
+        return reconstruct_reply(served, req)
 
     @app.post("/api/edit")
     def edit(req: EditIn):
-        if req.dims and req.dims.strip():
-            dims = req.dims.strip()
-        elif req.layers:
-            bad = [j for j in req.layers if not 0 <= j < c.num_latent_layers]
-            if bad:
-                raise HTTPException(
-                    400,
-                    f"latent layer {bad[0]} does not exist: this model has latent layers 0..{c.num_latent_layers - 1}",
-                )
-            dims = ",".join(generate.layer_span(model, j) for j in sorted(set(req.layers)))
-        else:
-            raise HTTPException(400, "choose at least one latent layer (or dims) to redraw")
-        layers = call(generate.edited_layers, model, dims)
-        used = prior_used(req.prior)
-        recon = call(generate.reconstruct, model, [req.text], beam_size=req.beam)[0]
-        out, z = call(
-            generate.edit,
-            model,
-            req.text,
-            dims,
-            req.n,
-            return_z=True,
-            prior=req.prior,
-            seed=req.seed,
-            beam_size=req.beam,
-        )
-        codes = layer_codes(model, z)
-        return {
-            "input": req.text,
-            "reconstruction": recon,
-            "notice": truncation_notice(model, req.text),
-            "dims": dims,
-            "layers": layers,
-            "prior": used,
-            "seed": req.seed,
-            "variants": [{"text": s, "marks": marked(recon, s), "code": codes[i]} for i, s in enumerate(out)],
-        }
+        return edit_reply(served, req)
 
     @app.post("/api/sample")
     def sample(req: SampleIn):
-        used = prior_used(req.prior)
-        out = call(generate.sample, model, req.n, prior=req.prior, seed=req.seed, beam_size=req.beam)
-        return {"prior": used, "seed": req.seed, "samples": out}
+        return sample_reply(served, req)
 
     @app.post("/api/interpolate")
     def interpolate(req: InterpolateIn):
-        out = call(generate.interpolate, model, req.a, req.b, req.steps, beam_size=req.beam)
-        notices = [n for n in (truncation_notice(model, req.a), truncation_notice(model, req.b)) if n]
-        return {
-            "a": req.a,
-            "b": req.b,
-            "notice": "; ".join(notices) or None,
-            "path": [{"alpha": i / (req.steps - 1), "text": s} for i, s in enumerate(out)],
-        }
+        return interpolate_reply(served, req)
 
     @app.post("/api/transfer")
     def transfer(req: TransferIn):
-        out = call(model.transfer, [req.text], req.from_texts, req.to_texts, strength=req.strength)
-        return {
-            "input": req.text,
-            "strength": req.strength,
-            "notice": truncation_notice(model, req.text),
-            "outputs": _one_list(out),
-        }
+        return transfer_reply(served, req)
 
     return app
 
