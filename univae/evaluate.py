@@ -72,14 +72,10 @@ import torch
 from univae import measure, metrics
 from univae.checkpoint import write_atomically
 from univae.generate import edit_size, layer_span, parse_dims
+from univae.headline import headline_rows, md_table
 from univae.model import UniVAE
 from univae.plots import plot_control, plot_lengths, plot_training_curves
-from univae.report import (
-    clean_json,
-    headline_rows,
-    md_table,
-    render_markdown,
-)
+from univae.report import clean_json, render_markdown
 from univae.rundir import checkpoint_step, read_train_args
 from univae.tokenizer import detokenize, encode_texts
 
