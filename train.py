@@ -14,10 +14,8 @@ prints a few reconstructions, samples and an edit.
 """
 
 import argparse
-import dataclasses
 import os
 import sys
-import time
 
 import torch
 import torch.distributed as dist
@@ -28,8 +26,6 @@ from univae.config import (
     SettingsError,
     TrainConfig,
 )
-from univae.data import Batches
-from univae.objective import VAEObjective, char_class_token_masks
 from univae.rundir import (
     MetricsLog,
     RunLock,
@@ -38,12 +34,10 @@ from univae.rundir import (
     clear_out_dir,
     load_training_state,
 )
-from univae.tokenizer import encode_texts
-from univae.trainer import Trainer, build_model, describe, fit_sampling_prior, load_splits, unknown_share
-from univae.training import keep_freed_memory, param_groups, setup_distributed
+from univae.trainer import build_trainer, fit_sampling_prior
+from univae.training import keep_freed_memory, setup_distributed
 
 PROG = "train.py"
-BUCKET = 16  # length-sort within groups of 16 batches, then trim each batch (univae.trainer.trim_length)
 
 
 def parse_args(argv):
@@ -117,39 +111,12 @@ def main(argv=None):
     )
     out = lock.out
 
-    # data, model, objective, optimiser
     torch.manual_seed(cfg.seed)
-    t0 = time.time()
     try:
-        splits = load_splits(cfg, maxlen, log)
-        model = build_model(cfg, model_overrides, resume_dir, splits["train"])
-        bow_targets = char_class_token_masks(model.tokenizer, splits["train"]) if cfg.bow_chars != "all" else None
-        objective = VAEObjective(cfg, model, bow_targets)  # KL weight and schedule, free bits, MDR, BoW heads
-        if cfg.word_dropout:  # writes [MASK]: a vocab without one fails here
-            model.mask_token_id()
+        trainer, train_ids = build_trainer(cfg, model_overrides, resume_dir, maxlen, device, out, rank, world, log)
     except (FileNotFoundError, ValueError) as e:  # CorpusError is a ValueError
         fail(PROG, str(e))
-    tok, c = model.tokenizer, model.config
-    train_ids, n_trunc, n_unk = encode_texts(tok, splits["train"], c.maxlen, warn=False)
-    val_ids, _, n_unk_val = encode_texts(tok, splits["val"], c.maxlen, warn=False)
-    log(describe(model, n_unk, n_unk_val, n_trunc) + f" ({time.time() - t0:.1f}s)")
-    if cfg.init_from:
-        log(unknown_share(cfg.init_from, n_unk, train_ids, c.pad_token_id))
-    model.to(device).train()
-    objective.to(device)
-    lr = cfg.lr or (2e-5 if cfg.init_from else 1e-3)
-    groups = param_groups(model, cfg.weight_decay) + (
-        param_groups(objective, cfg.weight_decay) if list(objective.parameters()) else []
-    )
-    # fused: one kernel over all parameters, on CPU too (6x faster than the per-tensor loop for `small`)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
-    batches = Batches(
-        train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=BUCKET, pad_id=c.pad_token_id
-    )
-    run_args = {**dataclasses.asdict(cfg), "lr": lr, "resume": None, "world_size": world}
-    trainer = Trainer(
-        cfg, model, objective, optimizer, batches, splits, val_ids, out, device, rank, world, lr, run_args
-    )
+    model = trainer.model
     if state is not None:
         try:
             trainer.load_state(state)
@@ -171,10 +138,10 @@ def main(argv=None):
             lock.release()
     if master and not trainer.stop_signal:
         try:
-            fit_sampling_prior(model, cfg, train_ids, val_ids, out, log)
+            fit_sampling_prior(model, cfg, train_ids, trainer.val_ids, out, log)
         except TrainingError as e:
             fail(PROG, str(e), code=1)
-        show(model, splits["val"])
+        show(model, trainer.splits["val"])
     if world > 1:
         dist.barrier()  # every rank leaves together, after rank 0's prior fit and demo
         dist.destroy_process_group()

@@ -21,7 +21,7 @@ import train
 import univae
 from univae import evaluate as E
 from univae import rundir as T
-from univae import settings
+from univae import settings, trainer
 from univae.config import BUNDLED_MODEL, BUNDLED_TRAINING, PRESET_TRAINING, SettingsError, TrainConfig, preset
 from univae.objective import VAEObjective
 
@@ -191,8 +191,8 @@ def test_non_finite_steps_in_a_row_stop_the_run_without_saving(corpus, tmp_path,
 
 
 def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch, capsys):
-    built, build_model, update, steps = [], train.build_model, VAEObjective.update_multiplier, []
-    monkeypatch.setattr(train, "build_model", lambda *a: built.append(build_model(*a)) or built[-1])
+    built, build_model, update, steps = [], trainer.build_model, VAEObjective.update_multiplier, []
+    monkeypatch.setattr(trainer, "build_model", lambda *a: built.append(build_model(*a)) or built[-1])
 
     def corrupting(self, kl):  # runs after each optimiser step
         steps.append(1)

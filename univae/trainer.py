@@ -8,6 +8,7 @@ is rebuilt from the flags.
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -22,8 +23,9 @@ from univae.config import SettingsError, preset
 from univae.density import PRIOR_FILE, fit_prior
 from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
+from univae.objective import VAEObjective, char_class_token_masks
 from univae.rundir import MetricsLog, TrainingError, prune_checkpoints, save_checkpoint
-from univae.tokenizer import build_tokenizer, char_vocab
+from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import all_finite, evaluate, lr_at, peak_rss_mb
 
 
@@ -355,6 +357,45 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- building a run
+
+
+BUCKET = 16  # length-sort within groups of 16 batches, then trim each batch (trim_length)
+
+
+def build_trainer(cfg, model_overrides, resume_dir, maxlen, device, out, rank=0, world=1, log=print):
+    """Everything a run trains, in a Trainer: the corpus split, the model (fresh, from --init-from or
+    from the checkpoint it resumes), the objective, AdamW and the batches -> (trainer, train ids).
+    Bad input (a corpus too small, a vocab without the [MASK] that word dropout writes) raises
+    ValueError or FileNotFoundError before anything is written."""
+    t0 = time.time()
+    splits = load_splits(cfg, maxlen, log)
+    model = build_model(cfg, model_overrides, resume_dir, splits["train"])
+    bow_targets = char_class_token_masks(model.tokenizer, splits["train"]) if cfg.bow_chars != "all" else None
+    objective = VAEObjective(cfg, model, bow_targets)  # KL weight and schedule, free bits, MDR, BoW heads
+    if cfg.word_dropout:
+        model.mask_token_id()
+    tok, c = model.tokenizer, model.config
+    train_ids, n_trunc, n_unk = encode_texts(tok, splits["train"], c.maxlen, warn=False)
+    val_ids, _, n_unk_val = encode_texts(tok, splits["val"], c.maxlen, warn=False)
+    log(describe(model, n_unk, n_unk_val, n_trunc) + f" ({time.time() - t0:.1f}s)")
+    if cfg.init_from:
+        log(unknown_share(cfg.init_from, n_unk, train_ids, c.pad_token_id))
+    model.to(device).train()
+    objective.to(device)
+    lr = cfg.lr or (2e-5 if cfg.init_from else 1e-3)
+    groups = training.param_groups(model, cfg.weight_decay) + (
+        training.param_groups(objective, cfg.weight_decay) if list(objective.parameters()) else []
+    )
+    # fused: one kernel over all parameters, on CPU too (6x faster than the per-tensor loop for `small`)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    batches = data.Batches(
+        train_ids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, bucket=BUCKET, pad_id=c.pad_token_id
+    )
+    run_args = {**dataclasses.asdict(cfg), "lr": lr, "resume": None, "world_size": world}
+    trainer = Trainer(
+        cfg, model, objective, optimizer, batches, splits, val_ids, out, device, rank, world, lr, run_args
+    )
+    return trainer, train_ids
 
 
 def load_splits(cfg, maxlen, log):
