@@ -71,7 +71,8 @@ def spread(text):
 
 
 def build_parser():
-    """The flags, in --help order; which go together is univae/sample_modes.py's tables."""
+    """The flags, in --help order; which go together is univae/sample_modes.py's table and
+    univae/sample_flags.py's rules."""
     p = Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mode_flags(p)
     add_mode_options(p)

@@ -1,14 +1,14 @@
-"""univae.sample_modes' tables, checked without a model: which flags select each mode, which optional
-flags each mode takes (any other is refused with its message), the rules on flag values, and that the
-tables agree with sample.py's parser and its usage text. The expectations are written out here, not
-derived from the tables."""
+"""univae.sample_modes' table and univae.sample_flags' rules, checked without a model: which flags
+select each mode, which optional flags each mode takes (any other is refused with its message), the
+rules on flag values, and that the tables agree with sample.py's parser and its usage text. The
+expectations are written out here, not derived from the tables."""
 
 import os
 import sys
 
 import pytest
 
-from univae import generate, sample_modes
+from univae import generate, sample_flags, sample_modes
 from univae.cli import CLIError
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -154,9 +154,9 @@ def test_defaults_filled_in():
 def test_the_tables_agree_with_the_parser():
     parser = sample.build_parser()
     dests = vars(parser.parse_args([]))
-    for flag in sample_modes.FLAGS:  # "given" means "not the parser's default"
+    for flag in sample_flags.FLAGS:  # "given" means "not the parser's default"
         assert flag.name in dests and parser.get_default(flag.name) == flag.default, flag.name
-    named = {f.name for f in sample_modes.FLAGS}
+    named = {f.name for f in sample_flags.FLAGS}
     for mode in sample_modes.MODES:
         assert set(mode.selected_by) <= set(mode.takes) <= named, mode.name
         assert set(mode.needs) | set(mode.hints) <= named, mode.name
