@@ -14,8 +14,9 @@ from univae import evaluate as E
 from univae import measure, rundir
 from univae import metrics as M
 from univae.diagnostics import latent_metrics
-from univae.latents import log_sphere_area, make_family, vmf_log_normalizer
+from univae.latents import make_family
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
+from univae.vmf import log_sphere_area, vmf_log_normalizer
 
 SENTENCES = [
     "今天天气很好",

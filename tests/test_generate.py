@@ -14,8 +14,8 @@ import univae
 from univae import decoding
 from univae import generate as G
 from univae.attention import BACKENDS
-from univae.latents import vmf_mean_cosine
 from univae.tokenizer import build_tokenizer, detokenize
+from univae.vmf import vmf_mean_cosine
 
 DENSE_BACKENDS = [b for b in BACKENDS if b != "flex"]  # flex: test_flex_backend, kept minimal (compiles)
 

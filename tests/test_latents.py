@@ -12,10 +12,11 @@ from torch.distributions import Normal, kl_divergence
 
 from univae.config import TrainConfig, preset
 from univae.diagnostics import active_units, collapse_warning, expected_codes, kl_per_dim, mutual_information
-from univae.latents import FAMILIES, VMF, Gaussian, family_class, log_sphere_area, make_family, vmf_mean_cosine
+from univae.latents import FAMILIES, VMF, Gaussian, family_class, make_family
 from univae.model import UniVAE
 from univae.objective import VAEObjective, char_class_token_masks, kl_anneal_weight
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from univae.vmf import log_sphere_area, vmf_mean_cosine
 
 CHARS = [chr(0x4E00 + i) for i in range(256 - len(SPECIAL_TOKENS))]
 

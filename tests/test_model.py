@@ -7,7 +7,8 @@ import torch
 from conftest import random_joined
 
 import univae
-from univae.latents import VMF, log_bessel_iv, vmf_kl_uniform, vmf_mean_cosine
+from univae.latents import VMF
+from univae.vmf import log_bessel_iv, vmf_kl_uniform, vmf_mean_cosine
 
 
 @pytest.fixture(params=["bert", "roformer"])

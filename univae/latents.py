@@ -47,39 +47,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def log_bessel_iv(nu, x):
-    """log I_nu(x) for nu >= 0, x > 0 from the power series, in float64 Python.
-
-    sum_m (x/2)^(2m+nu) / (m! Gamma(m+nu+1)); the terms peak near m ~ x/2, so summing well past
-    x terms in log space is exact to double precision for the kappas used here (up to ~10^4).
-    """
-    if x <= 0:
-        raise ValueError(f"x must be positive, got {x}")
-    n_terms = int(x + 10 * math.sqrt(x) + 50)
-    logs = [(2 * m + nu) * math.log(x / 2) - math.lgamma(m + 1) - math.lgamma(m + nu + 1) for m in range(n_terms)]
-    top = max(logs)
-    return top + math.log(sum(math.exp(t - top) for t in logs))
-
-
-def vmf_mean_cosine(kappa, d):
-    """E[mu . z] for z ~ vMF(mu, kappa) on S^{d-1}: A_d(kappa) = I_{d/2}(kappa) / I_{d/2-1}(kappa)."""
-    return math.exp(log_bessel_iv(d / 2, kappa) - log_bessel_iv(d / 2 - 1, kappa))
-
-
-def vmf_log_normalizer(kappa, d):
-    """log C_d(kappa), the vMF density being C_d(kappa) exp(kappa mu.z) w.r.t. surface measure."""
-    return (d / 2 - 1) * math.log(kappa) - (d / 2) * math.log(2 * math.pi) - log_bessel_iv(d / 2 - 1, kappa)
-
-
-def log_sphere_area(d):
-    """log of the surface area of the unit sphere S^{d-1} in R^d: log(2 pi^(d/2) / Gamma(d/2))."""
-    return math.log(2) + (d / 2) * math.log(math.pi) - math.lgamma(d / 2)
-
-
-def vmf_kl_uniform(kappa, d):
-    """KL(vMF(kappa) || uniform on S^{d-1}) in nats; the same for every mu (≈7.58 at kappa=32, d=16)."""
-    return kappa * vmf_mean_cosine(kappa, d) + vmf_log_normalizer(kappa, d) + log_sphere_area(d)
+from univae.vmf import inverse_cdf, log_sphere_area, vmf_cosine_cdf, vmf_kl_uniform, vmf_log_normalizer, vmf_mean_cosine
 
 
 class Family(nn.Module):
@@ -121,14 +89,8 @@ class VMF(Family):
         super().__init__()
         self.kappas = tuple(float(k) for k in kappa) if isinstance(kappa, (list, tuple)) else (float(kappa),)
         self.z_dim, self.param_dim = z_dim, z_dim
-        w = torch.linspace(-1, 1, grid + 2, dtype=torch.float64)[1:-1]
-        cdfs = []
-        for k in self.kappas:
-            log_p = k * w + (z_dim - 3) / 2 * torch.log1p(-w * w)
-            cdf = torch.cumsum(torch.exp(log_p - log_p.max()), 0)
-            cdfs.append(torch.cat([cdf.new_zeros(1), cdf / cdf[-1]]))
-        w = torch.cat([w.new_full((1,), -1.0), w])
-        self.register_buffer("cdf", torch.stack(cdfs).float(), persistent=False)  # (layers, grid + 1)
+        w, cdfs = vmf_cosine_cdf(self.kappas, z_dim, grid)
+        self.register_buffer("cdf", cdfs.float(), persistent=False)  # (layers, grid + 1)
         self.register_buffer("w_grid", w.float(), persistent=False)
         self.kl_consts = [vmf_kl_uniform(k, z_dim) for k in self.kappas]
         self.log_norms = [vmf_log_normalizer(k, z_dim) for k in self.kappas]
@@ -154,12 +116,7 @@ class VMF(Family):
 
     def sample_cosine(self, shape, device, layer=None):
         """w = mu.z for vMF samples, by inverse-CDF interpolation of the tabulated CDF."""
-        cdf = self.cdf[self._index(layer)]
-        u = torch.rand(shape, device=device)
-        hi = torch.searchsorted(cdf, u).clamp(1, cdf.numel() - 1)
-        c0, c1 = cdf[hi - 1], cdf[hi]
-        t = ((u - c0) / (c1 - c0).clamp_min(1e-12)).clamp(0, 1)
-        return torch.lerp(self.w_grid[hi - 1], self.w_grid[hi], t)
+        return inverse_cdf(self.cdf[self._index(layer)], self.w_grid, torch.rand(shape, device=device))
 
     def sample(self, params, layer=None):
         mu = self.mean(params)
