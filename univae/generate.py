@@ -413,12 +413,11 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
     layer, which the default recipe trains to hold the content). Each variant keeps the sentence's
     first k tokens, k drawn uniformly from 1 to keep_start x its length (default DEFAULT_KEEP_START;
     0 = every token decoded from the code; beam search cannot force a prefix, so there the default
-    is 0): the decoder's drift, which grows along
-    the sentence, then changes the end and leaves the start, and the variants keep the label more
-    often (snownlp's judge on 300 labelled reviews agrees with the source's label for 0.69 of the
-    variants at 0.8, 0.63 at 0, 0.82 for the sources themselves). Outputs equal to the input (or to
-    its tokenised round trip) or to an earlier variant, whitespace ignored, are dropped, and so are
-    empty ones. With candidates=m > 1, m * n codes are drawn and decoded, and the n surviving
+    is 0): the decoder's drift, which grows along the sentence, then changes the end and leaves the
+    start, and the variants keep the label more often (a sentiment judge's agreement with the
+    source's label: docs/results.md, "What the latent space is for"). Outputs equal to the input (or
+    to its tokenised round trip) or to an earlier variant, whitespace ignored, are dropped, and so
+    are empty ones. With candidates=m > 1, m * n codes are drawn and decoded, and the n surviving
     variants that `rank` puts first are kept: "round_trip" = the cosine between the variant's own
     code (encoded again) and the sentence's, "overlap" = char F1 with the sentence (neither helped
     measurably on the default checkpoint, so candidates defaults to 1). Returns a list of lists
@@ -446,9 +445,18 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
             else _kept_starts(ids, m, keep_start, model.tokenizer.token_to_id(SEP), model.config.pad_token_id)
         )
         out = decode_texts(model, perturb_z(model, z, m, spread, params), opts, forced)
+    pools = _distinct_variants(model, texts, ids, out, m)
+    if candidates == 1 or rank is None:
+        return [p[:n] for p in pools]
+    return _best_variants(model, texts, z, pools, n, rank)
+
+
+def _distinct_variants(model, texts, ids, out, m):
+    """augment's decoded outputs (m per sentence, in order) -> per sentence, those that are neither
+    empty nor a copy of the sentence, of its tokenised round trip (ids) or of an earlier variant."""
+    key = lambda t: "".join(t.split())  # copies that differ by whitespace alone are copies
     pools = []
     for i, s in enumerate(texts):
-        key = lambda t: "".join(t.split())  # copies that differ by whitespace alone are copies
         seen = {key(s), key(detokenize(model.tokenizer, ids[i].tolist()))}
         variants = []
         for v in out[i * m : (i + 1) * m]:
@@ -456,8 +464,12 @@ def augment(model, texts, n, spread=1.0, candidates=1, rank=None, keep_start=Non
                 seen.add(key(v))
                 variants.append(v)
         pools.append(variants)
-    if candidates == 1 or rank is None:
-        return [p[:n] for p in pools]
+    return pools
+
+
+def _best_variants(model, texts, z, pools, n, rank):
+    """Per sentence (code z), the n variants of its pool that `rank` ("round_trip" or "overlap", as
+    augment says) scores highest, kept in pool order."""
     if rank == "overlap":
         scores = [[char_f1(v, s) for v in p] for s, p in zip(texts, pools)]
     else:
