@@ -148,6 +148,50 @@ def bow_plan(layers_spec, chars_spec, n_latent):
     return sorted(plan.items())
 
 
+def check_family_flags(cfg, latent, family):
+    """A flag that acts on something this latent family lacks is an error: the KL flags on a constant
+    KL (fixed-kappa vMF, VQ), the mixture weights on anything but gmm."""
+    if family.kl_is_constant:
+        useless = [
+            flag
+            for flag, on in (
+                ("--kl-weight", cfg.kl_weight != 1.0),
+                ("--kl-anneal", cfg.kl_anneal != "none"),
+                ("--free-bits", cfg.free_bits > 0),
+                ("--target-rate", cfg.target_rate > 0),
+            )
+            if on
+        ]
+        if useless:
+            raise ValueError(
+                f"{', '.join(useless)} act on the KL, but --latent {latent} {family.constant_kl_reason} has a "
+                "constant KL; "
+                "use --latent gaussian, or --word-dropout / --bow-weight, which work with any latent"
+            )
+    if not family.has_components and (
+        cfg.dispersion_weight != TrainConfig.dispersion_weight or cfg.mi_weight != TrainConfig.mi_weight
+    ):
+        raise ValueError(
+            f"--dispersion-weight and --mi-weight act on the mixture prior of --latent gmm, not on --latent {latent}"
+        )
+
+
+def bow_token_masks(plan, bow_targets, vocab_size, bow_chars):
+    """(heads, vocab) bool: the token ids each bag-of-words head counts, from bow_plan's classes and
+    char_class_token_masks' masks; None when every head counts every token."""
+    if all(kind == "all" for _, kind in plan):
+        return None
+    if bow_targets is None:
+        raise ValueError(f"--bow-chars {bow_chars} needs the token masks (char_class_token_masks)")
+    for kind, m in bow_targets.items():
+        if m.shape != (vocab_size,) or m.dtype != torch.bool:
+            raise ValueError(
+                f"bow_targets[{kind!r}] must be a bool tensor of shape ({vocab_size},), got {m.dtype} {tuple(m.shape)}"
+            )
+    everything = torch.ones(vocab_size, dtype=torch.bool)
+    return torch.stack([everything if kind == "all" else bow_targets[kind] for _, kind in plan])
+
+
 class VAEObjective(nn.Module):
     """loss, logs = objective(out, step); see the module docstring. `cfg` is a TrainConfig."""
 
@@ -168,32 +212,9 @@ class VAEObjective(nn.Module):
         )
         self.free_bits, self.target_rate, self.mdr_lr = cfg.free_bits, cfg.target_rate, cfg.mdr_lr
         self.bow_weight = cfg.bow_weight
-        if self.kl_constant:
-            useless = [
-                flag
-                for flag, on in (
-                    ("--kl-weight", cfg.kl_weight != 1.0),
-                    ("--kl-anneal", cfg.kl_anneal != "none"),
-                    ("--free-bits", cfg.free_bits > 0),
-                    ("--target-rate", cfg.target_rate > 0),
-                )
-                if on
-            ]
-            if useless:
-                raise ValueError(
-                    f"{', '.join(useless)} act on the KL, but --latent {c.latent} {family.constant_kl_reason} has a "
-                    "constant KL; "
-                    "use --latent gaussian, or --word-dropout / --bow-weight, which work with any latent"
-                )
+        check_family_flags(cfg, c.latent, family)
         self.mixture = family.has_components
         self.dispersion_weight, self.mi_weight = cfg.dispersion_weight, cfg.mi_weight
-        if not self.mixture and (
-            cfg.dispersion_weight != TrainConfig.dispersion_weight or cfg.mi_weight != TrainConfig.mi_weight
-        ):
-            raise ValueError(
-                f"--dispersion-weight and --mi-weight act on the mixture prior of --latent gmm, "
-                f"not on --latent {c.latent}"
-            )
         self.vq_beta = c.vq_beta
         if self.target_rate > 0:
             self.register_buffer("mdr_multiplier", torch.zeros(()))
@@ -204,18 +225,7 @@ class VAEObjective(nn.Module):
             for head in self.bow:
                 nn.init.normal_(head.weight, std=c.initializer_range)
                 nn.init.zeros_(head.bias)
-        masks = None  # every token counts in every head
-        if any(kind != "all" for _, kind in plan):
-            if bow_targets is None:
-                raise ValueError(f"--bow-chars {cfg.bow_chars} needs the token masks (char_class_token_masks)")
-            for kind, m in bow_targets.items():
-                if m.shape != (c.vocab_size,) or m.dtype != torch.bool:
-                    raise ValueError(
-                        f"bow_targets[{kind!r}] must be a bool tensor of shape ({c.vocab_size},), "
-                        f"got {m.dtype} {tuple(m.shape)}"
-                    )
-            everything = torch.ones(c.vocab_size, dtype=torch.bool)
-            masks = torch.stack([everything if kind == "all" else bow_targets[kind] for _, kind in plan])
+        masks = bow_token_masks(plan, bow_targets, c.vocab_size, cfg.bow_chars)
         self.register_buffer("bow_targets", masks, persistent=False)  # (heads, vocab) or None
         self.z_dim = c.z_dim
 
