@@ -22,7 +22,13 @@ def test_a_bad_flag_raises_one_line():
 
 
 @pytest.mark.parametrize(
-    "module, prog", [("sample", "sample.py"), ("univae.app", "univae.app"), ("univae.prior", "univae.prior")]
+    "module, prog",
+    [
+        ("sample", "sample.py"),
+        ("univae.app", "univae.app"),
+        ("univae.prior", "univae.prior"),
+        ("univae.evaluate", "univae.evaluate"),
+    ],
 )
 def test_each_command_prints_a_bad_flag_as_one_line(module, prog, capsys):
     if module == "univae.app":

@@ -13,6 +13,7 @@ from univae import data as D
 from univae import evaluate as E
 from univae import measure, rundir
 from univae import metrics as M
+from univae.cli import CLIError
 from univae.diagnostics import latent_metrics
 from univae.latents import make_family
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
@@ -218,7 +219,7 @@ def test_lowest_vs_top():
 
 def test_control_flags_are_checked():
     for flag in ("--control-edits", "--control-sentences"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(CLIError, match=f"{flag} must be at least 1"):
             E.parse_args(["--checkpoint", "x", flag, "0"])
 
 

@@ -1,5 +1,5 @@
 """One-line command-line errors, shared by the commands (train.py, sample.py, `python -m
-univae.app`, `.prior`, `.pretrain`): a bad flag or a user mistake is one line on stderr, `PROG:
+univae.app`, `.evaluate`, `.prior`, `.pretrain`): a bad flag or a user mistake is one line on stderr, `PROG:
 error: ...`, and exit status 2, instead of argparse's usage block; a run that fails after it started
 (a full disk, non-finite weights) is one line too, with status 1."""
 

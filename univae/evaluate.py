@@ -60,7 +60,6 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `notes`, `seconds` | report-wide notes (e.g. an assumed split seed); wall time of the evaluation |
 """
 
-import argparse
 import json
 import os
 import sys
@@ -71,6 +70,8 @@ import torch
 
 from univae import measure, metrics
 from univae.checkpoint import write_atomically
+from univae.cli import CLIError, Parser
+from univae.cli import report as report_error
 from univae.generate import edit_size, layer_span, parse_dims
 from univae.headline import headline_rows, md_table
 from univae.model import UniVAE
@@ -79,6 +80,7 @@ from univae.report import clean_json, render_markdown
 from univae.rundir import checkpoint_step, read_train_args
 from univae.tokenizer import detokenize, encode_texts
 
+PROG = "univae.evaluate"
 SPLITS = ("train", "val", "test")
 
 
@@ -86,7 +88,7 @@ SPLITS = ("train", "val", "test")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a UniVAE checkpoint: report.json, report.md and plots in --out.")
+    p = Parser(prog=PROG, description="Evaluate a UniVAE checkpoint: report.json, report.md and plots in --out.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/default/last)")
     p.add_argument(
         "--data",
@@ -131,6 +133,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     args = p.parse_args(argv)
+    check_counts(args)
+    return args
+
+
+def check_counts(args):
+    """Counts that must be positive (or at least 0, or 2) are: a bad one raises CLIError."""
     for name in (
         "max_sentences",
         "beam_size",
@@ -141,13 +149,12 @@ def parse_args(argv=None):
         "control_edits",
     ):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("iw_sentences", "interp_paths", "n_examples"):
         if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must not be negative")
+            raise CLIError(f"--{name.replace('_', '-')} must not be negative")
     if args.interp_steps < 2:
-        p.error("--interp-steps must be at least 2")
-    return args
+        raise CLIError("--interp-steps must be at least 2")
 
 
 def prepare(args):
@@ -312,15 +319,11 @@ def write_text(text):
 
 
 def main(argv=None):
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         context = prepare(args)
-    except (
-        ValueError,
-        FileNotFoundError,
-    ) as e:  # bad checkpoint, corpus or --replace-dims; CorpusError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (CLIError, ValueError, FileNotFoundError) as e:  # a bad flag, checkpoint, corpus or --replace-dims
+        return report_error(PROG, e)
     report, out_dir = run(args, **context)
     print(md_table(["metric", "value"], headline_rows(report)))
     print(f"\nwrote {os.path.join(out_dir, 'report.json')}, report.md and plots ({report['seconds']:.0f} s)")
