@@ -142,9 +142,7 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
         n_tokens += n.sum().item()
         params_list.append([p.float() for p in params])
     params_list = [torch.cat(layer) for layer in zip(*params_list)]  # per layer (N, param_dim)
-    n_chars = sum(
-        len(metrics.strip_ws(t)) + 1 for t in texts
-    )  # +1: the closing [SEP] is predicted too (as training.evaluate)
+    n_chars = metrics.predicted_chars(texts)
     likelihood = {
         "ce": total_nats / max(n_tokens, 1),
         "bits_per_char": metrics.bits_per_char(total_nats, n_chars),
@@ -178,7 +176,7 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
         nll += (-log_px).tolist()
         neg_elbo += (-elbo).tolist()
     iw_tokens = int((iw_ids[:, 1:] != pad).sum())
-    iw_chars = sum(len(metrics.strip_ws(t)) + 1 for t in iw_texts)
+    iw_chars = metrics.predicted_chars(iw_texts)
     likelihood.update(
         iw_nll=metrics.mean(nll),
         iw_ppl=math.exp(sum(nll) / iw_tokens),

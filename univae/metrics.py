@@ -92,6 +92,12 @@ def bits_per_char(total_nats, n_chars):
     return total_nats / math.log(2) / max(n_chars, 1)
 
 
+def predicted_chars(texts):
+    """The characters a model predicts for these sentences, whitespace ignored: each sentence's
+    characters + 1 for its closing [SEP] (the denominator of bits per char)."""
+    return sum(len(strip_ws(t)) + 1 for t in texts)
+
+
 # ----------------------------------------------------------------------------- diversity of a set of texts
 
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from univae.data import join
 from univae.diagnostics import latent_metrics, posterior_params_of
-from univae.metrics import bits_per_char, reconstruction_scores
+from univae.metrics import bits_per_char, predicted_chars, reconstruction_scores
 
 
 def cpu_has_fast_bf16(cpuinfo="/proc/cpuinfo"):
@@ -179,7 +179,7 @@ def evaluate(model, ids, texts, n_reconstruct, batch_size=128, autocast=None, au
         subset = texts[:n_reconstruct]
         preds = model.reconstruct(subset) if subset else []
     model.train(was_training)
-    n_chars = sum(len("".join(t.split())) + 1 for t in texts)  # +1: the closing [SEP] is predicted too
+    n_chars = predicted_chars(texts)
     metrics = {
         "ce": total_nats / max(n_tokens, 1),
         "bits_per_char": bits_per_char(total_nats, n_chars),
