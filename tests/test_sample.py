@@ -13,7 +13,7 @@ import torch
 import univae
 import univae.generate
 import univae.prior
-from univae import sample_modes
+from univae import sample_flags, sample_modes
 from univae.data import join, load_sentences, split
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 
@@ -145,7 +145,9 @@ def test_edit_held_out_sentences_of_the_checkpoints_corpus(capsys, corpus_ckpt):
         corpus = json.load(f)["corpus"]
     sentences, _ = load_sentences(corpus, limit=univae.preset("debug").maxlen - 2)
     held_out = split(sentences, seed=3)["test"]
-    assert len(held_out) == sample.HELD_OUT_EDITS and held_out != split(sentences, seed=0)["test"]  # the seed matters
+    assert (
+        len(held_out) == sample_flags.HELD_OUT_EDITS and held_out != split(sentences, seed=0)["test"]
+    )  # the seed matters
     assert [r["input"] for r in lines] == [t for t in held_out for _ in range(2)] and [r["index"] for r in lines] == [
         0,
         1,

@@ -1,4 +1,5 @@
-"""sample.py's flag rules as data, and the checks that apply them.
+"""sample.py's flags: their declarations (build_parser), their rules as data, and the checks that
+apply them.
 
 FLAGS says, in the order they are checked, what the error is when a flag is given to a mode that does
 not take it; CHECKS are the rules on flag values. Before the model loads, univae.sample_modes.check_args
@@ -7,12 +8,171 @@ arguments; check_model_flags applies the rules that depend on the checkpoint. A 
 CLIError, in the words sample.py prints.
 """
 
+import argparse
 import dataclasses
+import os
 from typing import Callable
 
+import torch
+
 from univae import generate
-from univae.cli import CLIError
+from univae.cli import CLIError, Parser
+from univae.config import ATTN_BACKENDS
 from univae.decoding import Decoding
+
+# ----------------------------------------------------------------------------- the flags
+
+DEFAULT_CHECKPOINT = os.path.join("runs", "default", "last")
+HELD_OUT_EDITS = 5  # --replace-dims alone: this many held-out sentences of the checkpoint's corpus
+DECODING = Decoding()  # the decoding flags' defaults
+
+
+def spread(text):
+    """--spread: one number, or one per latent layer separated by commas (lowest first)."""
+    values = tuple(float(x) for x in text.split(","))
+    return values[0] if len(values) == 1 else values
+
+
+def build_parser(description=None, default_n=None):
+    """sample.py's flags, in --help order; which go together is univae/sample_modes.py's table and
+    the rules below. default_n: {mode: its default --n}, for the help text."""
+    p = Parser(prog="sample.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_flags(p)
+    add_mode_options(p, default_n)
+    add_augment_options(p)
+    add_decoding_flags(p.add_argument_group("decoding"))
+    o = p.add_argument_group("output and runtime")
+    o.add_argument("--json", action="store_true", help="one JSON object per output line on stdout, nothing else")
+    o.add_argument("--with-z", action="store_true", help="--json: add each output's code z (not for --augment)")
+    o.add_argument("--strict", action="store_true", help="a text longer than maxlen is an error, not truncated")
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--attn", choices=ATTN_BACKENDS, help="override the checkpoint's attention backend")
+    return p
+
+
+def add_mode_flags(p):
+    """The checkpoint, and the flags that choose a mode (univae.sample_modes.MODES)."""
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="DIR", help="a univae checkpoint directory")
+    selectors = p.add_mutually_exclusive_group()
+    selectors.add_argument("--reconstruct", nargs="+", metavar="TEXT", help="decode these sentences' codes")
+    selectors.add_argument(
+        "--input",
+        metavar="FILE",
+        help="reconstruct every line of FILE (- for stdin); with --replace-dims, edit every line",
+    )
+    selectors.add_argument("--text", help="the sentence to edit with --replace-dims")
+    selectors.add_argument("--interpolate", nargs=2, metavar=("A", "B"))
+    selectors.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="A is to B as C is to ?")
+    selectors.add_argument("--augment", metavar="FILE", help="variants of every line of FILE (- for stdin)")
+    selectors.add_argument(
+        "--codes",
+        metavar="CODES",
+        help='--latent vq: decode these code indices, one per latent layer (lowest first), e.g. "12 7 301 5"',
+    )
+    p.add_argument(
+        "--transfer",
+        nargs=2,
+        metavar=("FROM_FILE", "TO_FILE"),
+        help="with --input FILE: move every line of FILE from FROM_FILE's attribute to TO_FILE's "
+        "(one sentence per line each)",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        help=f"--transfer: how far to move (default {generate.DEFAULT_STRENGTH}; "
+        "1 = the gap between the two sets' means, 0 = the plain reconstruction)",
+    )
+    p.add_argument(
+        "--direction",
+        choices=("probe", "mean"),
+        help="--transfer: a linear probe's normal between the codes (default) or the plain difference of their means",
+    )
+
+
+def add_mode_options(p, default_n=None):
+    """What the modes take besides their inputs: prior draws, edits, --n, interpolation, noise."""
+    p.add_argument(
+        "--component",
+        type=int,
+        metavar="C",
+        help="--latent gmm: draw from mixture component C (prior samples, --replace-dims edits)",
+    )
+    p.add_argument(
+        "--prior",
+        choices=("auto", "fitted", "uniform"),
+        help="what prior draws and --replace-dims edits come from: the checkpoint's fitted prior, the "
+        "training prior, or auto (default: fitted when the checkpoint has one)",
+    )
+    p.add_argument(
+        "--prior-spread",
+        type=float,
+        metavar="S",
+        help="prior samples from the fitted prior: each mixture component's standard deviation times S "
+        "(default 0.5, univae.density.SAMPLE_SPREAD; 1 = the fitted density)",
+    )
+    p.add_argument("--n", type=int, help=f"outputs per input (defaults: {default_n})")
+    p.add_argument(
+        "--replace-dims",
+        metavar="RANGES",
+        help="e.g. 0:32, 0:16,48:64, or --replace-dims=-16:; with "
+        f"--text, --input, or alone: the first {HELD_OUT_EDITS} test sentences of the checkpoint's corpus",
+    )
+    p.add_argument("--steps", type=int, default=6, help="interpolation points, ends included")
+    p.add_argument(
+        "--spread",
+        type=spread,
+        default=1.0,
+        metavar="S[,S...]",
+        help="noise scale for --augment and "
+        "--analogy (1 = the posterior); one per latent layer, lowest first, e.g. 0,1,1 keeps the lowest",
+    )
+
+
+def add_augment_options(p):
+    """--augment's own options."""
+    p.add_argument("--out", metavar="FILE", help="--augment: write the JSONL here instead of stdout")
+    p.add_argument(
+        "--keep-start",
+        type=float,
+        metavar="F",
+        help="--augment: each variant keeps the line's first k "
+        f"tokens, k drawn from 1..F x its length (default {generate.DEFAULT_KEEP_START}, 0 with --beam-size > 1; "
+        "0 = every token from the code)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        metavar="M",
+        help="--augment: decode M x n variants per line and keep the n that --rank puts first (default 1: no ranking)",
+    )
+    p.add_argument(
+        "--rank",
+        choices=("round_trip", "overlap"),
+        default="round_trip",
+        help="--augment with "
+        "--candidates: round_trip = cosine between the variant's own code and the line's, overlap = char F1",
+    )
+
+
+def add_decoding_flags(g):
+    """generate.Decoding's options (defaults from it)."""
+    g.add_argument("--beam-size", type=int, default=DECODING.beam_size)
+    g.add_argument("--length-penalty", type=float, default=DECODING.length_penalty, help="GNMT alpha for beam search")
+    g.add_argument("--do-sample", action="store_true", help="sample tokens (implied by --temperature/--top-k/--top-p)")
+    g.add_argument("--temperature", type=float, default=DECODING.temperature)
+    g.add_argument("--top-k", type=int, default=DECODING.top_k)
+    g.add_argument("--top-p", type=float, default=DECODING.top_p)
+    g.add_argument("--no-repeat-ngram", type=int, default=DECODING.no_repeat_ngram, metavar="N")
+    g.add_argument("--seed", type=int, default=DECODING.seed)
+    g.add_argument("--batch-size", type=int, default=DECODING.batch_size)
+    g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow reference)")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the one-token decoding step (CUDA graphs on CUDA); compiles once per batch shape",
+    )
+
 
 # ----------------------------------------------------------------------------- the rules
 

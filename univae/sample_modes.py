@@ -21,6 +21,7 @@ from univae import generate
 from univae.cli import CLIError
 from univae.measure import load_data
 from univae.sample_flags import (
+    HELD_OUT_EDITS,
     check_flags,
     check_model_flags,
     check_values,
@@ -39,8 +40,6 @@ from univae.sample_tables import (
     show_samples,
     show_transfer,
 )
-
-HELD_OUT_EDITS = 5  # --replace-dims alone: this many held-out sentences of the checkpoint's corpus
 
 # ----------------------------------------------------------------------------- a row of the table
 
