@@ -48,3 +48,38 @@ def test_find_metrics_file_from_a_checkpoint_or_its_last_link(tmp_path):
     expected = str(tmp_path / rundir.METRICS_FILE)
     assert rundir.find_metrics_file(str(tmp_path / "last")) == expected
     assert rundir.find_metrics_file(str(tmp_path / "step-40")) == expected
+
+
+class _Weights:
+    """What a checkpoint saves: anything with save_pretrained(directory)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def save_pretrained(self, directory):
+        os.makedirs(directory)
+        with open(os.path.join(directory, "weights.txt"), "w") as f:
+            f.write(str(self.value))
+
+
+def test_checkpointer_saves_moves_last_and_keeps_the_newest(tmp_path):
+    lines = []
+    saver = rundir.Checkpointer(str(tmp_path), {"lr": 0.1}, keep_last=2, log=lines.append)
+    for step in (10, 20, 30):
+        saver.save(step, _Weights(step), {"step": step, "optimizer": {}, "data": {}, "rng": {}})
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("step-")) == ["step-20", "step-30"]
+    assert os.path.realpath(tmp_path / "last") == str(tmp_path / "step-30")
+    assert (tmp_path / "last" / "weights.txt").read_text() == "30"
+    state, args = rundir.load_training_state(str(tmp_path / "last"))
+    assert state["step"] == 30 and args == {"lr": 0.1}
+    assert lines == [
+        f"saved {tmp_path}/step-10",
+        f"saved {tmp_path}/step-20",
+        f"saved {tmp_path}/step-30",
+        f"removed {tmp_path}/step-10 (--keep-last 2)",
+    ]
+
+
+def test_checkpointer_of_another_rank_writes_nothing(tmp_path):
+    rundir.Checkpointer(str(tmp_path), {}, master=False).save(10, _Weights(10), {})
+    assert os.listdir(tmp_path) == []

@@ -80,7 +80,7 @@ def evaluate_mlm(transformer, tokenizer, ids, rate, autocast, batch_size=256, se
 
 class Backbone:
     """What a pretraining checkpoint saves: the Transformer and its tokenizer as a transformers
-    directory (the `save_pretrained` that rundir.save_checkpoint calls)."""
+    directory (the `save_pretrained` that rundir.Checkpointer calls)."""
 
     def __init__(self, transformer, tokenizer, dtype=torch.float32):
         self.transformer, self.tokenizer, self.dtype = transformer, tokenizer, dtype
@@ -117,6 +117,7 @@ class Pretrainer:
         self.stop_signal = []
         self.metrics_log = rundir.MetricsLog()  # main gives rank 0 the run directory's log
         self.run_args = dataclasses.asdict(cfg) | {"world_size": world}
+        self.checkpointer = rundir.Checkpointer(cfg.out, self.run_args, cfg.keep_last, self.master, world, log)
 
     def training_state(self):
         rng = training.cpu_rng_state(self.world)
@@ -190,15 +191,8 @@ class Pretrainer:
     def save(self):
         if not training.all_finite(self.transformer):
             raise rundir.TrainingError(f"the weights at step {self.step} are not finite; not saved")
-        state = self.training_state()
-        if self.master:
-            path = rundir.save_checkpoint(
-                self.cfg.out, self.step, Backbone(self.transformer, self.tokenizer), state, self.run_args
-            )
-            self.log(f"saved {path}")
-            rundir.prune_checkpoints(self.cfg.out, self.cfg.keep_last)
-        if self.world > 1:
-            dist.barrier()
+        state = self.training_state()  # every rank gathers its RNG state
+        self.checkpointer.save(self.step, Backbone(self.transformer, self.tokenizer), state)
 
     def should_stop(self):
         return training.stop_everywhere(self.elapsed >= self.budget or bool(self.stop_signal), self.world)

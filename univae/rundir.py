@@ -23,6 +23,7 @@ import shutil
 import zipfile
 
 import torch
+import torch.distributed as dist
 
 from univae import data
 
@@ -97,6 +98,26 @@ def prune_checkpoints(out_dir, keep):
         if name.startswith(".trash-"):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
     return removed
+
+
+class Checkpointer:
+    """A run's checkpoints in OUT: `save(step, model, state)` writes step-N (save_checkpoint), moves
+    `last` to it and keeps only the newest keep_last step-N (prune_checkpoints). Only rank 0 (master)
+    writes; with several ranks every one waits at a barrier until it has, so none runs ahead of a
+    checkpoint that is not there yet. `model` is anything with save_pretrained(directory)."""
+
+    def __init__(self, out, run_args, keep_last=0, master=True, world=1, log=print):
+        self.out, self.run_args, self.keep_last = out, run_args, keep_last
+        self.master, self.world, self.log = master, world, log
+
+    def save(self, step, model, state):
+        if self.master:
+            path = save_checkpoint(self.out, step, model, state, self.run_args)
+            self.log(f"saved {path}")
+            for gone in prune_checkpoints(self.out, self.keep_last):
+                self.log(f"removed {gone} (--keep-last {self.keep_last})")
+        if self.world > 1:
+            dist.barrier()
 
 
 def load_training_state(directory):

@@ -24,7 +24,7 @@ from univae.density import PRIOR_FILE, fit_prior
 from univae.diagnostics import collapse_warning
 from univae.model import UniVAE
 from univae.objective import VAEObjective, char_class_token_masks
-from univae.rundir import MetricsLog, TrainingError, prune_checkpoints, save_checkpoint
+from univae.rundir import Checkpointer, MetricsLog, TrainingError
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.training import all_finite, evaluate, lr_at, peak_rss_mb
 
@@ -94,6 +94,7 @@ class Trainer:
         )
         self.master = rank == 0
         self.lr, self.run_args = lr, run_args or {}
+        self.checkpointer = Checkpointer(out, self.run_args, cfg.keep_last, self.master, world, self.log)
         self.extra_params = list(objective.parameters())  # the BoW heads, if any: trained with the model
         net = model
         if (
@@ -239,14 +240,7 @@ class Trainer:
             raise TrainingError(
                 f"the weights at step {self.step} are not finite; not saved ({self.out}/last is unchanged)"
             )
-        state = self.training_state()
-        if self.master:
-            path = save_checkpoint(self.out, self.step, self.model, state, self.run_args)
-            self.log(f"saved {path}")
-            for gone in prune_checkpoints(self.out, self.cfg.keep_last):
-                self.log(f"removed {gone} (--keep-last {self.cfg.keep_last})")
-        if self.world > 1:
-            dist.barrier()
+        self.checkpointer.save(self.step, self.model, self.training_state())  # every rank gathers its RNG state
 
     # -------------------------------------------------------------- the loop
 
