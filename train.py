@@ -20,7 +20,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from univae import generate, settings, training
+from univae import edit_dims, settings, training
 from univae.cli import CLIError, Parser, fail
 from univae.config import (
     SettingsError,
@@ -160,8 +160,8 @@ def show(model, val_sentences, n=5):
     print("\nrandom samples from the prior:")
     for s in model.sample(n):
         print(f"  {s}")
-    dims = generate.layer_span(model, 0)  # the lowest latent layer: the default trains it to hold the content
-    print(f'\nedit: replace latent {generate.edit_unit(model)} {dims} (the lowest latent layer) of "{texts[0]}":')
+    dims = edit_dims.layer_span(model, 0)  # the lowest latent layer: the default trains it to hold the content
+    print(f'\nedit: replace latent {edit_dims.edit_unit(model)} {dims} (the lowest latent layer) of "{texts[0]}":')
     for s in model.edit(texts[0], dims, n=3):
         print(f"  {s}")
     print("\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")

@@ -38,7 +38,7 @@ try:
 except ImportError as e:  # the optional extra is missing: one line, not a traceback
     sys.exit(f'univae.app: error: {e.name} is not installed; the explorer needs the app extra: pip install -e ".[app]"')
 
-from univae import generate
+from univae import edit_dims, generate
 from univae.checkpoint import CheckpointError
 from univae.cli import CLIError, Parser, report
 from univae.model import load_trained
@@ -168,9 +168,9 @@ def info_reply(model, checkpoint):
         "maxlen": c.maxlen,
         "max_tokens": c.maxlen - 2,
         "z_dim": c.z_dim,
-        "code_size": generate.edit_size(model),
+        "code_size": edit_dims.edit_size(model),
         "layers": [
-            {"index": j, "transformer_layer": l, "dims": generate.layer_span(model, j)}
+            {"index": j, "transformer_layer": l, "dims": edit_dims.layer_span(model, j)}
             for j, l in enumerate(c.latent_layers)
         ],
         "fitted_prior": model.fitted_prior is not None,
@@ -193,7 +193,7 @@ def reconstruct_reply(served, req):
     return reply
 
 
-def edit_dims(model, req):
+def requested_dims(model, req):
     """The dims an edit request redraws: its `dims` if given, else the spans of its latent layers; 400 if neither."""
     if req.dims and req.dims.strip():
         return req.dims.strip()
@@ -204,14 +204,14 @@ def edit_dims(model, req):
             raise HTTPException(
                 400, f"latent layer {bad[0]} does not exist: this model has latent layers 0..{n_layers - 1}"
             )
-        return ",".join(generate.layer_span(model, j) for j in sorted(set(req.layers)))
+        return ",".join(edit_dims.layer_span(model, j) for j in sorted(set(req.layers)))
     raise HTTPException(400, "choose at least one latent layer (or dims) to redraw")
 
 
 def edit_reply(served, req):
     model, call = served.model, served.call
-    dims = edit_dims(model, req)
-    layers = call(generate.edited_layers, model, dims)
+    dims = requested_dims(model, req)
+    layers = call(edit_dims.edited_layers, model, dims)
     used = served.prior_used(req.prior)
     recon = call(generate.reconstruct, model, [req.text], beam_size=req.beam)[0]
     out, z = call(

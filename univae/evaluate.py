@@ -72,7 +72,7 @@ from univae import measure, metrics
 from univae.checkpoint import write_atomically
 from univae.cli import CLIError, Parser
 from univae.cli import report as report_error
-from univae.generate import edit_size, layer_span, parse_dims
+from univae.edit_dims import edit_size, layer_span, parse_dims
 from univae.headline import headline_rows, md_table
 from univae.model import UniVAE
 from univae.plots import plot_control, plot_lengths, plot_training_curves

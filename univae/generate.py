@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from univae.decoding import Decoding, decode_texts, inference
-
-# the --replace-dims vocabulary lives in univae.edit_dims; generate.edit_size and co. stay importable from here
-from univae.edit_dims import edit_size, edit_unit, edited_layers, layer_span, parse_dims  # noqa: F401
+from univae.edit_dims import edit_size, parse_dims
 from univae.metrics import char_f1
 from univae.tokenizer import SEP, detokenize, encode_texts
 

@@ -14,7 +14,8 @@ from univae.data import CorpusError, load_sentences
 from univae.decoding import Decoding, decode_ids
 from univae.density import SAMPLE_SPREAD
 from univae.diagnostics import latent_metrics
-from univae.generate import DEFAULT_STRENGTH, edit_size, edit_z, parse_dims
+from univae.edit_dims import edit_size, parse_dims
+from univae.generate import DEFAULT_STRENGTH, edit_z
 from univae.rundir import ARGS_FILE, find_metrics_file, read_metrics, split_corpus
 from univae.tokenizer import detokenize
 

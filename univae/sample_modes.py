@@ -17,7 +17,7 @@ import sys
 import warnings
 from typing import Callable
 
-from univae import generate
+from univae import edit_dims, generate
 from univae.cli import CLIError
 from univae.measure import load_data
 from univae.sample_flags import (
@@ -267,14 +267,14 @@ def run_reconstruct(model, args, records):
 def run_edit(model, args, records):
     prior = prior_used(model, args)
     try:
-        _, ranges = generate.parse_dims(args.replace_dims, generate.edit_size(model))
+        _, ranges = edit_dims.parse_dims(args.replace_dims, edit_dims.edit_size(model))
     except ValueError as e:
         raise CLIError(f"--replace-dims: {e}") from None
     texts = (
         [args.text] if args.text is not None else read_lines(args.input) if args.input is not None else args.held_out
     )
     check_lengths(model, texts, args.strict)
-    layers = generate.edited_layers(model, args.replace_dims)
+    layers = edit_dims.edited_layers(model, args.replace_dims)
     n = args.n
     out, z = generate.edit(
         model, texts, args.replace_dims, n, return_z=True, component=args.component, prior=args.prior, **args.decoding

@@ -4,7 +4,7 @@ and the --augment JSONL grouping. The records are univae.sample_modes' dicts."""
 import collections
 import unicodedata
 
-from univae import generate
+from univae import edit_dims
 
 
 def _width(s):
@@ -48,7 +48,7 @@ def _edit_groups(records):
 def show_edits(records, args, model, out):
     """What was replaced once, then each sentence with its variants indented below it."""
     r0 = records[0]
-    what = f"{generate.edit_unit(model)} {r0['replace_dims']} of {generate.edit_size(model)}"
+    what = f"{edit_dims.edit_unit(model)} {r0['replace_dims']} of {edit_dims.edit_size(model)}"
     source = {"fitted": "the fitted prior's conditional given the kept dims", "uniform": "the training prior"}
     print(
         f"replaced {what} (latent layers {', '.join(map(str, r0['latent_layers']))}; 0 = lowest), "
