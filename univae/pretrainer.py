@@ -120,22 +120,11 @@ class Pretrainer:
         self.checkpointer = rundir.Checkpointer(cfg.out, self.run_args, cfg.keep_last, self.master, world, log)
 
     def training_state(self):
-        rng = training.cpu_rng_state(self.world)
-        return {
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "skipped_steps": self.skipped,
-            "optimizer": self.optimizer.state_dict(),
-            "data": self.batches.state_dict(),
-            "rng": {"cpu": rng},
-        }
+        return training.loop_state(self)
 
     def load_state(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
-        self.batches.load_state_dict(state["data"])
-        self.step, self.elapsed, self.skipped = int(state["step"]), float(state["elapsed"]), int(state["skipped_steps"])
-        cpu = state["rng"]["cpu"]
-        torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
+        training.restore_loop_state(self, state)
 
     def progress(self):
         return training.run_progress(self.step, self.max_steps, self.elapsed, self.budget)

@@ -125,20 +125,10 @@ class Trainer:
     # -------------------------------------------------------------- state
 
     def training_state(self):
-        rng = training.cpu_rng_state(self.world)
-        s = {
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "skipped_steps": self.skipped,
-            "optimizer": self.optimizer.state_dict(),
-            "data": self.batches.state_dict(),
-            "rng": {"cpu": rng},
-        }
+        state = training.loop_state(self)
         if self.objective.state_dict():  # BoW heads, MDR multiplier
-            s["objective"] = self.objective.state_dict()
-        if self.device.type == "cuda":
-            s["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
-        return s
+            state["objective"] = self.objective.state_dict()
+        return state
 
     def load_state(self, state):
         try:  # a run resumed with other --bow-weight / --bow-layers / --target-rate has other optimiser groups and state
@@ -149,13 +139,7 @@ class Trainer:
                 f"--resume: the checkpoint was trained with another --bow-weight, --bow-layers or --target-rate "
                 f"({str(e).splitlines()[0]}); resume with the flags it was trained with"
             ) from None
-        self.batches.load_state_dict(state["data"])
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.skipped = int(state.get("skipped_steps", 0))
-        cpu = state["rng"]["cpu"]
-        torch.set_rng_state(cpu[self.rank] if cpu.dim() > 1 else cpu)
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        training.restore_loop_state(self, state)
 
     # -------------------------------------------------------------- one step, evaluation, saving
 

@@ -83,6 +83,35 @@ def cpu_rng_state(world):
     return torch.stack(gathered)
 
 
+def loop_state(loop):
+    """What a training loop's resume restores, from its step, elapsed, skipped, optimizer, batches,
+    world and device: the counters, the optimiser, the data position and the RNG states (a collective
+    under torchrun: every rank calls it)."""
+    state = {
+        "step": loop.step,
+        "elapsed": loop.elapsed,
+        "skipped_steps": loop.skipped,
+        "optimizer": loop.optimizer.state_dict(),
+        "data": loop.batches.state_dict(),
+        "rng": {"cpu": cpu_rng_state(loop.world)},
+    }
+    if loop.device.type == "cuda":
+        state["rng"]["cuda"] = torch.cuda.get_rng_state(loop.device)
+    return state
+
+
+def restore_loop_state(loop, state):
+    """loop_state's counters, data position and RNG states back into the loop (the optimiser is the
+    caller's: a trainer may have to check that its parameter groups still match)."""
+    loop.batches.load_state_dict(state["data"])
+    loop.step, loop.elapsed = int(state["step"]), float(state["elapsed"])
+    loop.skipped = int(state.get("skipped_steps", 0))
+    cpu = state["rng"]["cpu"]
+    torch.set_rng_state(cpu[loop.rank] if cpu.dim() > 1 else cpu)
+    if loop.device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], loop.device)
+
+
 def run_progress(step, max_steps, elapsed, budget):
     """Fraction of a run done, by steps or time, whichever is further (the lr schedule's clock);
     max_steps and budget are math.inf when not set."""
