@@ -254,7 +254,7 @@ PRESET_TRAINING = {
 # The default run's recipe: fine-tune the bundled backbone (`--init-from bundled`), measured in
 # docs/results.md. Training settings, and the VAE fields laid on the backbone's config.
 BUNDLED_TRAINING = dict(lr=2e-3, word_dropout=0.2, bow_weight=1.0, bow_layers="0,-1", bow_chars="content,pattern")
-BUNDLED_MODEL = dict(num_latent_layers=3, z_dim=64, kappa=256.0)
+BUNDLED_MODEL = dict(num_latent_layers=3, z_dim=64, kappa=1024.0)
 BOW_FLAGS = ("bow_weight", "bow_layers", "bow_chars")  # a recipe's bag of words: settings that go together
 
 
