@@ -2,6 +2,7 @@
 
     python bench/train_ab.py --baseline 1257cf3                 # 2 rounds of A B, 90 s budget each
     python bench/train_ab.py --baseline 1257cf3 --steps 300     # same steps instead: equal math?
+    python bench/train_ab.py --baseline 1257cf3 --b-args=--from-scratch   # a recipe one side names differently
 
 Each round trains `python train.py` (the default recipe, plus the given --args) once from the
 baseline commit (A, a `git archive` copy in a temporary directory) and once from this checkout
@@ -144,10 +145,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead of a time budget")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--args", default="", help="more train.py flags for both, e.g. '--preset small --batch-size 64'")
+    p.add_argument("--a-args", default="", help="more train.py flags for A only (after --args)")
+    p.add_argument("--b-args", default="", help="more train.py flags for B only (after --args)")
     p.add_argument("--repo", default=ROOT, help="the repository: A comes from its history, B is its working tree")
     a = p.parse_args(argv)
     limit = ["--max-steps", str(a.steps)] if a.steps else ["--time-budget", str(a.budget)]
-    args = limit + shlex.split(a.args)
+    args = {n: limit + shlex.split(a.args) + shlex.split(extra) for n, extra in (("A", a.a_args), ("B", a.b_args))}
     names = {"A": a.baseline, "B": "this checkout" if os.path.abspath(a.repo) == ROOT else a.repo}
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "A"))
@@ -156,10 +159,11 @@ def main(argv=None):
         flags = {n: supported_flags(trees[n], names[n]) for n in trees}
         commands, dropped = {}, {}
         for n in trees:
-            commands[n], dropped[n] = train_command(trees[n], "OUT", flags[n], args, names[n])
+            commands[n], dropped[n] = train_command(trees[n], "OUT", flags[n], args[n], names[n])
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         cpu = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-        print(f"# train.py A = {names['A']}, B = {names['B']}; {shlex.join(commands['B'][4:])}")
+        print(f"# train.py A = {names['A']}: {shlex.join(commands['A'][4:])}")
+        print(f"# train.py B = {names['B']}: {shlex.join(commands['B'][4:])}")
         for n in trees:
             if dropped[n]:
                 print(f"# {n} ({names[n]}) runs without {', '.join(dropped[n])}: its train.py lacks them")
@@ -168,7 +172,9 @@ def main(argv=None):
         for r in range(a.rounds):
             for n in ("A", "B"):
                 out = os.path.join(tmp, f"out-{n}{r + 1}")  # fresh per run: no --overwrite needed
-                wall, rows, peak_rss = train(trees[n], out, train_command(trees[n], out, flags[n], args, names[n])[0])
+                wall, rows, peak_rss = train(
+                    trees[n], out, train_command(trees[n], out, flags[n], args[n], names[n])[0]
+                )
                 runs[n].append({**summary(rows), "peak_rss_mb": peak_rss})
                 s = runs[n][-1]
                 print(

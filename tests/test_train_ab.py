@@ -126,6 +126,17 @@ def test_a_user_flag_the_old_commit_lacks_is_an_error(repo):
     assert "--prior-components" in str(e.value) and old in str(e.value)
 
 
+def test_side_only_flags_go_to_their_side_alone(repo, capsys):
+    path, old = repo
+    train_ab.main(
+        ["--baseline", old, "--repo", str(path), "--rounds", "1", "--budget", "1", "--b-args=--prior-components 2"]
+    )
+    out = capsys.readouterr().out
+    a_line, b_line = (next(ln for ln in out.splitlines() if ln.startswith(f"# train.py {n} ")) for n in "AB")
+    assert a_line == f"# train.py A = {old}: --time-budget 1.0"  # --b-args are B's alone
+    assert b_line.endswith("--time-budget 1.0 --prior-components 2")
+
+
 def test_a_run_shorter_than_a_logging_window_still_has_steps():
     s = train_ab.summary([{"step": 7, "split": "val", "ce": 8.0}])
     assert (s["steps"], s["tokens_per_s"], s["median_tokens_per_s"], s["val_ce"], s["char_f1"]) == (
