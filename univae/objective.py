@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from univae.config import ANNEAL_SCHEDULES, TrainConfig
+from univae.cross_entropy import summed_cross_entropy
 from univae.metrics import CharClasses
 
 
@@ -64,15 +65,11 @@ def target_ce(logits, labels):
 
     sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not
     NaN. The last position predicts nothing: an ignored label there keeps the logits one contiguous
-    view (slicing them off would copy B x m x V floats, and their gradient again)."""
+    view (slicing them off would copy B x m x V floats, and their gradient again). The sum is
+    summed_cross_entropy: F.cross_entropy's value and gradient in half the memory."""
     n_tokens = (labels != -100).sum()
-    ce = F.cross_entropy(
-        logits.float().flatten(0, 1),
-        F.pad(labels, (0, 1), value=-100).flatten(),
-        ignore_index=-100,
-        reduction="sum",
-    ) / n_tokens.clamp_min(1)
-    return ce, n_tokens
+    ce = summed_cross_entropy(logits.float().flatten(0, 1), F.pad(labels, (0, 1), value=-100).flatten())
+    return ce / n_tokens.clamp_min(1), n_tokens
 
 
 def kl_anneal_weight(step, schedule="none", steps=0, cycles=1, ratio_zero=0.5, ratio_increase=0.25):
