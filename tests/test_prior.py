@@ -105,6 +105,19 @@ def test_em_recovers_a_known_mixture():
     )
 
 
+def test_em_in_passes_of_a_few_rows_is_em_in_one(monkeypatch):
+    """fit_gmm's passes over the codes (ROWS_PER_PASS rows at a time) change no result beyond
+    float64 rounding: 7-row passes against one pass over all 500 rows."""
+    x = random_mixture(3, 4, seed=3).sample(500, torch.Generator().manual_seed(4)).double()
+    monkeypatch.setattr(P, "ROWS_PER_PASS", 10_000)
+    whole = P.fit_gmm(x, 3, seed=0)
+    monkeypatch.setattr(P, "ROWS_PER_PASS", 7)
+    passes = P.fit_gmm(x, 3, seed=0)
+    assert passes[3]["n_iter"] == whole[3]["n_iter"]
+    for a, b in zip(passes[:3], whole[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_log_prob_matches_torch_distributions():
     prior = random_mixture(4, 6, seed=3)
     z = torch.cat([reference(prior).sample((50,)), 10 * torch.randn(10, 6, dtype=torch.float64)])  # near and far

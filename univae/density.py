@@ -71,6 +71,9 @@ DEFAULT_MAX_SENTENCES = 20_000
 SAMPLE_SPREAD = 0.5
 RIDGE = 1e-4  # times the codes' mean variance, added to every covariance's diagonal
 LOG_2PI = math.log(2 * math.pi)
+# EM's passes over the codes take this many rows at a time: each temporary (rows x D float64) is then
+# 6 MB at D = 192, where a whole pass over 20,000 codes would allocate 30 MB per temporary
+ROWS_PER_PASS = 4096
 
 
 # ----------------------------------------------------------------------------- the density
@@ -83,8 +86,17 @@ def gaussian_log_pdf(x, mean, scale_tril):
 
 
 def joint_log_probs(x, weights, means, scale_tril):
-    """log w_k + log N(x; mu_k, S_k) for every row and component: x (N, D) -> (N, K)."""
-    return torch.stack([gaussian_log_pdf(x, m, L) for m, L in zip(means, scale_tril)], dim=-1) + weights.log()
+    """log w_k + log N(x; mu_k, S_k) for every row and component: x (N, D) -> (N, K). Rows go
+    ROWS_PER_PASS at a time, so the temporaries stay a few MB whatever N is."""
+    return (
+        torch.cat(
+            [
+                torch.stack([gaussian_log_pdf(rows, m, L) for m, L in zip(means, scale_tril)], dim=-1)
+                for rows in x.split(ROWS_PER_PASS)
+            ]
+        )
+        + weights.log()
+    )
 
 
 class FittedPrior:
@@ -282,7 +294,8 @@ def kmeans_pp(x, k, generator):
     N = x.shape[0]
     first = int(torch.randint(N, (1,), generator=generator))
     centres = [x[first]]
-    d2 = (x - x[first]).pow(2).sum(-1)
+    sq_dist = lambda c: torch.cat([(rows - c).pow(2).sum(-1) for rows in x.split(ROWS_PER_PASS)])
+    d2 = sq_dist(x[first])
     for _ in range(1, k):
         p = d2.cpu()
         i = (
@@ -291,7 +304,7 @@ def kmeans_pp(x, k, generator):
             else int(torch.randint(N, (1,), generator=generator))
         )  # every row sits on a centre already
         centres.append(x[i])
-        d2 = torch.minimum(d2, (x - x[i]).pow(2).sum(-1))
+        d2 = torch.minimum(d2, sq_dist(x[i]))
     return torch.stack(centres)
 
 
@@ -303,8 +316,11 @@ def m_step(x, resp, ridge):
     eye = ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     scale_tril = []
     for k in range(resp.shape[1]):
-        d = x - means[k]
-        scale_tril.append(torch.linalg.cholesky((resp[:, k : k + 1] * d).T @ d / nk[k] + eye))
+        scatter = 0  # sum_i resp_ik (x_i - mu_k)(x_i - mu_k)^T, ROWS_PER_PASS rows at a time
+        for rows, r in zip(x.split(ROWS_PER_PASS), resp.split(ROWS_PER_PASS)):
+            d = rows - means[k]
+            scatter = scatter + (r[:, k : k + 1] * d).T @ d
+        scale_tril.append(torch.linalg.cholesky(scatter / nk[k] + eye))
     return nk / nk.sum(), means, torch.stack(scale_tril)
 
 
