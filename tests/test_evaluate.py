@@ -14,7 +14,7 @@ from univae import evaluate as E
 from univae import measure, rundir
 from univae import metrics as M
 from univae.cli import CLIError
-from univae.diagnostics import latent_metrics
+from univae.diagnostics import collapse_warning, latent_metrics
 from univae.latents import make_family
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
 from univae.vmf import log_sphere_area, vmf_log_normalizer
@@ -317,6 +317,11 @@ def test_report_end_to_end(run_dir, model, capsys):
     assert lt["mi"] == pytest.approx(expected["mi"], abs=1e-5) and -0.05 <= lt["mi"] <= math.log(12) + 1e-6
     assert (
         lt["au"] == expected["au"] and lt["au_per_layer"] == expected["au_per_layer"] and len(lt["mi_per_layer"]) == 2
+    )
+    # untrained, its codes barely differ between sentences: the warning train.py would print, in both files
+    assert lt["mi_max"] == pytest.approx(math.log(12)) and lt["warning"] == collapse_warning(expected, model.config)
+    assert "layer(s) [0, 1] below 10%" in lt["warning"] and lt["warning"] in (report_dir / "report.md").read_text(
+        "utf-8"
     )
 
     pr = report["prior"]

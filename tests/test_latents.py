@@ -11,7 +11,14 @@ from conftest import random_joined
 from torch.distributions import Normal, kl_divergence
 
 from univae.config import TrainConfig, preset
-from univae.diagnostics import active_units, collapse_warning, expected_codes, kl_per_dim, mutual_information
+from univae.diagnostics import (
+    active_units,
+    collapse_warning,
+    expected_codes,
+    kl_per_dim,
+    latent_metrics,
+    mutual_information,
+)
 from univae.latents import FAMILIES, VMF, Gaussian, family_class, make_family
 from univae.model import UniVAE
 from univae.objective import VAEObjective, char_class_token_masks, kl_anneal_weight
@@ -445,6 +452,30 @@ def test_collapse_warning():
         assert collapse_warning(metrics, vmf) is None
     small = preset("small")
     assert collapse_warning({"kl_per_layer": [7.0] * 3, "au": 50, "au_per_layer": [30, 20, 0]}, small) is None
+    # ... but a vMF layer whose MI alone is under 10% of log N carries almost nothing (the default run's
+    # lowest latent layer: 0.32 nats of 7.10 while the other two were at the bound)
+    log_n = math.log(1217)
+    line = collapse_warning({"mi_per_layer": [0.32, 7.09, 7.10], "mi_max": log_n}, small)
+    assert "\n" not in line and f"of at most log N = {log_n:.2f}, layer(s) [0] below 10%" in line
+    assert "KL pressure" not in line and VMF.collapse_remedies in line
+    assert collapse_warning({"mi_per_layer": [0.72, 7.09, 7.10], "mi_max": log_n}, small) is None  # 0.71 is the line
+    assert collapse_warning({"mi_per_layer": [0.12, 1.3], "mi_max": math.log(4)}, vmf) == (
+        "warning: posterior collapse? MI per layer [0.12, 1.30] nats of at most log N = 1.39, layer(s) [0] below 10% "
+        f"of it: that code barely tells the sentences apart -- the decoder reads the sentence from the other codes, "
+        f"or from none; try {VMF.collapse_remedies}"
+    )
+    # a Gaussian layer too: a KL well above COLLAPSE_KL spent on noise
+    line = collapse_warning({"kl_per_layer": [3.0, 2.5], "mi_per_layer": [3.0, 0.05], "mi_max": 4.0}, config)
+    assert "layer(s) [1] below 10%" in line and "KL pressure" in line
+
+
+def test_latent_metrics_bound_the_mi_by_log_n():
+    vmf = VMF(8, 64.0)
+    directions = torch.nn.functional.normalize(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    metrics = latent_metrics(vmf, [directions, directions[:1].expand(50, 8)])
+    assert metrics["mi_max"] == pytest.approx(math.log(50))
+    spread, same = metrics["mi_per_layer"]
+    assert same == pytest.approx(0.0, abs=1e-6) and spread > 0.5 * metrics["mi_max"]  # one code for all: 0 exactly
 
 
 def test_train_config_checks_the_objective_flags():

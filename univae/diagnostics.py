@@ -1,9 +1,10 @@
 """Posterior-collapse diagnostics: KL per latent layer and dim, active units, mutual information.
 
 Collapse is the decoder learning to ignore z while the KL pulls every posterior onto the prior
-(Gaussian KL -> 0). Fixed-kappa vMF has a constant KL, so nothing pulls it there (collapse_warning
-says nothing for vMF). Three numbers see it from different sides, all computed from the posterior
-params of a held-out set:
+(Gaussian KL -> 0). Fixed-kappa vMF has a constant KL, so nothing pulls it there, but one of its
+layers can still go unused while another carries the sentence (its codes closer together than its
+noise). Three numbers see it from different sides, all computed from the posterior params of a
+held-out set:
 
     kl_per_dim          E_x KL(q(z_d|x) || p(z_d)) per layer and dim (Gaussian; vMF's KL is one constant)
     active_units        dims whose E_q[z] varies over sentences: Var_x(E_q[z_d]) > delta (Burda et al. 2016)
@@ -27,6 +28,7 @@ from univae.latents import family_class
 
 COLLAPSE_KL = 0.1  # nats per latent layer: below this a Gaussian layer tells the decoder almost nothing
 COLLAPSE_AU = 0.1  # fraction of a layer's dims: a layer with fewer active units than this is collapsed
+COLLAPSE_MI = 0.1  # fraction of log N: a layer whose code alone tells N sentences apart by less says almost nothing
 
 
 def kl_per_dim(family, params_list):
@@ -108,7 +110,7 @@ def posterior_params_of(model, ids, batch_size=128, autocast=None):
 
 
 def latent_metrics(family, params_list, au_delta=0.01):
-    """The eval-row diagnostics: mi, mi_per_layer, au, au_per_layer (and kl_per_dim where defined).
+    """The eval-row diagnostics: mi, mi_per_layer, mi_max, au, au_per_layer (and kl_per_dim where defined).
     Empty for fewer than 2 examples: neither a variance nor an aggregate posterior exists then."""
     if params_list[0].shape[0] < 2:
         return {}
@@ -117,6 +119,7 @@ def latent_metrics(family, params_list, au_delta=0.01):
     metrics = {
         "mi": mi,
         "mi_per_layer": mi_per_layer,
+        "mi_max": math.log(params_list[0].shape[0]),  # the most the estimate can show, log N
         "au": au,
         "au_per_layer": [int((v > au_delta).sum()) for v in variances.split(family.z_dim)],
     }
@@ -137,15 +140,20 @@ def collapse_warning(metrics, config, au_delta=0.01):
                      the mixture component says nothing about the sentence (I(x; c))
       vq             the KL is the constant log K, but the codebook can collapse onto one code
                      (perplexity below 2)
-      vmf            nothing. With fixed kappa the KL is a constant: nothing pulls the posteriors
-                     together, so there is no collapse in the KL sense to warn about. Nor do active
-                     units measure it: a layer's E_q[z] is A_d(kappa) mu with |mu| = 1, so its
-                     per-dim variances over sentences sum to at most A_d(kappa)^2 < 1, on average
-                     below 1/z_dim per dim. At 64 dims and kappa 256 even codes spread evenly over
-                     the sphere give 0.88^2 / 64 ~ 0.012 per dim, a hair above delta 0.01, so any
-                     unevenness puts dims below it: AU there says how evenly the code uses its
-                     dims, not that it collapsed (the default run's "50 of 192"). Whether z carries
-                     the sentence shows in the eval row's reconstruction and MI.
+      vmf            with fixed kappa the KL is a constant: nothing pulls the posteriors together,
+                     so there is no collapse in the KL sense. Nor do active units measure it: a
+                     layer's E_q[z] is A_d(kappa) mu with |mu| = 1, so its per-dim variances over
+                     sentences sum to at most A_d(kappa)^2 < 1, on average below 1/z_dim per dim.
+                     At 64 dims and kappa 256 even codes spread evenly over the sphere give
+                     0.88^2 / 64 ~ 0.012 per dim, a hair above delta 0.01, so any unevenness puts
+                     dims below it: AU there says how evenly the code uses its dims, not that it
+                     collapsed (the default run's "50 of 192").
+
+    Every family but VQ (whose MI is its codes' entropy, seen by the perplexity): a layer whose MI
+    alone is below COLLAPSE_MI of log N, the most N sentences can show. Its posterior means sit
+    closer together than its own noise spreads them, whatever the KL: the layer passes the decoder
+    almost nothing and pays its KL for noise. Under fixed-kappa vMF this is how a layer goes unused
+    while another latent layer carries the sentence.
     """
     family = family_class(config.latent)
     problems = []
@@ -160,6 +168,14 @@ def collapse_warning(metrics, config, au_delta=0.01):
             problems.append(
                 f"active units {metrics['au']} of {config.latent_dim} (delta {au_delta:g}), "
                 f"layer(s) {low} with fewer than {COLLAPSE_AU:.0%} of {config.z_dim} dims"
+            )
+    if not family.has_codes and "mi_max" in metrics:
+        low = [j for j, mi in enumerate(metrics["mi_per_layer"]) if mi < COLLAPSE_MI * metrics["mi_max"]]
+        if low:
+            mis = ", ".join(f"{mi:.2f}" for mi in metrics["mi_per_layer"])
+            problems.append(
+                f"MI per layer [{mis}] nats of at most log N = {metrics['mi_max']:.2f}, layer(s) {low} below "
+                f"{COLLAPSE_MI:.0%} of it: that code barely tells the sentences apart"
             )
     if "codebook" in metrics:
         perplexity = metrics["codebook"]["perplexity"]
@@ -178,7 +194,9 @@ def collapse_warning(metrics, config, au_delta=0.01):
             )
     if not problems:
         return None
-    return (
-        f"warning: posterior collapse? {'; '.join(problems)} -- the decoder may be modelling the text "
-        f"without z (KL pressure too strong early, or a decoder strong enough alone); try {family.collapse_remedies}"
+    cause = (
+        "the decoder may be modelling the text without z (KL pressure too strong early, or a decoder strong enough alone)"
+        if not family.kl_is_constant
+        else "the decoder reads the sentence from the other codes, or from none"
     )
+    return f"warning: posterior collapse? {'; '.join(problems)} -- {cause}; try {family.collapse_remedies}"

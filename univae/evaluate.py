@@ -32,6 +32,7 @@ KL are in nats; lengths are in characters (whitespace ignored).
 | `likelihood.neg_elbo` | -ELBO per sentence, E_q[-log p(x\|z) + log q(z\|x) - log p(z)] on the same samples and sentences: never below iw_nll |
 | `latent.kl`, `.kl_per_layer` | KL(q(z\|x) \|\| p(z)) per sentence, total and per latent layer (lowest first) |
 | `latent.mi`, `.mi_per_layer` | mutual information I(x; z) over the evaluated sentences (univae.diagnostics, Optimus' estimator): whole code, and each layer alone |
+| `latent.mi_max`, `.warning` | log N, the most the MI estimate can show over N sentences; the collapse warning train.py would print for these numbers (a layer with MI under 10% of log N, among others; univae.diagnostics.collapse_warning), absent when there is none |
 | `latent.au`, `.au_per_layer` | active units: dims with Var_x(E_q[z_d]) > `settings.au_delta` (Burda et al. 2016) |
 | `latent.kl_per_dim` | mean KL per layer and dim, (n_latent, z_dim); present only for families whose KL splits over dims (Gaussian; gmm: its z part; not vMF or VQ) |
 | `latent.codebook.perplexity`, `.used_fraction`, `.restarts` | vq only, per latent layer: exp(entropy) of the codes the sentences pick (at most min(N, K)), the fraction of the K codes picked at least once, dead-code restarts during training; `latent.mi` is then H(codes) |

@@ -98,6 +98,7 @@ class VMF(Family):
 
     space = "sphere"
     constant_kl_reason = "with fixed kappa"
+    collapse_remedies = "one latent layer fewer (--num-latent-layers), a bag of words on that layer (--bow-layers)"
 
     @classmethod
     def describe(cls, config):

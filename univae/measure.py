@@ -13,7 +13,7 @@ from univae import downstream, metrics
 from univae.data import CorpusError, load_sentences
 from univae.decoding import Decoding, decode_ids
 from univae.density import SAMPLE_SPREAD
-from univae.diagnostics import latent_metrics
+from univae.diagnostics import collapse_warning, latent_metrics
 from univae.edit_dims import edit_size, parse_dims
 from univae.generate import DEFAULT_STRENGTH, edit_z
 from univae.rundir import ARGS_FILE, find_metrics_file, read_metrics, split_corpus
@@ -163,6 +163,9 @@ def likelihood_and_latent_sections(model, ids, texts, iw_samples, iw_sentences, 
     }
     if len(ids) >= 2:
         latent.update(latent_metrics(model.family, params_list, au_delta))
+        warning = collapse_warning(latent, model.config, au_delta)
+        if warning:
+            latent["warning"] = warning
     else:
         latent["note"] = "mi, au: need at least 2 sentences"
 

@@ -142,7 +142,7 @@ def latent_md(report):
         f"MI is Optimus' estimate over the evaluated sentences (at most log N = {fmt(math.log(max(d['n_sentences'], 1)), 2)} nats); "
         f"a unit is active when Var_x(E_q[z_d]) > {s['au_delta']:g}." + (f" {lt['note']}." if lt.get("note") else ""),
         "",
-    ]
+    ] + ([f"**{lt['warning']}**", ""] if lt.get("warning") else [])
 
 
 def codebook_md(report):

@@ -40,7 +40,12 @@ def trim_length(longest, maxlen, multiple=1):
 def describe_eval(metrics, c):
     return (
         f"val: ce {metrics['ce']:.3f}, bits/char {metrics['bits_per_char']:.3f}, kl {metrics['kl']:.2f}"
-        + (f", mi {metrics['mi']:.2f}, au {metrics['au']}/{c.latent_dim}" if "au" in metrics else "")
+        + (
+            f", mi {metrics['mi']:.2f} ({'/'.join(f'{mi:.2f}' for mi in metrics['mi_per_layer'])} per layer)"
+            f", au {metrics['au']}/{c.latent_dim}"
+            if "au" in metrics
+            else ""
+        )
         + (f", exact {metrics['exact_match']:.3f}, char-F1 {metrics['char_f1']:.3f}" if "char_f1" in metrics else "")
         + (
             ", codebook perplexity "
