@@ -151,7 +151,7 @@ def main(argv=None):
 
 @torch.no_grad()
 def show(model, val_sentences, n=5):
-    """A few reconstructions, prior samples and one multi-scale edit, as the README promises."""
+    """A few reconstructions, prior samples and an edit at each scale, as the README promises."""
     model.eval()
     texts = val_sentences[:n]
     print("\nreconstructions (held-out val sentences):")
@@ -160,10 +160,13 @@ def show(model, val_sentences, n=5):
     print("\nrandom samples from the prior:")
     for s in model.sample(n):
         print(f"  {s}")
-    dims = edit_dims.layer_span(model, 0)  # the lowest latent layer: the default trains it to hold the content
-    print(f'\nedit: replace latent {edit_dims.edit_unit(model)} {dims} (the lowest latent layer) of "{texts[0]}":')
-    for s in model.edit(texts[0], dims, n=3):
-        print(f"  {s}")
+    # one edit per scale: each latent layer's dims redrawn in turn, the rest of the code kept
+    reconstruction = model.reconstruct(texts[:1])[0]
+    print(f'\nedits of "{texts[0]}", one latent layer redrawn at a time (lowest first; = marks the reconstruction):')
+    for j in range(model.config.num_latent_layers):
+        dims = edit_dims.layer_span(model, j)
+        edits = [("= " if s == reconstruction else "") + s for s in model.edit(texts[0], dims, n=2)]
+        print(f"  layer {j} ({edit_dims.edit_unit(model)} {dims}): {'  |  '.join(edits)}")
     print("\nnext: python sample.py --checkpoint <out>/last --n 10   (see README)")
 
 

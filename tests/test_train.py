@@ -415,3 +415,25 @@ def test_architecture_flags_build_that_model_from_scratch(corpus, tmp_path):
         [2, 3, 4],
     )
     assert c.kappas == [8.0, 16.0, 32.0] and model.family.kappas == (8.0, 16.0, 32.0)
+
+
+def test_the_demo_redraws_each_latent_layer_in_turn(hf_bert, capsys):
+    from univae.edit_dims import layer_span
+
+    model = univae.UniVAE.from_pretrained(str(hf_bert[0]), maxlen=12)
+    texts = SENTENCES[:3]
+    torch.manual_seed(0)
+    train.show(model, texts, n=3)
+    lines = capsys.readouterr().out.splitlines()
+    torch.manual_seed(0)  # the same calls in the same order: the same draws
+    model.reconstruct(texts), model.sample(3)
+    reconstruction = model.reconstruct(texts[:1])[0]
+    expected = []
+    for j in range(model.config.num_latent_layers):
+        edits = model.edit(texts[0], layer_span(model, j), n=2)
+        expected.append(
+            f"  layer {j} (dims {layer_span(model, j)}): "
+            + "  |  ".join(("= " if s == reconstruction else "") + s for s in edits)
+        )
+    start = next(i for i, line in enumerate(lines) if line.startswith(f'edits of "{texts[0]}"'))
+    assert lines[start + 1 : start + 1 + len(expected)] == expected and len(expected) == 2
