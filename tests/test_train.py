@@ -437,3 +437,19 @@ def test_the_demo_redraws_each_latent_layer_in_turn(hf_bert, capsys):
         )
     start = next(i for i, line in enumerate(lines) if line.startswith(f'edits of "{texts[0]}"'))
     assert lines[start + 1 : start + 1 + len(expected)] == expected and len(expected) == 2
+
+
+def test_batch_lengths_round_up_to_few_shapes_where_shapes_cost_memory():
+    """Under CPU autocast (oneDNN caches kernels per shape) and --compile a batch's length is
+    rounded up to a multiple; in plain fp32 it is the longest sentence's."""
+    from univae.training import length_multiple, trim_length
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [length_multiple(False, cpu, torch.bfloat16), length_multiple(False, cpu, None)] == [4, 1]
+    assert [length_multiple(True, cpu, None), length_multiple(False, cuda, torch.bfloat16)] == [8, 1]
+    assert [trim_length(13, 32, 4), trim_length(13, 32, 1), trim_length(30, 32, 8), trim_length(32, 32, 4)] == [
+        16,
+        13,
+        32,
+        32,
+    ]

@@ -111,6 +111,7 @@ class Pretrainer:
         dtype = training.autocast_dtype(cfg.precision, device)
         self.precision = training.precision_name(dtype)
         self.autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+        self.length_multiple = training.length_multiple(False, device, dtype)
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         self.max_steps = cfg.max_steps or math.inf
         self.budget = cfg.time_budget or math.inf
@@ -135,7 +136,8 @@ class Pretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = training.lr_at(self.step, self.progress(), cfg.lr, cfg.warmup)
         ids = self.batches.next_batch()
-        ids = ids[:, : int(ids.ne(c.pad_token_id).sum(1).max())]  # the batch's longest sentence (length-bucketed)
+        longest = int(ids.ne(c.pad_token_id).sum(1).max())  # batches are length-bucketed: trim to the longest
+        ids = ids[:, : training.trim_length(longest, ids.shape[1], self.length_multiple)]
         inputs, labels = mlm_batch(ids, self.tokenizer, c.vocab_size, cfg.mask_rate)
         with self.autocast:
             loss, _ = mlm_loss(

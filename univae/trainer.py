@@ -26,15 +26,7 @@ from univae.model import UniVAE
 from univae.objective import VAEObjective, char_class_token_masks
 from univae.rundir import Checkpointer, MetricsLog, TrainingError
 from univae.tokenizer import build_tokenizer, char_vocab, encode_texts
-from univae.training import all_finite, evaluate, lr_at, peak_rss_mb
-
-
-def trim_length(longest, maxlen, multiple=1):
-    """Half length for a batch whose longest sentence has `longest` tokens, rounded up to a multiple
-    (8 under --compile, so that torch.compile sees at most maxlen/8 shapes; else exactly the
-    longest: 97% of the trimmed tokens are real instead of 84% on the reviews). Exact either way:
-    the model keeps target positions at maxlen + t (UniVAE.forward)."""
-    return min(maxlen, -(-longest // multiple) * multiple)
+from univae.training import all_finite, evaluate, length_multiple, lr_at, peak_rss_mb, trim_length
 
 
 def describe_eval(metrics, c):
@@ -102,9 +94,7 @@ class Trainer:
         self.checkpointer = Checkpointer(out, self.run_args, cfg.keep_last, self.master, world, self.log)
         self.extra_params = list(objective.parameters())  # the BoW heads, if any: trained with the model
         net = model
-        if (
-            cfg.compile
-        ):  # trim_length gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
+        if cfg.compile:  # length_multiple gives <= maxlen/8 static shapes; dynamic shapes crash Inductor with attn=eager (torch 2.13)
             net = torch.compile(model, dynamic=False)
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -113,6 +103,7 @@ class Trainer:
         self.net = net
         dtype = training.autocast_dtype(cfg.precision, device)
         self.precision = training.precision_name(dtype)
+        self.length_multiple = length_multiple(cfg.compile, device, dtype)
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step, self.elapsed, self.skipped, self.bad_in_a_row = 0, 0.0, 0, 0
@@ -157,7 +148,7 @@ class Trainer:
         src = self.batches.next_batch()
         real = src.ne(c.pad_token_id)  # on the CPU copy: no device sync
         tokens = int(real.sum()) * 2 * self.world
-        src = src[:, : trim_length(int(real.sum(1).max()), c.maxlen, 8 if cfg.compile else 1)].to(
+        src = src[:, : trim_length(int(real.sum(1).max()), c.maxlen, self.length_multiple)].to(
             self.device, non_blocking=True
         )
         with self.autocast:
