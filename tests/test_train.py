@@ -439,6 +439,17 @@ def test_the_demo_redraws_each_latent_layer_in_turn(hf_bert, capsys):
     assert lines[start + 1 : start + 1 + len(expected)] == expected and len(expected) == 2
 
 
+def test_a_collapse_warning_before_the_end_is_qualified(corpus, tmp_path, capsys, monkeypatch):
+    """Each evaluation prints collapse_warning's line; one before the last step says it is a
+    mid-run reading (a vMF layer quiet at one evaluation can come alive later), the last does not."""
+    import univae.trainer
+
+    monkeypatch.setattr(univae.trainer, "collapse_warning", lambda metrics, config, au_delta: "warning: W")
+    train.main(base_args(corpus, tmp_path / "o", "--max-steps", "4", "--eval-every", "2"))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: W")]
+    assert warnings == ["warning: W (at step 2; it can still change before the run ends)", "warning: W"]
+
+
 def test_batch_lengths_round_up_to_few_shapes_where_shapes_cost_memory():
     """Under CPU autocast (oneDNN caches kernels per shape) and --compile a batch's length is
     rounded up to a multiple; in plain fp32 it is the longest sentence's."""

@@ -194,7 +194,9 @@ class Trainer:
         self.step += 1
         return logs, tokens
 
-    def evaluate(self):
+    def evaluate(self, final=True):
+        """Validation row to metrics.jsonl and the log, with the collapse warning if any. A warning
+        before the end is qualified: a layer quiet at one evaluation can still come alive later."""
         if self.master:
             metrics, _ = evaluate(
                 self.model,
@@ -209,7 +211,9 @@ class Trainer:
             self.log(f"step {self.step} " + describe_eval(metrics, self.model.config))
             warning = collapse_warning(metrics, self.model.config, self.cfg.au_delta)
             if warning:
-                self.log(warning)
+                self.log(
+                    warning if final else f"{warning} (at step {self.step}; it can still change before the run ends)"
+                )
         if self.world > 1:
             dist.barrier()
 
@@ -265,7 +269,7 @@ class Trainer:
                 self.metrics_log.record(row)
                 progress.show(row)
             if self.step % cfg.eval_every == 0:
-                self.evaluate()
+                self.evaluate(final=self.step >= self.max_steps)
             if self.step % cfg.save_every == 0:
                 self.save()
         progress.close()
