@@ -103,22 +103,25 @@ def test_flex_backend(hf_dirs):
     torch.testing.assert_close(torch.stack(steps, 1), teacher, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("rows", [3, decoding.STEP_EAGER_ROWS])
 @pytest.mark.parametrize("kind", ["bert", "roformer"])
-def test_cached_decoder_runs_under_bf16_autocast_with_a_bf16_cache(hf_dirs, kind):
+def test_cached_decoder_runs_under_bf16_autocast_with_a_bf16_cache(hf_dirs, kind, rows):
     """Under autocast the projections hand K/V over in bf16: the cache is bf16 (a fp32 one made
     index_copy_ fail), and the logits stay those of the recompute decoder under the same autocast,
-    within bf16 round-off."""
+    within bf16 round-off, with sdpa steps for a few rows and eager ones for a batch of many."""
     m = _model(hf_dirs, kind, "sdpa")
     torch.manual_seed(1)
-    z = m.sample_prior(3)
+    z = m.sample_prior(rows)
+    assert decoding.CachedDecoder(m, z).backend == "sdpa"  # fp32: sdpa at any batch size
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert decoding.CachedDecoder(m, z).caches[0].k.dtype == torch.bfloat16
+        assert decoding.CachedDecoder(m, z).backend == ("eager" if rows >= decoding.STEP_EAGER_ROWS else "sdpa")
         steps, _ = _step_all(m, z, m.config.maxlen - 1)
         texts = m.generate(z, top_p=0.9, seed=0)
     for t, (cached, recompute) in enumerate(steps):
         scale = recompute.float().abs().max().item()
         torch.testing.assert_close(cached.float(), recompute.float(), atol=0.05 * scale, rtol=0, msg=f"step {t}")
-    assert len(texts) == 3 and all(isinstance(s, str) for s in texts)
+    assert len(texts) == rows and all(isinstance(s, str) for s in texts)
 
 
 # ----------------------------------------------------------------------------- compiled step

@@ -55,6 +55,21 @@ class KVCache:
         self.v.copy_(self.v[rows])
 
 
+STEP_EAGER_ROWS = 16
+
+
+def step_backend(backend, rows, device):
+    """The attention backend of a cached decoding step: eager or sdpa.
+
+    Under CPU autocast (bf16) SDPA's flash kernel costs more than the step's two small matmuls once
+    a batch has 16 rows or more (a one-query step over 64 rows of the base preset: 2.4 ms per layer
+    in SDPA, 37% of the step); below that it is the faster one. docs/performance.md has the timings."""
+    if backend == "eager":
+        return "eager"
+    low_precision_cpu = device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    return "eager" if low_precision_cpu and rows >= STEP_EAGER_ROWS else "sdpa"
+
+
 class CachedDecoder:
     """z (N, latent_dim) -> next-token logits, one new token per call, O(maxlen) work per token.
 
@@ -62,8 +77,9 @@ class CachedDecoder:
     reset(z). In lower layers slot 0 stays zero: the independent mask hides it from every target query
     (zeros, not garbage, because the dense backends still multiply masked keys).
 
-    Attention backend: eager runs as eager; every other backend runs its steps with sdpa on the
-    dense mask row. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
+    Attention backend (step_backend): eager runs as eager; every other backend runs its steps with
+    sdpa on the dense mask row, except batches of STEP_EAGER_ROWS rows or more under CPU autocast,
+    which run eager. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
     so a BlockMask could skip nothing, and building one per step (or compiling flex for q_len = 1)
     would cost more than the step; 'split' has no joined layout to split here.
 
@@ -83,8 +99,7 @@ class CachedDecoder:
         if torch.is_autocast_enabled(device.type):  # the projections hand K/V over in autocast's dtype
             dtype = torch.get_autocast_dtype(device.type)
         self.model, self.t = model, 0
-        backend = model.backend(device)
-        self.backend = "eager" if backend == "eager" else "sdpa"
+        self.backend = step_backend(model.backend(device), N, device)
         self.caches = [KVCache(N, c.num_attention_heads, S, c.head_dim, dtype, device) for _ in tr.layers]
         lower = masks.materialize(masks.independent(1), S, S, device=device)[:, None]  # (1, 1, S, S)
         upper = masks.materialize(masks.uniae(1), S, S, device=device)[:, None]
