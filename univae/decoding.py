@@ -61,9 +61,9 @@ STEP_EAGER_ROWS = 16
 def step_backend(backend, rows, device):
     """The attention backend of a cached decoding step: eager or sdpa.
 
-    Under CPU autocast (bf16) SDPA's flash kernel costs more than the step's two small matmuls once
-    a batch has 16 rows or more (a one-query step over 64 rows of the base preset: 2.4 ms per layer
-    in SDPA, 37% of the step); below that it is the faster one. docs/performance.md has the timings."""
+    Under CPU autocast (bf16) SDPA's flash kernel costs more than eager's two small matmuls for one
+    query over a batch of STEP_EAGER_ROWS rows or more; below that it is the faster one
+    (docs/performance.md has the timings). In fp32 and on GPUs SDPA stays."""
     if backend == "eager":
         return "eager"
     low_precision_cpu = device.type == "cpu" and torch.is_autocast_enabled("cpu")

@@ -52,10 +52,10 @@ def length_multiple(compile, device, dtype):
 
     8 under --compile: torch.compile then sees at most maxlen/8 static shapes. 4 under CPU autocast:
     its bf16/fp16 matmuls go to oneDNN, which caches the kernels it builds for each new shape (up to
-    1,024 of them), so one shape per batch length (32 at maxlen 32) grows the default run's memory
-    by about a GB as the lengths come up, while 8 lengths keep it flat at the same speed (the padding
-    costs about what building kernels for the other shapes did; docs/performance.md). Otherwise 1,
-    exactly the longest sentence: 97% of the trimmed tokens are real on the reviews, 84% at 8."""
+    1,024 of them), so one shape per batch length (32 at maxlen 32) grows the run's memory all run
+    long as rare lengths come up, while 8 lengths keep it flat at the same speed (the padding costs
+    about what building kernels for the other shapes did; docs/performance.md). Otherwise 1: exactly
+    the longest sentence, the least padding."""
     if compile:
         return 8
     return 4 if device.type == "cpu" and dtype is not None else 1
