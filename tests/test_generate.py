@@ -2,8 +2,10 @@
 strategies against HF's logits processors and exhaustive search, latent-space operations
 against their formulas."""
 
+import gc
 import itertools
 import math
+import weakref
 
 import pytest
 import torch
@@ -161,6 +163,27 @@ def test_compiled_step_equals_eager_without_recompiling(hf_dirs, kind, fresh_dyn
             got = decoding.CachedDecoder(m, other, compile_step=True)(prefix[:, :1])
         torch.testing.assert_close(got, decoding.CachedDecoder(m, other)(prefix[:, :1]), atol=1e-5, rtol=0)
     assert counters["stats"]["unique_graphs"] == 1  # one graph: no graph break, no recompile
+    freed = weakref.ref(compiled)
+    del compiled
+    assert freed() is None  # the compiled step holds no reference to its decoder (see the next test)
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_decoding_leaves_no_reference_cycle(model, beam_size):
+    """What decoding allocates is freed by reference counting when it returns. A cycle (a decoder
+    holding its own bound method, say) keeps the KV caches alive until a full garbage-collector
+    pass, which a process with many long-lived objects makes rarely: sample.py --input over a long
+    file grew by the caches of every pass."""
+    z = model.sample_prior(3)
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.no_grad():
+            model.generate(z, beam_size=beam_size)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0
 
 
 def test_generate_compiled_equals_eager(hf_dirs, fresh_dynamo):

@@ -95,17 +95,18 @@ class CachedDecoder:
         self.rope0 = tr.rope(torch.zeros(1, dtype=torch.long, device=device))
         self.reset(z)
         self.compiled = compile_step
-        self.step = self._step
+        # The step is called as a plain function of the decoder, never kept as a bound method: a
+        # decoder holding its own bound method is a reference cycle, whose KV caches only a full
+        # garbage-collector pass frees, so a long streamed input would grow by them pass after pass.
+        self.step_fn = CachedDecoder._step
         if compile_step:
             for cache in self.caches:  # CUDA graphs may mutate an input only if its address is fixed
                 # guard=False (torch 2.13's default; older ones guarded): a new decoder's
                 # buffers re-record the CUDA graph instead of recompiling the step
                 torch._dynamo.mark_static_address(cache.k, guard=False)
                 torch._dynamo.mark_static_address(cache.v, guard=False)
-            if device.type == "cuda":
-                self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
-            else:
-                self.step = torch.compile(self._step, dynamic=False)
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self.step_fn = torch.compile(CachedDecoder._step, mode=mode, dynamic=False)
 
     @property
     def rows(self):
@@ -135,7 +136,7 @@ class CachedDecoder:
         if self.compiled:  # the same strides at every t: a compiled step guards on strides, and the
             # view has stride t + 1 (.contiguous() would keep it when N = 1)
             tok = tok.clone(memory_format=torch.contiguous_format)
-        logits = self.step(tok, self.steps[t : t + 1])
+        logits = self.step_fn(self, tok, self.steps[t : t + 1])
         self.t += 1
         # a CUDA graph's output buffer is overwritten by the next replay, and callers edit logits in place
         return logits.clone() if self.compiled else logits
