@@ -175,6 +175,8 @@ def test_decoding_leaves_no_reference_cycle(model, beam_size):
     pass, which a process with many long-lived objects makes rarely: sample.py --input over a long
     file grew by the caches of every pass."""
     z = model.sample_prior(3)
+    with torch.no_grad():
+        model.generate(z, beam_size=beam_size)  # first calls import and set up what they need, once
     gc.collect()
     gc.disable()
     try:
