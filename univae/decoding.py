@@ -64,9 +64,10 @@ class CachedDecoder:
     (zeros, not garbage, because the dense backends still multiply masked keys).
 
     Attention backend (step_backend): eager runs as eager; every other backend runs its steps with
-    sdpa on the dense mask row, except many-row batches under CPU bf16 autocast, which run eager. A step is one query against <= maxlen + 1 keys: a single FlexAttention block,
-    so a BlockMask could skip nothing, and building one per step (or compiling flex for q_len = 1)
-    would cost more than the step; 'split' has no joined layout to split here.
+    sdpa on the dense mask row, except many-row batches under CPU bf16 autocast, which run eager.
+    A step is one query against <= maxlen + 1 keys: a single FlexAttention block, so a BlockMask
+    could skip nothing, and building one per step (or compiling flex for q_len = 1) would cost more
+    than the step; 'split' has no joined layout to split here.
 
     compile_step: run the one-token step through torch.compile (CUDA: mode="reduce-overhead", i.e.
     CUDA graphs; CPU: Inductor). The step takes t as a tensor and gathers everything that depends
