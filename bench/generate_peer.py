@@ -4,9 +4,12 @@ on a GPT-2 of the same size, in generated tokens per second.
     python bench/generate_peer.py --dtype bf16 --reps 5          small and base, B 1 16 64, 2 threads, bf16 autocast
     python bench/generate_peer.py --reps 5                       --dtype auto: bf16 only where it is fast
     python bench/generate_peer.py --presets small --batch-sizes 1 16 --reps 1 --dtype fp32    a smoke run
+    python bench/generate_peer.py --checkpoint runs/default/last --dtype bf16 --reps 5        a trained UniVAE
 
 Per preset: an untrained UniVAE of that preset over the bundled backbone's vocab (the tokenizer
-the default run fine-tunes with), and a randomly initialised transformers.GPT2LMHeadModel with the
+the default run fine-tunes with), or with --checkpoint a trained one (what a user samples from:
+nucleus sampling costs less where the model is sure, see univae.decoding.candidates), and a
+randomly initialised transformers.GPT2LMHeadModel with the
 same width, depth, heads, FFN size, activation and vocab (its default sdpa attention). Per mode and
 batch size B, each side generates B sentences in one batch:
 
@@ -65,7 +68,12 @@ def build_univae(name, tokenizer, **overrides):
     """An untrained UniVAE of preset `name` over `tokenizer`'s vocab, eval mode, kept from ending early."""
     config = univae.preset(name, vocab_size=tokenizer.get_vocab_size(), **overrides)
     torch.manual_seed(0)
-    model = univae.UniVAE(config, tokenizer).eval()
+    return never_ending(univae.UniVAE(config, tokenizer).eval())
+
+
+def never_ending(model):
+    """model, its [SEP] logit lowered by 1e4 (in place)."""
+    tokenizer = model.tokenizer
     with torch.no_grad():  # the counterpart of GPT-2's min_new_tokens: [SEP] never wins
         model.transformer.head.bias[tokenizer.token_to_id(SEP)] = -1e4
     return model
@@ -175,6 +183,7 @@ def measure(model, peer, mode, B, texts, device, dtype, reps, top_p=0.9):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["small", "base"])
+    p.add_argument("--checkpoint", help="a trained UniVAE instead of the untrained presets")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64], metavar="B")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--reps", type=int, default=3, help="timed runs per side and cell (median)")
@@ -190,8 +199,11 @@ def main():
     tokenizer = load_tokenizer(BUNDLED_VOCAB)
     texts = None
     rows = []
-    for name in args.presets:
-        model = build_univae(name, tokenizer).to(device)
+    for name in [args.checkpoint] if args.checkpoint else args.presets:
+        if args.checkpoint:
+            model = never_ending(univae.UniVAE.from_pretrained(args.checkpoint).eval()).to(device)
+        else:
+            model = build_univae(name, tokenizer).to(device)
         peer = gpt2_peer(model, model.config.maxlen - 1).to(device)
         if texts is None and "reconstruct" in args.modes:
             texts = held_out_sentences(max(args.batch_sizes), model.config.maxlen)

@@ -293,15 +293,52 @@ def test_beam_search_is_batched_per_input(model):
     assert together == alone
 
 
-def test_filter_logits_matches_hf():
+def test_sampling_candidates_match_hf_filters():
+    """candidates() against HF's top-k and top-p warpers then softmax: through the ranked-first path
+    (a peaked distribution) and the sort of the whole vocab (a flat one), -inf entries included."""
     from transformers import TopKLogitsWarper, TopPLogitsWarper
 
+    def hf(logits, k, p):
+        if k:
+            logits = TopKLogitsWarper(k)(None, logits.clone())
+        if p is not None:
+            logits = TopPLogitsWarper(p)(None, logits.clone())
+        return logits.softmax(-1)
+
     torch.manual_seed(5)
-    logits = 3 * torch.randn(8, 50)
-    for k in (1, 5, 50):
-        torch.testing.assert_close(decoding.filter_logits(logits, top_k=k), TopKLogitsWarper(k)(None, logits.clone()))
-    for p in (0.05, 0.5, 0.9, 1.0):
-        torch.testing.assert_close(decoding.filter_logits(logits, top_p=p), TopPLogitsWarper(p)(None, logits.clone()))
+    for scale in (0.1, 3.0, 8.0):  # flat: the nucleus reaches past `first`; peaked: it does not
+        logits = scale * torch.randn(8, 50)
+        logits[:, :2] = -math.inf  # banned tokens
+        for k, p in [
+            (None, None),
+            (1, None),
+            (5, None),
+            (50, None),
+            (None, 0.05),
+            (None, 0.5),
+            (None, 0.9),
+            (None, 1.0),
+            (5, 0.5),
+            (20, 0.9),
+        ]:
+            for first in (4, 256):
+                ids, probs = decoding.candidates(logits, top_k=k, top_p=p, first=first)
+                got = torch.zeros_like(logits).scatter(-1, ids, probs)
+                torch.testing.assert_close(
+                    got, hf(logits, k, p), msg=f"scale {scale} top-k {k} top-p {p} first {first}"
+                )
+
+
+def test_draw_samples_the_candidates_distribution(monkeypatch):
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0]]).expand(60_000, 6)
+    ids = torch.arange(6).expand(60_000, 6) + 10
+    torch.manual_seed(0)
+    counts = torch.bincount(decoding.draw(ids, probs) - 10, minlength=6) / 60_000
+    torch.testing.assert_close(counts, probs[0], atol=0.01, rtol=0)  # 3 sigma is under 0.006
+    assert counts[[0, 2, 5]].sum() == 0  # never a token of probability 0
+    for u in (0.0, 1.0):  # the ends of the uniform draw, 1.0 standing for u * total rounding up to the total
+        monkeypatch.setattr(torch, "rand", lambda n, _, u=u, **kw: torch.full((n, 1), u))
+        assert decoding.draw(ids[:2], probs[:2]).tolist() == [11 if u == 0 else 14] * 2
 
 
 def test_no_repeat_ngram_matches_hf():

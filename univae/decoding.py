@@ -248,18 +248,40 @@ def ban_repeated_ngrams(logits, prefix, n):
     return logits
 
 
-def filter_logits(logits, top_k=None, top_p=None):
-    """Top-k then nucleus filtering (HF's order); filtered entries become -inf, the best token always stays."""
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        remove_sorted = probs.cumsum(-1) - probs >= top_p  # the mass ranked above this token already reaches top_p
-        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-        logits = logits.masked_fill(remove, -math.inf)
-    return logits
+def candidates(logits, top_k=None, top_p=None, first=256):
+    """The tokens a sampling step may draw and their probabilities: softmax(logits) after top-k, then
+    nucleus filtering (HF's order and rule: a token goes when the probability ranked above it already
+    reaches top_p; the best token always stays). Returns (ids, probs), both (N, C); dropped tokens
+    have probability 0, and C is the vocab unless a filter narrows it.
+
+    The nucleus needs the tokens ranked by probability. A trained model's nucleus is a few tokens,
+    so only the `first` best are ranked (`topk`), and the whole vocab is sorted only when some row's
+    nucleus reaches past them (a near-flat distribution)."""
+    N, V = logits.shape
+    nucleus = top_p is not None and top_p < 1
+    k = min(top_k or V, V)
+    if k == V and not nucleus:
+        return torch.arange(V, device=logits.device).expand(N, V), logits.softmax(-1)
+    c = min(k, first) if nucleus else k
+    values, ids = logits.topk(c, dim=-1)  # ranked, best first
+    total = values if c == k else logits if k == V else logits.topk(k, dim=-1).values  # what top-k keeps
+    probs = (values - total.logsumexp(-1, keepdim=True)).exp()
+    if nucleus:
+        above = probs.cumsum(-1) - probs  # the probability ranked above each candidate
+        if c < k and not bool((above[:, -1] >= top_p).all()):  # some nucleus reaches past the candidates
+            return candidates(logits, top_k, top_p, first=k)
+        probs = probs.masked_fill(above >= top_p, 0.0)
+    return ids, probs / probs.sum(-1, keepdim=True)
+
+
+def draw(ids, probs):
+    """One token per row from candidates(): inverse-CDF sampling, one uniform draw per row (the same
+    distribution as torch.multinomial, which draws per vocab entry and costs far more)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    j = torch.searchsorted(cdf, u, right=True)  # the first candidate whose cdf exceeds u: probability > 0
+    last = torch.where(probs > 0, torch.arange(probs.shape[-1], device=probs.device), 0).amax(-1, keepdim=True)
+    return ids.gather(-1, torch.minimum(j, last))[:, 0]  # u rounding up to the total stays on a real token
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -276,8 +298,7 @@ def greedy_or_sample(decoder, N, maxlen, special, opts, device, forced=None):
     for _ in range(maxlen - 1):
         logits = _process(decoder(prefix).float(), prefix, special, opts)
         if opts.sampling:
-            logits = filter_logits(logits / (opts.temperature or 1.0), opts.top_k, opts.top_p)
-            next_tok = torch.multinomial(logits.softmax(-1), 1)[:, 0]
+            next_tok = draw(*candidates(logits / (opts.temperature or 1.0), opts.top_k, opts.top_p))
         else:
             next_tok = logits.argmax(-1)
         if forced is not None:

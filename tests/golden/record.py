@@ -2,10 +2,12 @@
 (its loss curve and final weights, kept as the tiny checkpoint `tiny/`) and each sample.py mode's
 --json lines on that checkpoint.
 
-    python tests/golden/record.py      # from the repository root; rewrites tests/golden/
+    python tests/golden/record.py                        # from the repository root; rewrites tests/golden/
+    python tests/golden/record.py --modes prior_top_p    # only these modes' lines, on the kept tiny/
 
 Run it only when a change is meant to alter these outputs, and say why in the commit."""
 
+import argparse
 import json
 import os
 import shutil
@@ -72,9 +74,10 @@ def train(out, corpus):
         return [json.loads(line)["loss"] for line in f if '"split"' not in line]
 
 
-def sample_outputs(checkpoint, corpus):
+def sample_outputs(checkpoint, corpus, modes=SAMPLE_MODES):
     outputs = {}
-    for mode, flags in SAMPLE_MODES.items():
+    for mode in modes:
+        flags = SAMPLE_MODES[mode]
         flags = [corpus if f == "{corpus}" else f for f in flags]
         res = subprocess.run(
             [sys.executable, os.path.join(ROOT, "sample.py"), "--checkpoint", checkpoint, "--json", *flags],
@@ -87,15 +90,29 @@ def sample_outputs(checkpoint, corpus):
     return outputs
 
 
-def main():
+def record_all():
     with tempfile.TemporaryDirectory() as tmp:
         corpus = corpus_file(tmp)
         curve = train(os.path.join(tmp, "run"), corpus)
         tiny = os.path.join(HERE, "tiny")
         shutil.rmtree(tiny, ignore_errors=True)
         shutil.copytree(os.path.join(tmp, "run", "last"), tiny, ignore=shutil.ignore_patterns("training_state.pt"))
-        golden = {"loss_curve": curve, "sample": sample_outputs(tiny, corpus)}
-    with open(os.path.join(HERE, "golden.json"), "w", encoding="utf-8") as f:
+        return {"loss_curve": curve, "sample": sample_outputs(tiny, corpus)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", nargs="+", choices=SAMPLE_MODES, help="re-record only these sample modes")
+    args = parser.parse_args()
+    path = os.path.join(HERE, "golden.json")
+    if args.modes:
+        with open(path, encoding="utf-8") as f:
+            golden = json.load(f)
+        with tempfile.TemporaryDirectory() as tmp:
+            golden["sample"].update(sample_outputs(os.path.join(HERE, "tiny"), corpus_file(tmp), args.modes))
+    else:
+        golden = record_all()
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(golden, f, ensure_ascii=False, indent=1)
 
 
