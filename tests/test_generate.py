@@ -306,7 +306,9 @@ def test_sampling_candidates_match_hf_filters():
         return logits.softmax(-1)
 
     torch.manual_seed(5)
-    for scale in (0.1, 3.0, 8.0):  # flat: the nucleus reaches past `first`; peaked: it does not
+    # flat rows: the nucleus reaches past `first`; peaked ones: it does not; and a batch of both
+    scales = [torch.full((8, 1), s) for s in (0.1, 3.0, 8.0)] + [torch.tensor([[0.1], [8.0]]).repeat(4, 1)]
+    for scale in scales:
         logits = scale * torch.randn(8, 50)
         logits[:, :2] = -math.inf  # banned tokens
         for k, p in [

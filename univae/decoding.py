@@ -255,8 +255,9 @@ def candidates(logits, top_k=None, top_p=None, first=256):
     have probability 0, and C is the vocab unless a filter narrows it.
 
     The nucleus needs the tokens ranked by probability. A trained model's nucleus is a few tokens,
-    so only the `first` best are ranked (`topk`), and the whole vocab is sorted only when some row's
-    nucleus reaches past them (a near-flat distribution)."""
+    so only the `first` best are ranked (`topk`), and the whole vocab is sorted only for the rows
+    whose nucleus reaches past them (near-flat distributions); C is then the vocab, and the other
+    rows' candidates are padded with probability 0."""
     N, V = logits.shape
     nucleus = top_p is not None and top_p < 1
     k = min(top_k or V, V)
@@ -268,9 +269,11 @@ def candidates(logits, top_k=None, top_p=None, first=256):
     probs = (values - total.logsumexp(-1, keepdim=True)).exp()
     if nucleus:
         above = probs.cumsum(-1) - probs  # the probability ranked above each candidate
-        if c < k and not bool((above[:, -1] >= top_p).all()):  # some nucleus reaches past the candidates
-            return candidates(logits, top_k, top_p, first=k)
         probs = probs.masked_fill(above >= top_p, 0.0)
+        wide = above[:, -1] < top_p  # rows whose nucleus reaches past the candidates
+        if c < k and bool(wide.any()):
+            ids, probs = F.pad(ids, (0, k - c)), F.pad(probs, (0, k - c))
+            ids[wide], probs[wide] = candidates(logits[wide], top_k, top_p, first=k)
     return ids, probs / probs.sum(-1, keepdim=True)
 
 
@@ -297,8 +300,10 @@ def greedy_or_sample(decoder, N, maxlen, special, opts, device, forced=None):
     done = torch.zeros(N, dtype=torch.bool, device=device)
     for _ in range(maxlen - 1):
         logits = _process(decoder(prefix).float(), prefix, special, opts)
-        if opts.sampling:
-            next_tok = draw(*candidates(logits / (opts.temperature or 1.0), opts.top_k, opts.top_p))
+        if opts.sampling:  # finished rows draw nothing: their next token is [PAD] anyway
+            live = ~done
+            next_tok = torch.full_like(done, pad, dtype=torch.long)
+            next_tok[live] = draw(*candidates(logits[live] / (opts.temperature or 1.0), opts.top_k, opts.top_p))
         else:
             next_tok = logits.argmax(-1)
         if forced is not None:
