@@ -263,10 +263,9 @@ def candidates(logits, top_k=None, top_p=None, first=256):
     k = min(top_k or V, V)
     if k == V and not nucleus:
         return torch.arange(V, device=logits.device).expand(N, V), logits.softmax(-1)
-    c = min(k, first) if nucleus else k
+    c = min(first, V) if nucleus and k == V else k  # a top-k set is ranked whole
     values, ids = logits.topk(c, dim=-1)  # ranked, best first
-    total = values if c == k else logits if k == V else logits.topk(k, dim=-1).values  # what top-k keeps
-    probs = (values - total.logsumexp(-1, keepdim=True)).exp()
+    probs = (values - (values if c == k else logits).logsumexp(-1, keepdim=True)).exp()
     if nucleus:
         above = probs.cumsum(-1) - probs  # the probability ranked above each candidate
         probs = probs.masked_fill(above >= top_p, 0.0)
