@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from univae.cross_entropy import ROWS_PER_CHUNK, summed_cross_entropy
+from univae.cross_entropy import rows_per_chunk, summed_cross_entropy
 
 
 def _both(logits, labels):
@@ -20,7 +20,8 @@ def _both(logits, labels):
 
 def test_value_and_gradient_match_the_reference_over_several_chunks():
     g = torch.Generator().manual_seed(0)
-    N, V = 2 * ROWS_PER_CHUNK + 7, 301  # a ragged last chunk
+    V = 3001
+    N = 2 * rows_per_chunk(torch.empty(0, V)) + 7  # a ragged last chunk
     logits = torch.randn(N, V, generator=g, dtype=torch.float64) * 4
     labels = torch.randint(V, (N,), generator=g)
     labels[::5] = -100
@@ -28,6 +29,27 @@ def test_value_and_gradient_match_the_reference_over_several_chunks():
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
     assert grad[::5].abs().max() == 0  # ignored rows get no gradient
+
+
+def test_bf16_logits_give_float32_cross_entropy_and_its_gradient_rounded_once():
+    """bf16 logits (as autocast's vocab projection gives them) are upcast a chunk at a time: the value
+    is F.cross_entropy's on logits.float(), the gradient its float32 gradient rounded to bf16."""
+    g = torch.Generator().manual_seed(1)
+    V = 4550
+    N = 3 * rows_per_chunk(torch.empty(0, V)) + 5
+    logits = (torch.randn(N, V, generator=g) * 4).bfloat16()
+    labels = torch.randint(V, (N,), generator=g)
+    labels[::3] = -100
+    ref_x = logits.clone().requires_grad_()
+    ref = F.cross_entropy(ref_x.float(), labels, reduction="sum")
+    (ref / 700).backward()
+    x = logits.clone().requires_grad_()
+    ours = summed_cross_entropy(x, labels)
+    (ours / 700).backward()
+    assert ours.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    # one rounding of nearly the same float32 number: equal, or one bf16 step apart
+    torch.testing.assert_close(x.grad.float(), ref_x.grad.float(), rtol=2**-7, atol=1e-12)
 
 
 def test_every_row_ignored_gives_zero_and_no_gradient():

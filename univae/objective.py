@@ -66,9 +66,10 @@ def target_ce(logits, labels):
     sum / count rather than mean: a batch with no counted token (targets of [CLS] alone) gives 0, not
     NaN. The last position predicts nothing: an ignored label there keeps the logits one contiguous
     view (slicing them off would copy B x m x V floats, and their gradient again). The sum is
-    summed_cross_entropy: F.cross_entropy's value and gradient in half the memory."""
+    summed_cross_entropy: F.cross_entropy's float32 value and gradient without float32 copies of
+    bf16 logits."""
     n_tokens = (labels != -100).sum()
-    ce = summed_cross_entropy(logits.float().flatten(0, 1), F.pad(labels, (0, 1), value=-100).flatten())
+    ce = summed_cross_entropy(logits.flatten(0, 1), F.pad(labels, (0, 1), value=-100).flatten())
     return ce / n_tokens.clamp_min(1), n_tokens
 
 
