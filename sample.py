@@ -26,8 +26,9 @@
     python sample.py --transfer FROM_FILE TO_FILE --input FILE [--strength S]
                                                                move each line of FILE from the attribute of
                                                                FROM_FILE's sentences to TO_FILE's (e.g. neg.txt
-                                                               pos.txt) along a linear probe's direction between
-                                                               their codes; strength 0 = the reconstruction;
+                                                               pos.txt) along the difference of their mean codes
+                                                               (--direction probe: a linear probe's normal);
+                                                               strength 0 = the reconstruction;
                                                                --json rows {"input", "output"} in input order
 
 Prior draws and --replace-dims edits come from the checkpoint's fitted prior when it has one

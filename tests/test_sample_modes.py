@@ -144,7 +144,12 @@ def test_flag_values(argv, message):
 def test_defaults_filled_in():
     args = sample.build_parser().parse_args(["--transfer", "f", "t", "--input", "f"])
     sample_modes.check_args(args)
-    assert (args.strength, args.direction, args.n, args.prior) == (generate.DEFAULT_STRENGTH, "probe", 1, "auto")
+    assert (args.strength, args.direction, args.n, args.prior) == (
+        generate.DEFAULT_STRENGTH,
+        generate.DEFAULT_DIRECTION,
+        1,
+        "auto",
+    )
     args = sample.build_parser().parse_args(["--codes", "3,4 5", "--steps", "1"])  # --steps: interpolation only
     sample_modes.check_args(args)
     assert args.code_ids == [3, 4, 5] and args.n == 1

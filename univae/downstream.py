@@ -117,7 +117,14 @@ def transfer_sets(data, seed, n_inputs=N_INPUTS, n_from_to=FROM_TO_SIZE, source=
 
 
 def transfer_trial(
-    model, data, strengths, seed=0, method="probe", n_inputs=N_INPUTS, n_from_to=FROM_TO_SIZE, **decoding
+    model,
+    data,
+    strengths,
+    seed=0,
+    method=generate.DEFAULT_DIRECTION,
+    n_inputs=N_INPUTS,
+    n_from_to=FROM_TO_SIZE,
+    **decoding,
 ):
     """Negative -> positive transfer at each strength: rows {"strength", "positive", "char_f1",
     "positive_held_out", "char_f1_held_out"} (shares judged positive, mean char F1 of output vs input;

@@ -180,19 +180,19 @@ def perturb_z(model, z, n, spread, params=None):
     return z + noise
 
 
-def attribute_direction(model, z_from, z_to, method="probe", shrinkage=0.1):
+def attribute_direction(model, z_from, z_to, method="mean", shrinkage=0.1):
     """The direction (D,) that moves a code from the FROM sentences' codes z_from (n, D) towards the
     TO sentences' z_to (m, D); transfer_z adds strength x it.
 
-    "mean": the difference of the means, m_to - m_from (each layer's slice of it is that layer's
-    mean difference). "probe" (default): the unit normal w of a linear probe separating the two
+    "mean" (default): the difference of the means, m_to - m_from (each layer's slice of it is that
+    layer's mean difference). "probe": the unit normal w of a linear probe separating the two
     sets, Fisher's discriminant w ∝ S^-1 (m_to - m_from) with S the pooled within-set covariance
     shrunk towards its mean variance (S <- (1 - shrinkage) S + shrinkage tr(S)/D I, so a few hundred
     codes in 192 dims give a stable solve), scaled to the mean difference's component along it:
     w (w . (m_to - m_from)). Both move a FROM code by the gap between the two sets' means at
     strength 1; the probe spends none of the move on directions in which the sets do not differ.
-    Measured on the default checkpoint (bench/transfer.py; docs/results.md, "What the latent space is for"),
-    the probe turned more sentences at the same content kept. FROM == TO gives zero."""
+    On the fine-tuned default (bench/transfer.py; docs/results.md, "Downstream on the default") the
+    mean difference turns more sentences at the same content kept. FROM == TO gives zero."""
     z_from, z_to = z_from.double(), z_to.double()
     if z_from.shape[0] < 1 or z_to.shape[0] < 1:
         raise ValueError("attribute_direction needs at least one FROM code and one TO code")
@@ -425,10 +425,14 @@ def _per_layer_cosine(model, a, b):
     return torch.stack([F.cosine_similarity(x, y, dim=-1) for x, y in zip(model.split_z(a), model.split_z(b))]).mean(0)
 
 
-DEFAULT_STRENGTH = 5.0  # bench/transfer.py: docs/results.md, "What the latent space is for"
+# Chosen with bench/transfer.py on three default checkpoints: docs/results.md, "Downstream on the default"
+DEFAULT_STRENGTH = 4.0
+DEFAULT_DIRECTION = "mean"
 
 
-def transfer(model, texts, from_texts, to_texts, strength=DEFAULT_STRENGTH, method="probe", return_z=False, **decoding):
+def transfer(
+    model, texts, from_texts, to_texts, strength=DEFAULT_STRENGTH, method=DEFAULT_DIRECTION, return_z=False, **decoding
+):
     """Each sentence of `texts` moved from the attribute of `from_texts` to that of `to_texts` (e.g.
     negative -> positive reviews): its posterior mean code plus strength x attribute_direction(FROM
     codes, TO codes), decoded. Strength 0 decodes the plain reconstruction; 1 moves a code by the gap

@@ -474,9 +474,9 @@ class UniVAE(nn.Module):
 
     def transfer(self, texts, from_texts, to_texts, strength=None, **decoding):
         """Each sentence moved from the attribute of from_texts to that of to_texts (e.g. negative ->
-        positive reviews) along the probe direction between their codes, by `strength` (default
-        generate.DEFAULT_STRENGTH; 0 = the plain reconstruction), and decoded; method="mean" uses
-        the plain difference of the means."""
+        positive reviews) along the direction between their codes (method: generate.DEFAULT_DIRECTION,
+        the difference of their means, or "probe", a linear probe's normal), by `strength` (default
+        generate.DEFAULT_STRENGTH; 0 = the plain reconstruction), and decoded."""
         strength = generate.DEFAULT_STRENGTH if strength is None else strength
         return generate.transfer(self, texts, from_texts, to_texts, strength=strength, **decoding)
 

@@ -85,7 +85,8 @@ def add_mode_flags(p):
     p.add_argument(
         "--direction",
         choices=("probe", "mean"),
-        help="--transfer: a linear probe's normal between the codes (default) or the plain difference of their means",
+        help=f"--transfer: the difference of the two sets' mean codes (mean) or a linear probe's normal between "
+        f"them (probe); default {generate.DEFAULT_DIRECTION}",
     )
 
 
@@ -318,7 +319,7 @@ def parse_codes(args):
 
 def transfer_defaults(args):
     args.strength = generate.DEFAULT_STRENGTH if args.strength is None else args.strength
-    args.direction = args.direction or "probe"
+    args.direction = args.direction or generate.DEFAULT_DIRECTION
 
 
 # ----------------------------------------------------------------------------- once the model has loaded
