@@ -98,3 +98,17 @@ def test_auto_resolves_by_device_and_head_size():
     assert resolve("eager", "cuda", head_dim=8) == "eager"
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve("fast", "cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_additive_mask_matches_the_bool_mask(dtype):
+    """The decoding step's additive float rows (0 / the lowest float) give eager attention's output
+    under the bool mask, rows of one query as a cached step has them, in fp32 and under bf16 autocast."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 3, n, 8, generator=g) for n in (1, 9, 9))
+    allowed = torch.rand(4, 1, 1, 9, generator=g) < 0.5
+    allowed[..., 0] = True  # every row sees a key
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo().min)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        want, got = attend(q, k, v, allowed, "eager"), attend(q, k, v, additive, "eager")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -122,10 +122,16 @@ def step_backend(backend, rows, device):
 
 
 def attend(q, k, v, mask, backend, dropout_p=0.0):
-    """q (B, H, Q, D), k and v (B, H, K, D) -> (B, H, Q, D)."""
+    """q (B, H, Q, D), k and v (B, H, K, D) -> (B, H, Q, D).
+
+    eager also takes an additive float mask (0 where allowed, the dtype's lowest where not) for rows
+    that each see a key: a decoding step's cache rows (CachedDecoder), one add instead of the bool
+    mask's fills and checks."""
     if backend == "eager":
-        assert mask.dtype == torch.bool, "eager attention takes a dense bool mask"
         scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        if mask.is_floating_point():
+            return F.dropout((scores + mask).softmax(dim=-1), p=dropout_p) @ v
+        assert mask.dtype == torch.bool, "eager attention takes a dense bool or an additive float mask"
         # A finite fill keeps softmax's backward NaN-free on rows with no allowed key; those rows are zeroed below.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1).masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)

@@ -89,7 +89,12 @@ class CachedDecoder:
         self.caches = [KVCache(N, c.num_attention_heads, S, c.head_dim, dtype, device) for _ in tr.layers]
         lower = masks.materialize(masks.independent(1), S, S, device=device)[:, None]  # (1, 1, S, S)
         upper = masks.materialize(masks.uniae(1), S, S, device=device)[:, None]
-        self.masks = [upper if l in model.latent_index else lower for l in range(len(tr.layers))]
+        if self.backend == "eager":  # additive: every step row sees a key (attend)
+            lower, upper = (
+                torch.zeros(m.shape, device=device).masked_fill(~m, torch.finfo().min) for m in (lower, upper)
+            )
+        self.lower, self.upper = lower, upper
+        self.in_latent = [l in model.latent_index for l in range(len(tr.layers))]
         self.steps = torch.arange(c.maxlen, device=device)  # step t's index as a tensor: self.steps[t:t + 1]
         self.positions = c.maxlen + self.steps  # target t at maxlen + t
         self.rope = tr.rope(self.positions)  # None for BERT, else (cos, sin) each (maxlen, D)
@@ -151,7 +156,8 @@ class CachedDecoder:
         slot = t + 1  # target t lives in cache slot t + 1
         h = tr.embed(tok, torch.ones_like(tok), self.positions.index_select(0, t))
         rope = None if self.rope is None else tuple(r.index_select(0, t) for r in self.rope)  # (1, D) each
-        rows = [mask.index_select(2, slot) for mask in self.masks]  # (1, 1, 1, S) each
+        lower, upper = self.lower.index_select(2, slot), self.upper.index_select(2, slot)  # (1, 1, 1, S) each
+        rows = [upper if latent else lower for latent in self.in_latent]
         h = tr.run_layers(h, rows, self.backend, rope, caches=[(cache, slot) for cache in self.caches])
         return tr.logits(h[:, -1])
 
