@@ -343,6 +343,25 @@ def test_draw_samples_the_candidates_distribution(monkeypatch):
         assert decoding.draw(ids[:2], probs[:2]).tolist() == [11 if u == 0 else 14] * 2
 
 
+def test_sample_next_draws_from_the_candidates_of_each_row():
+    """sample_next splits a batch by how wide each row's nucleus is (ranked 4, then 32, then the
+    whole vocab of 300): each row's draws follow candidates() for that row, peaked and flat rows
+    interleaved, all rows wide included."""
+    torch.manual_seed(3)
+    rows = torch.stack([8.0 * torch.randn(300), 0.05 * torch.randn(300), 1.5 * torch.randn(300)])
+    rows[:, 0] = -math.inf  # a banned token
+    for which in ([0, 1, 2], [1]):
+        n = 20_000
+        logits = rows[which].repeat(n, 1)  # rows interleaved: r0 r1 r2 r0 r1 r2 ...
+        got = decoding.sample_next(logits, top_p=0.9, first=4).view(n, len(which))
+        for j, r in enumerate(which):
+            ids, probs = decoding.candidates(rows[r : r + 1], top_p=0.9, first=4)
+            want = torch.zeros(300).scatter(0, ids[0], probs[0])
+            counts = torch.bincount(got[:, j], minlength=300) / n
+            torch.testing.assert_close(counts, want, atol=0.012, rtol=0, msg=f"row {r}")
+            assert counts[want == 0].sum() == 0  # never a token outside the nucleus
+
+
 def test_no_repeat_ngram_matches_hf():
     from transformers import NoRepeatNGramLogitsProcessor
 

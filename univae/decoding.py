@@ -254,37 +254,72 @@ def ban_repeated_ngrams(logits, prefix, n):
     return logits
 
 
-def candidates(logits, top_k=None, top_p=None, first=256):
+FIRST_CANDIDATES = 32  # tokens ranked first per row for a nucleus; GROWTH times more for rows it does not hold
+GROWTH = 8
+
+
+def candidates(logits, top_k=None, top_p=None, first=FIRST_CANDIDATES):
     """The tokens a sampling step may draw and their probabilities: softmax(logits) after top-k, then
     nucleus filtering (HF's order and rule: a token goes when the probability ranked above it already
     reaches top_p; the best token always stays). Returns (ids, probs), both (N, C); dropped tokens
     have probability 0, and C is the vocab unless a filter narrows it.
 
     The nucleus needs the tokens ranked by probability. A trained model's nucleus is a few tokens,
-    so only the `first` best are ranked (`topk`), and the whole vocab is sorted only for the rows
-    whose nucleus reaches past them (near-flat distributions); C is then the vocab, and the other
-    rows' candidates are padded with probability 0."""
+    so only the `first` best are ranked (`topk`); the rows whose nucleus reaches past them are ranked
+    again GROWTH times wider, up to a sort of the whole vocab (near-flat distributions), and the
+    other rows' candidates are padded with probability 0 to the widest."""
+    ids, probs, wide, wider = _ranked(logits, top_k, top_p, first)
+    if wide is not None:
+        more_ids, more_probs = candidates(logits[wide], top_k, top_p, first=wider)
+        pad = (0, more_ids.shape[-1] - ids.shape[-1])
+        ids, probs = F.pad(ids, pad), F.pad(probs, pad)
+        ids[wide], probs[wide] = more_ids, more_probs
+    return ids, probs / probs.sum(-1, keepdim=True)
+
+
+def sample_next(logits, top_k=None, top_p=None, first=FIRST_CANDIDATES):
+    """One token per row of logits (N, V), from the distribution candidates() gives: the rows whose
+    nucleus reaches past the `first` best are drawn on their own, ranked wider, so that no row is
+    padded to another's width."""
+    ids, probs, wide, wider = _ranked(logits, top_k, top_p, first)
+    if wide is None:
+        return draw(ids, probs)
+    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    out[~wide] = draw(ids[~wide], probs[~wide])
+    out[wide] = sample_next(logits[wide], top_k, top_p, first=wider)
+    return out
+
+
+def _ranked(logits, top_k, top_p, first):
+    """(ids, unnormalised probs, wide, wider) of candidates() before any row is ranked wider: wide
+    (N,) bool marks the rows whose nucleus reaches past the `first` ranked (None when there are
+    none), wider how many to rank for them next: GROWTH times more, or the whole vocab where a
+    row's nucleus cannot fit in that (each token past the first is at most as likely as the last
+    of them, so at least (top_p - their mass) / its probability more tokens stay: a near-flat
+    row goes straight to the sort)."""
     N, V = logits.shape
     nucleus = top_p is not None and top_p < 1
     k = min(top_k or V, V)
     if k == V and not nucleus:
-        return torch.arange(V, device=logits.device).expand(N, V), logits.softmax(-1)
+        return torch.arange(V, device=logits.device).expand(N, V), logits.softmax(-1), None, None
     c = min(first, V) if nucleus and k == V else k  # a top-k set is ranked whole
     values, ids = logits.topk(c, dim=-1)  # ranked, best first
     probs = (values - (values if c == k else logits).logsumexp(-1, keepdim=True)).exp()
-    if nucleus:
-        above = probs.cumsum(-1) - probs  # the probability ranked above each candidate
-        probs = probs.masked_fill(above >= top_p, 0.0)
-        wide = above[:, -1] < top_p  # rows whose nucleus reaches past the candidates
-        if c < k and bool(wide.any()):
-            ids, probs = F.pad(ids, (0, k - c)), F.pad(probs, (0, k - c))
-            ids[wide], probs[wide] = candidates(logits[wide], top_k, top_p, first=k)
-    return ids, probs / probs.sum(-1, keepdim=True)
+    if not nucleus:
+        return ids, probs, None, None
+    total = probs.cumsum(-1)
+    wide = total[:, -1] < top_p  # the token after the last candidate would stay too
+    if c == k or not bool(wide.any()):
+        return ids, probs.masked_fill(total - probs >= top_p, 0.0), None, None
+    at_least = c + (top_p - total[wide, -1]) / probs[wide, -1]  # tokens the nucleus holds (inf where 0)
+    wider = c * GROWTH if bool((at_least <= c * GROWTH).all()) else V
+    return ids, probs.masked_fill(total - probs >= top_p, 0.0), wide, wider
 
 
 def draw(ids, probs):
-    """One token per row from candidates(): inverse-CDF sampling, one uniform draw per row (the same
-    distribution as torch.multinomial, which draws per vocab entry and costs far more)."""
+    """One token per row from candidates() (probs need not sum to 1): inverse-CDF sampling, one
+    uniform draw per row (the same distribution as torch.multinomial, which draws per vocab entry
+    and costs far more)."""
     cdf = probs.cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     j = torch.searchsorted(cdf, u, right=True)  # the first candidate whose cdf exceeds u: probability > 0
@@ -308,7 +343,7 @@ def greedy_or_sample(decoder, N, maxlen, special, opts, device, forced=None):
         if opts.sampling:  # finished rows draw nothing: their next token is [PAD] anyway
             live = ~done
             next_tok = torch.full_like(done, pad, dtype=torch.long)
-            next_tok[live] = draw(*candidates(logits[live] / (opts.temperature or 1.0), opts.top_k, opts.top_p))
+            next_tok[live] = sample_next(logits[live] / (opts.temperature or 1.0), opts.top_k, opts.top_p)
         else:
             next_tok = logits.argmax(-1)
         if forced is not None:
