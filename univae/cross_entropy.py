@@ -4,8 +4,8 @@ Under bf16 autocast the logits come out in bf16. F.cross_entropy on them would n
 float32 first (a full copy, and its backward converts a full float32 gradient back), then saves
 its log-softmax (N x V) for the backward pass, which allocates the gradient of that log-softmax
 and the gradient of the logits: beside the logits, up to four more N x V tensors, 37 MB each in
-float32 for a batch of 64 sentences of 32 characters and a 4,550-token vocab. They are the largest
-tensors of a training step, and the passes over them a tenth of its time.
+float32 for a batch of 64 sentences of 32 characters and a 4,550-token vocab: the largest tensors
+of a training step.
 
 summed_cross_entropy works through the logits a few rows at a time, each chunk upcast to float32
 on its own (a temporary that stays in the core's cache): the forward keeps the per-row
@@ -64,8 +64,7 @@ def summed_cross_entropy(logits, labels, ignore_index=-100):
     """sum over rows of -log softmax(logits)[label], rows whose label is ignore_index left out:
     logits (N, V) of any float dtype, labels (N,) int -> a float32 (float64 for float64 logits)
     scalar. The value and gradient of F.cross_entropy(logits.float(), labels,
-    ignore_index=ignore_index, reduction="sum"), in a fraction of the memory and time (module
-    docstring)."""
+    ignore_index=ignore_index, reduction="sum"), in a fraction of the memory (module docstring)."""
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (N, V) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
     return _SummedCrossEntropy.apply(logits, labels, ignore_index)

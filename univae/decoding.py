@@ -285,7 +285,8 @@ def sample_next(logits, top_k=None, top_p=None, first=FIRST_CANDIDATES):
     if wide is None:
         return draw(ids, probs)
     out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-    out[~wide] = draw(ids[~wide], probs[~wide])
+    narrow = ~wide
+    out[narrow] = draw(ids[narrow], probs[narrow])
     out[wide] = sample_next(logits[wide], top_k, top_p, first=wider)
     return out
 
@@ -308,12 +309,13 @@ def _ranked(logits, top_k, top_p, first):
     if not nucleus:
         return ids, probs, None, None
     total = probs.cumsum(-1)
+    kept = probs.masked_fill(total - probs >= top_p, 0.0)  # what is ranked above a token reaches top_p
     wide = total[:, -1] < top_p  # the token after the last candidate would stay too
     if c == k or not bool(wide.any()):
-        return ids, probs.masked_fill(total - probs >= top_p, 0.0), None, None
+        return ids, kept, None, None
     at_least = c + (top_p - total[wide, -1]) / probs[wide, -1]  # tokens the nucleus holds (inf where 0)
     wider = c * GROWTH if bool((at_least <= c * GROWTH).all()) else V
-    return ids, probs.masked_fill(total - probs >= top_p, 0.0), wide, wider
+    return ids, kept, wide, wider
 
 
 def draw(ids, probs):
